@@ -1,0 +1,19 @@
+# Provides the target chatrelay::sqlite3.
+#  - CHATRELAY_SQLITE_DIR set (scripts/setup fetches the pinned amalgamation into
+#    .deps/sqlite): compile it once as a static library with FTS5.
+#  - otherwise find_package(SQLite3) (system package, vcpkg, MSYS2).
+if(CHATRELAY_SQLITE_DIR AND EXISTS "${CHATRELAY_SQLITE_DIR}/sqlite3.c")
+  add_library(chatrelay_sqlite3 STATIC "${CHATRELAY_SQLITE_DIR}/sqlite3.c")
+  target_include_directories(chatrelay_sqlite3 SYSTEM PUBLIC "${CHATRELAY_SQLITE_DIR}")
+  target_compile_definitions(chatrelay_sqlite3 PRIVATE
+    SQLITE_ENABLE_FTS5 SQLITE_DQS=0 SQLITE_DEFAULT_MEMSTATUS=0 SQLITE_OMIT_DEPRECATED
+    SQLITE_DEFAULT_WAL_SYNCHRONOUS=1 SQLITE_THREADSAFE=1 SQLITE_OMIT_LOAD_EXTENSION)
+  # The amalgamation is third-party code: build it optimised even in Debug and without our warnings.
+  target_compile_options(chatrelay_sqlite3 PRIVATE $<$<NOT:$<C_COMPILER_ID:MSVC>>:-O2 -w>)
+  add_library(chatrelay::sqlite3 ALIAS chatrelay_sqlite3)
+elseif(CHATRELAY_SQLITE_DIR)
+  message(FATAL_ERROR "CHATRELAY_SQLITE_DIR=${CHATRELAY_SQLITE_DIR} has no sqlite3.c: run scripts/setup first")
+else()
+  find_package(SQLite3 REQUIRED)
+  add_library(chatrelay::sqlite3 ALIAS SQLite::SQLite3)
+endif()

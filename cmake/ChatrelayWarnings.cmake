@@ -1,0 +1,11 @@
+# chatrelay_warnings(target): strict warnings for our own code only (never for sqlite3.c).
+function(chatrelay_warnings target)
+  if(MSVC)
+    target_compile_options(${target} PRIVATE /W4 /WX)
+  else()
+    target_compile_options(${target} PRIVATE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla)
+  endif()
+  if(WIN32)
+    target_compile_definitions(${target} PRIVATE WIN32_LEAN_AND_MEAN _WIN32_WINNT=0x0601 UNICODE _UNICODE)
+  endif()
+endfunction()

@@ -1,0 +1,75 @@
+/* hub: the relay's portable engine, everything between "bytes arrived" and
+ * "bytes to send", for a fixed array of session slots.
+ *
+ * Owns: per-slot framing, cleaning and send queue; admission (capacity and
+ * per-IP limits); executing chat effects; the outbox of lines waiting to be
+ * stored (store-then-forward: a line is delivered only after the transaction
+ * holding it committed; one transaction per turn; if the database is busy the
+ * lines wait in order and the turn retries; past a bound new lines are refused);
+ * idle timeouts; slow consumers (queue over max_queue_bytes -> closed).
+ * Never: touches sockets or Win32.  The Win32 shell (relay.c) calls it after
+ * every APC drain and performs the sends and closes it asks for.
+ * Portable C11, single-threaded.
+ */
+#ifndef CHATRELAY_HUB_H
+#define CHATRELAY_HUB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chat.h"
+#include "outbuf.h"
+#include "../storage/history.h"
+
+typedef struct hub_config {
+    chat_config chat;
+    uint32_t max_sessions;
+    size_t max_queue_bytes;      /* slow-consumer bound on one session's unsent bytes */
+    int max_per_ip;              /* 0 = no limit */
+    int idle_timeout_ms;         /* 0 = off */
+    history *history;            /* NULL = --no-history: lines are delivered at once */
+    size_t pending_max_lines;    /* outbox bounds while the database is unavailable */
+    size_t pending_max_bytes;
+    int pending_max_ms;
+} hub_config;
+
+typedef struct hub hub;
+
+/* Counters for logs and the benchmark. */
+typedef struct hub_stats {
+    uint64_t lines_in, lines_stored, deliveries, commits, commit_busy, refused_lines;
+    uint32_t sessions;
+} hub_stats;
+
+hub *hub_create(const hub_config *cfg);
+void hub_destroy(hub *h);
+
+/* Admission.  Returns NULL if a new connection from peer_ip may take a slot,
+ * else the one-line notice (without CRLF) to send it before closing. */
+const char *hub_admit(const hub *h, const char *peer_ip, int have_free_slot);
+/* The slot is now a live session (greeting, replay, join announcement). */
+void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms);
+/* Bytes received on slot. */
+void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t n, int64_t now_ms);
+/* The send in flight on slot completed with `transferred` bytes. */
+void hub_session_sent(hub *h, uint32_t slot, size_t transferred);
+/* The session is gone or being torn down: announce the leave, drop its queue
+ * (only once no send is in flight).  Idempotent. */
+void hub_session_closed(hub *h, uint32_t slot, const char *reason);
+
+/* End of a loop turn: commit the outbox (one transaction) and deliver what
+ * committed, run due timers (idle sessions, retention step).  Returns the
+ * number of milliseconds until it needs another turn without input (-1 = none). */
+int hub_turn(hub *h, int64_t now_ms);
+
+/* Sends the server-stopping notice to every session and tries a last commit. */
+void hub_stopping(hub *h, int64_t now_ms);
+
+/* Work for the shell, each slot reported once until it is reported again. */
+int hub_next_flush(hub *h, uint32_t *slot);            /* has unsent data */
+int hub_next_close(hub *h, uint32_t *slot, const char **reason); /* asks to be closed */
+sendq *hub_sendq(hub *h, uint32_t slot);
+uint32_t hub_session_conn_id(const hub *h, uint32_t slot);
+void hub_get_stats(const hub *h, hub_stats *out);
+
+#endif

@@ -1,0 +1,77 @@
+/* outbuf: reference-counted message buffers and per-session send queues.
+ *
+ * Owns: msgbuf, an immutable encoded line (text + CRLF) shared by every
+ * recipient; sendq, the ordered queue of one session's unsent bytes and the
+ * accounting of the one send in flight.  Broadcasting a line costs one
+ * msgbuf_new and one sendq_push (a pointer and a refcount increment) per
+ * recipient: no copy of the text, and no allocation in the steady state
+ * (msgbufs come from size-class free lists, queue rings only ever grow).
+ * Never: touches sockets.  Portable C11; single-threaded (the I/O thread).
+ *
+ * Lifetime: a msgbuf is freed (returned to its pool) when its last reference
+ * is released: by msgbuf_release after the creator is done, by sendq_complete
+ * when a recipient's send completed, or by sendq_clear when a recipient closed.
+ */
+#ifndef CHATRELAY_OUTBUF_H
+#define CHATRELAY_OUTBUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct msgbuf {
+    uint32_t refs;
+    uint32_t len;               /* bytes in data[] */
+    uint32_t cap;               /* size class capacity of data[] */
+    struct msgbuf *next_free;   /* free-list link while pooled */
+    char data[];
+} msgbuf;
+
+/* A new buffer holding text[0..len) followed by CRLF, with one reference
+ * (the caller's).  NULL when memory is exhausted. */
+msgbuf *msgbuf_line(const char *text, size_t len);
+/* printf-style, truncated at 2 KiB; appends CRLF. */
+msgbuf *msgbuf_linef(const char *fmt, ...);
+static inline void msgbuf_retain(msgbuf *m) { m->refs++; }
+void msgbuf_release(msgbuf *m);
+/* Frees every pooled buffer (at exit, so leak checkers stay quiet). */
+void msgbuf_pool_drain(void);
+
+/* One contiguous piece of a send: the portable shape of a WSABUF. */
+typedef struct sendq_span {
+    const char *ptr;
+    uint32_t len;
+} sendq_span;
+
+typedef struct sendq_entry {
+    msgbuf *buf;
+    uint32_t off;               /* bytes of buf already sent */
+} sendq_entry;
+
+typedef struct sendq {
+    sendq_entry *ring;          /* capacity cap (a power of two), NULL until first push */
+    uint32_t cap, head, count;
+    uint32_t inflight_entries;  /* entries [head, head+inflight) are in the send in flight */
+    size_t bytes;               /* unsent bytes queued, in flight included */
+    size_t inflight_bytes;
+} sendq;
+
+void sendq_init(sendq *q);
+/* Appends m (taking a new reference).  Returns 0, or -1 if memory ran out. */
+int sendq_push(sendq *q, msgbuf *m);
+/* Marks up to max_spans queued entries (and at most max_bytes bytes,
+ * whole entries only unless the first alone is larger) as in flight and
+ * describes them in spans.  Returns the number of spans (0 if nothing is
+ * queued or a send is already in flight). */
+size_t sendq_gather(sendq *q, sendq_span *spans, size_t max_spans, size_t max_bytes);
+/* The send in flight completed with `transferred` bytes.  Fully sent entries
+ * are released; a partly sent entry keeps its offset and is resent by the next
+ * gather (a short completion).  Returns the bytes that remain unsent from the
+ * completed send (0 normally). */
+size_t sendq_complete(sendq *q, size_t transferred);
+static inline int sendq_in_flight(const sendq *q) { return q->inflight_entries != 0; }
+static inline int sendq_has_unsent(const sendq *q) { return q->count > q->inflight_entries; }
+/* Drops every entry (in flight or not), releasing their buffers, and frees the
+ * ring.  Only once no send is in flight (the completion routine ran). */
+void sendq_clear(sendq *q);
+
+#endif

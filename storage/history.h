@@ -1,0 +1,91 @@
+/* history: the chat history in SQLite, the table users query with the sqlite3 CLI.
+ *
+ * Owns: opening/creating the database (WAL, synchronous=NORMAL, a tiny
+ * busy_timeout so the I/O thread never sleeps long), the schema and its
+ * forward migrations (PRAGMA user_version), prepared statements, batched
+ * appends (one transaction per loop turn: history_begin, history_append...,
+ * history_commit), replay/search queries and retention pruning.
+ * Never: runs inside a completion routine, retries by sleeping, or decides
+ * what to do when the database is busy (the caller keeps the batch pending).
+ * Portable C11 over the SQLite C API; the schema is documented in docs/HISTORY.md.
+ *
+ *   messages(id INTEGER PRIMARY KEY, at TEXT NOT NULL, room TEXT NOT NULL,
+ *            nick TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL)
+ *   index messages_room_id ON messages(room, id)
+ *   messages_fts: FTS5 over body (external content = messages, kept by triggers)
+ */
+#ifndef CHATRELAY_HISTORY_H
+#define CHATRELAY_HISTORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    HISTORY_OK = 0,
+    HISTORY_BUSY = 1,    /* locked by another connection: nothing written, retry later */
+    HISTORY_ERROR = 2,   /* I/O error, disk full, ...: nothing written, retry later; see history_errmsg */
+    HISTORY_TOO_NEW = 3  /* history_open: the file's schema is newer than this program; untouched */
+};
+
+#define HISTORY_SCHEMA_VERSION 1
+#define HISTORY_TIME_LEN 24   /* "2026-11-27T03:04:05.123Z" */
+
+typedef struct history_record {
+    int64_t id;          /* set by queries; ignored by history_append */
+    const char *at;      /* UTC ISO-8601 with milliseconds, HISTORY_TIME_LEN chars */
+    const char *room;
+    const char *nick;
+    const char *kind;    /* "say", "me", "join", "leave", "nick", "msg" */
+    const char *body;    /* valid UTF-8 (cleaned by the caller) */
+    size_t body_len;
+} history_record;
+
+typedef struct history_options {
+    int busy_timeout_ms;       /* default 0 when the struct is zeroed; keep <= 5 on the I/O thread */
+    int retain_days;           /* 0 = keep forever */
+    int64_t retain_messages;   /* 0 = keep everything */
+} history_options;
+
+typedef struct history history;
+
+/* Opens or creates path (UTF-8; parent folder must exist), applies the
+ * pragmas, creates or migrates the schema.  On failure returns HISTORY_ERROR or
+ * HISTORY_TOO_NEW with a one-line explanation (naming path and cause) in err. */
+int history_open(history **out, const char *path, const history_options *opt,
+                 char *err, size_t errlen);
+void history_close(history *h);
+/* The last SQLite error of h as "call: message (code N)". */
+const char *history_errmsg(const history *h);
+
+/* Group commit.  history_begin starts a write transaction (BEGIN IMMEDIATE);
+ * HISTORY_BUSY if another connection holds the write lock.  history_append
+ * inserts one row (messages + FTS in the same transaction).  history_commit
+ * commits; on any non-OK result the transaction has been rolled back and
+ * nothing of the batch is stored.  history_rollback abandons a batch. */
+int history_begin(history *h);
+int history_append(history *h, const history_record *rec);
+int history_commit(history *h);
+void history_rollback(history *h);
+
+/* Called once per row; strings are valid only during the call.  Return
+ * nonzero to stop early. */
+typedef int (*history_row_fn)(void *ctx, const history_record *rec);
+
+/* The last `limit` rows of room (kind 'msg' excluded), oldest first. */
+int history_recent(history *h, const char *room, int limit, history_row_fn fn, void *ctx);
+/* Full-text search of room (kind 'msg' excluded): words are matched as plain
+ * terms (any FTS5 syntax in them is quoted away), newest first, at most limit. */
+int history_search(history *h, const char *room, const char *words, int limit,
+                   history_row_fn fn, void *ctx);
+
+/* One bounded retention step (deletes at most max_rows rows that fall outside
+ * retain_days/retain_messages, FTS kept consistent).  now_ms is Unix time in
+ * milliseconds.  Returns the number of rows deleted (0 when nothing is due),
+ * or -1 on error/busy (try again later). */
+int history_prune_step(history *h, int64_t now_ms, int max_rows);
+
+/* Formats Unix time in milliseconds as "2026-11-27T03:04:05.123Z" into out
+ * (at least HISTORY_TIME_LEN + 1 bytes). */
+void history_format_time(int64_t unix_ms, char *out);
+
+#endif

@@ -1,0 +1,17 @@
+# From the Windows cross build, also build the native sanitized unit tests and
+# the fuzz target (an external project with the host clang) and register them
+# here, so one `ctest` run gives one summary for everything.
+include(ExternalProject)
+set(CHATRELAY_NATIVE_DIR ${CMAKE_BINARY_DIR}/native)
+ExternalProject_Add(chatrelay_native
+  SOURCE_DIR ${PROJECT_SOURCE_DIR}
+  BINARY_DIR ${CHATRELAY_NATIVE_DIR}
+  CMAKE_ARGS -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCHATRELAY_SANITIZE=ON
+  INSTALL_COMMAND ""
+  BUILD_ALWAYS ON
+  USES_TERMINAL_BUILD ON)
+foreach(src ${CHATRELAY_UNIT_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_test(NAME native.${name} COMMAND ${CHATRELAY_NATIVE_DIR}/tests/${name})
+  set_tests_properties(native.${name} PROPERTIES TIMEOUT 120 LABELS native)
+endforeach()
