@@ -31,6 +31,11 @@ typedef struct msgbuf {
 msgbuf *msgbuf_line(const char *text, size_t len);
 /* printf-style, truncated at 2 KiB; appends CRLF. */
 msgbuf *msgbuf_linef(const char *fmt, ...);
+/* A new buffer holding bytes[0..len) as they are (telnet replies). */
+msgbuf *msgbuf_bytes(const void *bytes, size_t len);
+/* An empty buffer with room for cap bytes (len 0), for callers that fill data[]
+ * themselves; one reference. */
+msgbuf *msgbuf_alloc(size_t cap);
 static inline void msgbuf_retain(msgbuf *m) { m->refs++; }
 void msgbuf_release(msgbuf *m);
 /* Frees every pooled buffer (at exit, so leak checkers stay quiet). */
