@@ -1,1 +1,671 @@
-/* placeholder: being written */
+/* hub: the relay's portable engine.  See hub.h.
+ *
+ * Data flow for one line: hub_session_input -> framer_feed -> on_line ->
+ * text_clean -> chat_session_line -> effects.  A CHAT_ROOM/CHAT_PRIVATE effect
+ * becomes an outbox entry; hub_turn commits every unstored entry of the turn in
+ * one transaction and then delivers entries from the head of the outbox in
+ * order, stopping at the first one not yet stored (store-then-forward).
+ * Delivery encodes the line once (msgbuf) and pushes it on each recipient's
+ * sendq; the shell gathers each queue into one WSASend.
+ */
+#include "hub.h"
+
+#include "clock.h"
+#include "framing.h"
+#include "log.h"
+#include "text.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HUB_IP_MAX 48
+
+/* Lifetime of a slot: free (conn_id 0) -> open (hub_session_open) -> closing
+ * (the hub asked the shell to close it, or the shell reported it gone: input
+ * is ignored and nothing more is queued) -> free again (hub_session_closed,
+ * called by the shell once no overlapped operation is outstanding). */
+typedef struct hub_slot {
+    uint32_t conn_id;           /* 0 = free */
+    uint8_t closing;
+    uint8_t in_flush_list;
+    uint8_t in_close_list;
+    const char *close_reason;
+    int64_t last_input_ms;
+    char ip[HUB_IP_MAX];
+    sendq q;
+    framer fr;
+} hub_slot;
+
+/* A line waiting to be stored and/or delivered, in arrival order. */
+typedef struct outbox_entry {
+    uint8_t is_private;
+    uint8_t persist;            /* must be stored before delivery */
+    uint8_t stored;
+    uint8_t user_line;          /* say/me/msg (refused when the database is down) */
+    uint32_t from_slot, from_conn;  /* ROOM: not delivered back to the sender */
+    uint32_t to_slot, to_conn;      /* PRIVATE: the recipient */
+    msgbuf *wire;               /* the encoded line, shared by all recipients */
+    msgbuf *record;             /* "room\0nick\0kind\0body" for storage */
+    uint32_t nick_off, kind_off, body_off, body_len;
+    char at[HISTORY_TIME_LEN + 1];
+    int64_t queued_ms;
+} outbox_entry;
+
+struct hub {
+    hub_config cfg;
+    chat *chat;
+    hub_slot *slots;
+    uint32_t next_conn_id;
+    uint32_t open_count;
+
+    uint32_t *flush_list, flush_count;
+    uint32_t *close_list, close_count;
+
+    outbox_entry *outbox;       /* ring, capacity a power of two */
+    uint32_t ob_cap, ob_head, ob_count;
+    uint32_t ob_unstored;       /* entries with persist && !stored */
+    size_t ob_unstored_bytes;
+    int db_failing;             /* the last commit attempt failed */
+    int64_t db_failing_since;
+    int64_t next_commit_try;
+
+    int64_t next_idle_check;
+    int64_t next_prune;
+
+    uint32_t input_slot;        /* the slot whose bytes the framer callbacks belong to */
+    int64_t input_now;
+    hub_stats stats;
+    char clean[TEXT_MAX_LINE + 1];
+};
+
+static const char NOTICE_HISTORY_DOWN[] = "*** history unavailable, message not sent";
+static const char NOTICE_HISTORY_OFF[] = "*** history is switched off on this server";
+static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconnecting (slow consumer)";
+
+#define COMMIT_RETRY_MS 50
+#define IDLE_CHECK_MS 1000
+#define PRUNE_IDLE_MS 60000
+#define PRUNE_BATCH 500
+
+hub *hub_create(const hub_config *cfg)
+{
+    hub *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->cfg = *cfg;
+    h->slots = calloc(cfg->max_sessions, sizeof *h->slots);
+    h->flush_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
+    h->close_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
+    h->chat = chat_create(&cfg->chat, cfg->max_sessions);
+    if (!h->slots || !h->flush_list || !h->close_list || !h->chat) {
+        hub_destroy(h);
+        return NULL;
+    }
+    return h;
+}
+
+static void outbox_entry_free(outbox_entry *e)
+{
+    if (e->wire)
+        msgbuf_release(e->wire);
+    if (e->record)
+        msgbuf_release(e->record);
+}
+
+void hub_destroy(hub *h)
+{
+    if (!h)
+        return;
+    if (h->slots)
+        for (uint32_t i = 0; i < h->cfg.max_sessions; i++)
+            sendq_clear(&h->slots[i].q);
+    for (uint32_t i = 0; i < h->ob_count; i++)
+        outbox_entry_free(&h->outbox[(h->ob_head + i) & (h->ob_cap - 1)]);
+    free(h->outbox);
+    if (h->chat)
+        chat_destroy(h->chat);
+    free(h->slots);
+    free(h->flush_list);
+    free(h->close_list);
+    free(h);
+}
+
+/* ---- per-slot output --------------------------------------------------- */
+
+static int slot_live(const hub *h, uint32_t slot)
+{
+    return slot < h->cfg.max_sessions && h->slots[slot].conn_id != 0 && !h->slots[slot].closing;
+}
+
+static void request_close(hub *h, uint32_t slot, const char *reason)
+{
+    hub_slot *s = &h->slots[slot];
+    if (s->conn_id == 0 || s->closing)
+        return;
+    s->closing = 1;
+    s->close_reason = reason;
+    if (!s->in_close_list) {
+        s->in_close_list = 1;
+        h->close_list[h->close_count++] = slot;
+    }
+}
+
+static void mark_flush(hub *h, uint32_t slot)
+{
+    hub_slot *s = &h->slots[slot];
+    if (!s->in_flush_list) {
+        s->in_flush_list = 1;
+        h->flush_list[h->flush_count++] = slot;
+    }
+}
+
+/* Queues m for slot.  A session whose unsent bytes would pass the bound is a
+ * slow consumer: it is told (best effort: the notice is queued past the bound
+ * and goes out only if its socket drains before the shell's linger ends) and
+ * closed; nobody else waits for it. */
+static void queue_to(hub *h, uint32_t slot, msgbuf *m)
+{
+    if (!slot_live(h, slot) || !m)
+        return;
+    hub_slot *s = &h->slots[slot];
+    if (h->cfg.max_queue_bytes && s->q.bytes + m->len > h->cfg.max_queue_bytes) {
+        msgbuf *notice = msgbuf_line(NOTICE_SLOW, sizeof NOTICE_SLOW - 1);
+        if (notice) {
+            sendq_push(&s->q, notice);
+            msgbuf_release(notice);
+        }
+        mark_flush(h, slot);
+        request_close(h, slot, "slow consumer");
+        return;
+    }
+    if (sendq_push(&s->q, m) != 0) {
+        log_error("hub: out of memory queueing to session %u; closing it", (unsigned)slot);
+        request_close(h, slot, "out of memory");
+        return;
+    }
+    h->stats.deliveries++;
+    mark_flush(h, slot);
+}
+
+static void reply_text(hub *h, uint32_t slot, const char *text, size_t len)
+{
+    msgbuf *m = msgbuf_line(text, len);
+    if (!m) {
+        request_close(h, slot, "out of memory");
+        return;
+    }
+    queue_to(h, slot, m);
+    msgbuf_release(m);
+}
+
+/* ---- the outbox (store-then-forward) ----------------------------------- */
+
+static outbox_entry *outbox_push(hub *h)
+{
+    if (h->ob_count == h->ob_cap) {
+        uint32_t ncap = h->ob_cap ? h->ob_cap * 2 : 256;
+        outbox_entry *ring = malloc(sizeof(outbox_entry) * ncap);
+        if (!ring)
+            return NULL;
+        for (uint32_t i = 0; i < h->ob_count; i++)
+            ring[i] = h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
+        free(h->outbox);
+        h->outbox = ring;
+        h->ob_cap = ncap;
+        h->ob_head = 0;
+    }
+    outbox_entry *e = &h->outbox[(h->ob_head + h->ob_count) & (h->ob_cap - 1)];
+    memset(e, 0, sizeof *e);
+    h->ob_count++;
+    return e;
+}
+
+/* While the database is failing, new user lines are refused once the pending
+ * ones pass a bound (count, bytes, or age): never delivered unrecorded, never
+ * silently dropped, and memory stays bounded. */
+static int outbox_over_bound(const hub *h, int64_t now)
+{
+    if (!h->db_failing)
+        return 0;
+    if (h->ob_unstored >= h->cfg.pending_max_lines || h->ob_unstored_bytes >= h->cfg.pending_max_bytes)
+        return 1;
+    return now - h->db_failing_since >= h->cfg.pending_max_ms;
+}
+
+static int is_user_kind(const char *kind)
+{
+    return kind && (strcmp(kind, "say") == 0 || strcmp(kind, "me") == 0 || strcmp(kind, "msg") == 0);
+}
+
+static void outbox_add(hub *h, const chat_effect *fx)
+{
+    uint32_t sender = fx->slot;
+    int persist = fx->record_kind != NULL && h->cfg.history != NULL;
+    int user_line = is_user_kind(fx->record_kind) || fx->kind == CHAT_PRIVATE;
+    if (user_line && outbox_over_bound(h, h->input_now)) {
+        h->stats.refused_lines++;
+        reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+        return;
+    }
+    msgbuf *wire = msgbuf_line(fx->text, fx->text_len);
+    msgbuf *record = NULL;
+    size_t room_len = 0, nick_len = 0, kind_len = 0;
+    if (persist) {
+        room_len = strlen(fx->room);
+        nick_len = strlen(fx->nick);
+        kind_len = strlen(fx->record_kind);
+        record = msgbuf_alloc(room_len + nick_len + kind_len + fx->body_len + 4);
+    }
+    outbox_entry *e = (wire && (record || !persist)) ? outbox_push(h) : NULL;
+    if (!e) {
+        if (wire)
+            msgbuf_release(wire);
+        if (record)
+            msgbuf_release(record);
+        log_error("hub: out of memory queueing a line from session %u", (unsigned)sender);
+        reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+        return;
+    }
+    e->is_private = fx->kind == CHAT_PRIVATE;
+    e->user_line = (uint8_t)user_line;
+    e->from_slot = sender;
+    e->from_conn = sender < h->cfg.max_sessions ? h->slots[sender].conn_id : 0;
+    if (e->is_private) {
+        e->to_slot = fx->to_slot;
+        e->to_conn = fx->to_slot < h->cfg.max_sessions ? h->slots[fx->to_slot].conn_id : 0;
+    }
+    e->wire = wire;
+    e->queued_ms = h->input_now;
+    if (persist) {
+        char *p = record->data;
+        memcpy(p, fx->room, room_len + 1);
+        e->nick_off = (uint32_t)(room_len + 1);
+        memcpy(p + e->nick_off, fx->nick, nick_len + 1);
+        e->kind_off = e->nick_off + (uint32_t)nick_len + 1;
+        memcpy(p + e->kind_off, fx->record_kind, kind_len + 1);
+        e->body_off = e->kind_off + (uint32_t)kind_len + 1;
+        memcpy(p + e->body_off, fx->body, fx->body_len);
+        p[e->body_off + fx->body_len] = '\0';
+        e->body_len = (uint32_t)fx->body_len;
+        record->len = (uint32_t)(e->body_off + fx->body_len + 1);
+        e->record = record;
+        e->persist = 1;
+        history_format_time(clock_wall_ms(), e->at);
+        h->ob_unstored++;
+        h->ob_unstored_bytes += fx->body_len;
+    } else if (!e->is_private) {
+        /* Not stored, but still ordered after the stored lines before it. The
+         * room name is needed at delivery: keep it in the record buffer. */
+        size_t rl = strlen(fx->room);
+        e->record = msgbuf_alloc(rl + 1);
+        if (e->record) {
+            memcpy(e->record->data, fx->room, rl + 1);
+            e->record->len = (uint32_t)rl + 1;
+        }
+    }
+}
+
+/* One transaction for every unstored entry.  Returns 1 if everything in the
+ * outbox is now stored. */
+static int outbox_commit(hub *h, int64_t now)
+{
+    if (h->ob_unstored == 0)
+        return 1;
+    if (h->db_failing && now < h->next_commit_try)
+        return 0;
+    history *db = h->cfg.history;
+    int rc = history_begin(db);
+    if (rc == HISTORY_OK) {
+        for (uint32_t i = 0; i < h->ob_count && rc == HISTORY_OK; i++) {
+            outbox_entry *e = &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
+            if (!e->persist || e->stored)
+                continue;
+            history_record r;
+            r.id = 0;
+            r.at = e->at;
+            r.room = e->record->data;
+            r.nick = e->record->data + e->nick_off;
+            r.kind = e->record->data + e->kind_off;
+            r.body = e->record->data + e->body_off;
+            r.body_len = e->body_len;
+            rc = history_append(db, &r);
+        }
+        if (rc == HISTORY_OK)
+            rc = history_commit(db);
+        else
+            history_rollback(db);
+    }
+    if (rc != HISTORY_OK) {
+        h->stats.commit_busy++;
+        if (!h->db_failing) {
+            h->db_failing = 1;
+            h->db_failing_since = now;
+            log_warn("history: cannot write (%s); %u line(s) held, retrying",
+                     rc == HISTORY_BUSY ? "database is locked by another connection" : history_errmsg(db),
+                     (unsigned)h->ob_unstored);
+        }
+        h->next_commit_try = now + COMMIT_RETRY_MS;
+        return 0;
+    }
+    if (h->db_failing) {
+        log_info("history: writable again after %lld ms; stored %u held line(s)",
+                 (long long)(now - h->db_failing_since), (unsigned)h->ob_unstored);
+        h->db_failing = 0;
+    }
+    h->stats.commits++;
+    h->stats.lines_stored += h->ob_unstored;
+    for (uint32_t i = 0; i < h->ob_count; i++)
+        h->outbox[(h->ob_head + i) & (h->ob_cap - 1)].stored = 1;
+    h->ob_unstored = 0;
+    h->ob_unstored_bytes = 0;
+    return 1;
+}
+
+typedef struct deliver_ctx {
+    hub *h;
+    const outbox_entry *e;
+} deliver_ctx;
+
+static void deliver_member(void *ctx, uint32_t slot)
+{
+    deliver_ctx *d = ctx;
+    if (slot == d->e->from_slot && d->h->slots[slot].conn_id == d->e->from_conn)
+        return;
+    queue_to(d->h, slot, d->e->wire);
+}
+
+static void outbox_deliver(hub *h)
+{
+    while (h->ob_count > 0) {
+        outbox_entry *e = &h->outbox[h->ob_head];
+        if (e->persist && !e->stored)
+            break;
+        if (e->is_private) {
+            if (slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)
+                queue_to(h, e->to_slot, e->wire);
+        } else if (e->record) {
+            deliver_ctx d = { h, e };
+            chat_room_members(h->chat, e->record->data, deliver_member, &d);
+        }
+        outbox_entry_free(e);
+        h->ob_head = (h->ob_head + 1) & (h->ob_cap - 1);
+        h->ob_count--;
+    }
+}
+
+/* ---- effects ----------------------------------------------------------- */
+
+typedef struct query_ctx {
+    hub *h;
+    uint32_t slot;
+    int rows;
+} query_ctx;
+
+static int send_history_row(void *ctx, const history_record *rec)
+{
+    query_ctx *q = ctx;
+    char line[TEXT_MAX_LINE + 128];
+    size_t n = chat_format_history(rec, line, sizeof line);
+    reply_text(q->h, q->slot, line, n);
+    q->rows++;
+    return 0;
+}
+
+static void answer_query(hub *h, const chat_effect *fx)
+{
+    if (!h->cfg.history) {
+        reply_text(h, fx->slot, NOTICE_HISTORY_OFF, sizeof NOTICE_HISTORY_OFF - 1);
+        return;
+    }
+    query_ctx q = { h, fx->slot, 0 };
+    int rc;
+    if (fx->kind == CHAT_HISTORY)
+        rc = history_recent(h->cfg.history, fx->room, fx->limit, send_history_row, &q);
+    else
+        rc = history_search(h->cfg.history, fx->room, fx->words, fx->limit, send_history_row, &q);
+    if (rc != HISTORY_OK) {
+        log_warn("history: %s query failed: %s", fx->kind == CHAT_HISTORY ? "replay" : "search",
+                 history_errmsg(h->cfg.history));
+        static const char msg[] = "*** history is unavailable right now";
+        reply_text(h, fx->slot, msg, sizeof msg - 1);
+    } else if (fx->kind == CHAT_SEARCH && q.rows == 0) {
+        static const char msg[] = "*** no matches";
+        reply_text(h, fx->slot, msg, sizeof msg - 1);
+    }
+}
+
+static void run_effects(hub *h)
+{
+    const chat_effect *fx;
+    size_t n = chat_effects(h->chat, &fx);
+    for (size_t i = 0; i < n; i++) {
+        switch (fx[i].kind) {
+        case CHAT_REPLY:
+            reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
+            break;
+        case CHAT_ROOM:
+        case CHAT_PRIVATE:
+            outbox_add(h, &fx[i]);
+            break;
+        case CHAT_HISTORY:
+        case CHAT_SEARCH:
+            answer_query(h, &fx[i]);
+            break;
+        case CHAT_CLOSE:
+            if (fx[i].text)
+                reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
+            request_close(h, fx[i].slot, fx[i].reason ? fx[i].reason : "closed");
+            break;
+        }
+    }
+}
+
+/* ---- sessions ---------------------------------------------------------- */
+
+const char *hub_admit(const hub *h, const char *peer_ip, int have_free_slot)
+{
+    static char notice[160];
+    if (!have_free_slot) {
+        snprintf(notice, sizeof notice, "*** server is full (%u sessions); try again later",
+                 (unsigned)h->cfg.max_sessions);
+        return notice;
+    }
+    if (h->cfg.max_per_ip > 0) {
+        int same = 0;
+        for (uint32_t i = 0; i < h->cfg.max_sessions && same < h->cfg.max_per_ip; i++)
+            if (h->slots[i].conn_id != 0 && strcmp(h->slots[i].ip, peer_ip) == 0)
+                same++;
+        if (same >= h->cfg.max_per_ip) {
+            snprintf(notice, sizeof notice, "*** too many connections from your address (limit %d)",
+                     h->cfg.max_per_ip);
+            return notice;
+        }
+    }
+    return NULL;
+}
+
+void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms)
+{
+    hub_slot *s = &h->slots[slot];
+    /* in_flush_list/in_close_list survive reuse: stale list entries for the
+     * old session may still be queued, and the lists must never hold a slot twice. */
+    s->closing = 0;
+    s->close_reason = NULL;
+    if (++h->next_conn_id == 0)
+        h->next_conn_id = 1;
+    s->conn_id = h->next_conn_id;
+    s->last_input_ms = now_ms;
+    snprintf(s->ip, sizeof s->ip, "%s", peer_ip);
+    sendq_init(&s->q);
+    framer_init(&s->fr);
+    h->open_count++;
+    h->input_now = now_ms;
+    chat_session_open(h->chat, slot, s->conn_id, now_ms);
+    run_effects(h);
+}
+
+static void on_line(void *ctx, const char *line, size_t len, unsigned flags)
+{
+    hub *h = ctx;
+    uint32_t slot = h->input_slot;
+    if (!slot_live(h, slot))
+        return;
+    int cut = 0;
+    size_t n = text_clean(line, len, h->clean, sizeof h->clean, &cut);
+    int truncated = cut || (flags & FRAMER_LINE_TRUNCATED);
+    if (!truncated && text_is_blank(h->clean, n))
+        return;
+    h->stats.lines_in++;
+    chat_session_line(h->chat, slot, h->clean, n, truncated, h->input_now);
+    run_effects(h);
+}
+
+static void on_telnet_reply(void *ctx, const unsigned char *bytes, size_t len)
+{
+    hub *h = ctx;
+    msgbuf *m = msgbuf_bytes(bytes, len);
+    if (m) {
+        queue_to(h, h->input_slot, m);
+        msgbuf_release(m);
+    }
+}
+
+void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t n, int64_t now_ms)
+{
+    if (!slot_live(h, slot))
+        return;
+    h->slots[slot].last_input_ms = now_ms;
+    h->input_slot = slot;
+    h->input_now = now_ms;
+    framer_feed(&h->slots[slot].fr, data, n, on_line, on_telnet_reply, h);
+}
+
+void hub_session_sent(hub *h, uint32_t slot, size_t transferred)
+{
+    hub_slot *s = &h->slots[slot];
+    sendq_complete(&s->q, transferred);
+    if (sendq_has_unsent(&s->q))
+        mark_flush(h, slot);
+}
+
+void hub_session_closed(hub *h, uint32_t slot, const char *reason)
+{
+    hub_slot *s = &h->slots[slot];
+    if (s->conn_id == 0)
+        return;
+    s->closing = 1;
+    chat_session_close(h->chat, slot, reason);
+    run_effects(h);
+    sendq_clear(&s->q);
+    s->conn_id = 0;
+    h->open_count--;
+}
+
+/* ---- the turn ---------------------------------------------------------- */
+
+static int idle_check(hub *h, int64_t now)
+{
+    if (!h->cfg.idle_timeout_ms)
+        return -1;
+    if (now >= h->next_idle_check) {
+        for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
+            hub_slot *s = &h->slots[i];
+            if (s->conn_id == 0 || s->closing || now - s->last_input_ms < h->cfg.idle_timeout_ms)
+                continue;
+            char text[96];
+            int n = snprintf(text, sizeof text, "*** idle for %d seconds; disconnecting",
+                             h->cfg.idle_timeout_ms / 1000);
+            reply_text(h, i, text, (size_t)n);
+            request_close(h, i, "timeout");
+        }
+        h->next_idle_check = now + IDLE_CHECK_MS;
+    }
+    return (int)(h->next_idle_check - now);
+}
+
+static int prune_step(hub *h, int64_t now)
+{
+    if (!h->cfg.history || !h->cfg.retention)
+        return -1;
+    if (now >= h->next_prune) {
+        int n = history_prune_step(h->cfg.history, clock_wall_ms(), PRUNE_BATCH);
+        if (n > 0)
+            log_info("history: retention removed %d old line(s)", n);
+        h->next_prune = now + (n == PRUNE_BATCH ? 10 : PRUNE_IDLE_MS);
+    }
+    return (int)(h->next_prune - now);
+}
+
+static int earliest(int a, int b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+int hub_turn(hub *h, int64_t now_ms)
+{
+    int wait = -1;
+    h->input_now = now_ms;
+    if (h->cfg.history && !outbox_commit(h, now_ms))
+        wait = COMMIT_RETRY_MS;
+    outbox_deliver(h);
+    wait = earliest(wait, idle_check(h, now_ms));
+    wait = earliest(wait, prune_step(h, now_ms));
+    return wait;
+}
+
+void hub_stopping(hub *h, int64_t now_ms)
+{
+    static const char msg[] = "*** server is stopping; goodbye";
+    h->input_now = now_ms;
+    for (uint32_t i = 0; i < h->cfg.max_sessions; i++)
+        if (slot_live(h, i))
+            reply_text(h, i, msg, sizeof msg - 1);
+    h->db_failing = 0;   /* one last attempt now, whatever the retry timer says */
+    hub_turn(h, now_ms);
+}
+
+int hub_next_flush(hub *h, uint32_t *slot)
+{
+    if (h->flush_count == 0)
+        return 0;
+    *slot = h->flush_list[--h->flush_count];
+    h->slots[*slot].in_flush_list = 0;
+    return 1;
+}
+
+int hub_next_close(hub *h, uint32_t *slot, const char **reason)
+{
+    while (h->close_count > 0) {
+        uint32_t i = h->close_list[--h->close_count];
+        hub_slot *s = &h->slots[i];
+        s->in_close_list = 0;
+        if (s->conn_id == 0 || !s->closing)
+            continue;   /* stale: that session is gone and the slot maybe reused */
+        *slot = i;
+        *reason = s->close_reason;
+        return 1;
+    }
+    return 0;
+}
+
+sendq *hub_sendq(hub *h, uint32_t slot)
+{
+    return &h->slots[slot].q;
+}
+
+uint32_t hub_session_conn_id(const hub *h, uint32_t slot)
+{
+    return h->slots[slot].conn_id;
+}
+
+void hub_get_stats(const hub *h, hub_stats *out)
+{
+    *out = h->stats;
+    out->sessions = h->open_count;
+}

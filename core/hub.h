@@ -28,6 +28,7 @@ typedef struct hub_config {
     int max_per_ip;              /* 0 = no limit */
     int idle_timeout_ms;         /* 0 = off */
     history *history;            /* NULL = --no-history: lines are delivered at once */
+    int retention;               /* run history_prune_step now and then */
     size_t pending_max_lines;    /* outbox bounds while the database is unavailable */
     size_t pending_max_bytes;
     int pending_max_ms;

@@ -33,6 +33,7 @@ typedef struct relay_options {
     int64_t retain_messages;             /* --retain-messages M, 0 = all */
     int flood_burst;                     /* --flood-burst N, default 10, 0 = off */
     int flood_rate;                      /* --flood-rate N lines/s, default 5, 0 = off */
+    int flood_kick;                      /* --flood-kick N refused lines before disconnect, default 20, 0 = never */
     int max_per_ip;                      /* --max-per-ip N, default 16, 0 = off */
     int idle_timeout;                    /* --idle-timeout SECONDS, default 0 = off */
     int log_private;                     /* --log-private */

@@ -1,1 +1,763 @@
-/* placeholder: being written */
+/* relay: the I/O thread.  See relay.h.
+ *
+ * One loop turn:
+ *   1. wait alertably (WaitForMultipleObjectsEx(..., TRUE)): the stop event,
+ *      the listeners' FD_ACCEPT events, or a timeout; completion routines run
+ *      during the wait.  A signalled handle is returned *before* queued APCs
+ *      run, so after an object wake we drain them with SleepEx(0, TRUE): an
+ *      always-signalled handle can never starve the routines.
+ *   2. completions: the routines only recorded what happened and put the
+ *      session on the `done` list; now, outside any routine, received bytes go
+ *      to the hub (framing, chat) and the WSARecv is re-armed, and finished
+ *      sends are accounted.
+ *   3. hub_turn: one SQLite transaction for the turn, then delivery.
+ *   4. close requests from the hub; flush: each session with unsent data and no
+ *      send in flight gets ONE WSASend gathering its queue.
+ *   5. reap: a closing session whose recv and send routines have both run is
+ *      handed back to the hub and its slot freed.
+ *   6. accept, when a listener is signalled.
+ *
+ * Session lifetime: FREE -> OPEN (accepted, first WSARecv posted) -> CLOSING
+ * (no new I/O is posted except the final flush; lingers up to LINGER_MS for
+ * queued notices) -> CANCELLED (CancelIoEx + closesocket done) -> FREE once
+ * recv_pending and send_pending are both 0, i.e. every completion routine of
+ * the session has run.  Only then may the slot (and its OVERLAPPEDs) be reused.
+ */
+#include "relay.h"
+
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../storage/history.h"
+#include "hub.h"
+#include "log.h"
+
+#define RECV_BUF_SIZE 2048
+#define MAX_SEND_SPANS 256
+#define MAX_SEND_BYTES (1024 * 1024)
+#define LINGER_MS 1000            /* how long a closing session may flush its last notices */
+#define STOP_DRAIN_MS 500         /* on stop: time given to queued sends */
+#define STOP_REAP_MS 3000         /* on stop: bound on waiting for cancelled routines */
+#define ACCEPT_BACKOFF_MS 100
+#define MAX_LISTENERS 4
+
+typedef enum session_state { S_FREE, S_OPEN, S_CLOSING, S_CANCELLED } session_state;
+
+typedef struct session {
+    SOCKET sock;
+    WSAOVERLAPPED recv_ov;        /* owned by the kernel while recv_pending */
+    WSAOVERLAPPED send_ov;        /* owned by the kernel while send_pending */
+    struct relay *owner;
+    struct session *next_done;    /* on relay.done while on_done */
+    uint32_t slot;
+    uint8_t state;
+    uint8_t recv_pending, send_pending;
+    uint8_t recv_done, send_done, on_done;
+    uint8_t in_closing_list;
+    DWORD recv_err, recv_bytes, recv_flags;
+    DWORD send_err, send_bytes;
+    const char *close_reason;
+    int64_t linger_until;
+    unsigned char recv_buf[RECV_BUF_SIZE];
+} session;
+
+struct relay {
+    relay_options opt;
+    hub *hub;
+    history *db;
+    session *sessions;
+    uint32_t *free_slots;
+    uint32_t free_count;
+    uint32_t *closing;            /* slots in CLOSING or CANCELLED */
+    uint32_t closing_count;
+    session *done_head, *done_tail;
+    SOCKET listeners[MAX_LISTENERS];
+    WSAEVENT listen_events[MAX_LISTENERS];
+    int listener_count;
+    int64_t accept_resume_at;     /* backoff after accept failures */
+    HANDLE stop_event;
+    HANDLE thread;
+    int stopping;
+    int exit_status;
+    LARGE_INTEGER qpc_freq;
+};
+
+static int64_t now_ms(void)
+{
+    return (int64_t)GetTickCount64();
+}
+
+/* ---- completion routines: record, never act ---------------------------- */
+
+static void mark_done(session *s)
+{
+    if (s->on_done)
+        return;
+    s->on_done = 1;
+    s->next_done = NULL;
+    relay *r = s->owner;
+    if (r->done_tail)
+        r->done_tail->next_done = s;
+    else
+        r->done_head = s;
+    r->done_tail = s;
+}
+
+static void CALLBACK on_recv_complete(DWORD err, DWORD bytes, LPWSAOVERLAPPED ov, DWORD flags)
+{
+    (void)flags;
+    session *s = CONTAINING_RECORD(ov, session, recv_ov);
+    s->recv_pending = 0;
+    s->recv_done = 1;
+    s->recv_err = err;
+    s->recv_bytes = bytes;
+    mark_done(s);
+}
+
+static void CALLBACK on_send_complete(DWORD err, DWORD bytes, LPWSAOVERLAPPED ov, DWORD flags)
+{
+    (void)flags;
+    session *s = CONTAINING_RECORD(ov, session, send_ov);
+    s->send_pending = 0;
+    s->send_done = 1;
+    s->send_err = err;
+    s->send_bytes = bytes;
+    mark_done(s);
+}
+
+/* ---- session I/O -------------------------------------------------------- */
+
+static void session_begin_close(relay *r, session *s, const char *reason, int linger);
+
+static void session_post_recv(relay *r, session *s)
+{
+    WSABUF buf;
+    buf.buf = (char *)s->recv_buf;
+    buf.len = sizeof s->recv_buf;
+    s->recv_flags = 0;
+    memset(&s->recv_ov, 0, sizeof s->recv_ov);
+    s->recv_pending = 1;
+    if (WSARecv(s->sock, &buf, 1, NULL, &s->recv_flags, &s->recv_ov, on_recv_complete) != 0) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            /* Failed at once: the routine will never run for this call. */
+            s->recv_pending = 0;
+            log_info("session %u: WSARecv failed (error %d); closing", (unsigned)s->slot, err);
+            session_begin_close(r, s, "connection lost", 0);
+        }
+    }
+}
+
+static void session_flush(relay *r, session *s)
+{
+    if (s->send_pending || (s->state != S_OPEN && s->state != S_CLOSING))
+        return;
+    sendq *q = hub_sendq(r->hub, s->slot);
+    sendq_span spans[MAX_SEND_SPANS];
+    WSABUF bufs[MAX_SEND_SPANS];   /* WSASend captures the array; only the bytes must live on */
+    size_t n = sendq_gather(q, spans, MAX_SEND_SPANS, MAX_SEND_BYTES);
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        bufs[i].buf = (char *)spans[i].ptr;
+        bufs[i].len = spans[i].len;
+    }
+    memset(&s->send_ov, 0, sizeof s->send_ov);
+    s->send_pending = 1;
+    if (WSASend(s->sock, bufs, (DWORD)n, NULL, 0, &s->send_ov, on_send_complete) != 0) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            s->send_pending = 0;
+            sendq_complete(q, 0);
+            log_info("session %u: WSASend failed (error %d); closing", (unsigned)s->slot, err);
+            session_begin_close(r, s, "connection lost", 0);
+        }
+    }
+}
+
+static void session_begin_close(relay *r, session *s, const char *reason, int linger)
+{
+    if (s->state != S_OPEN)
+        return;
+    s->state = S_CLOSING;
+    s->close_reason = reason;
+    s->linger_until = linger ? now_ms() + LINGER_MS : 0;
+    if (!s->in_closing_list) {
+        s->in_closing_list = 1;
+        r->closing[r->closing_count++] = s->slot;
+    }
+}
+
+/* CancelIoEx then closesocket: under Wine closesocket alone does not complete
+ * a stalled send, so the cancel is what guarantees the routines will run. */
+static void session_cancel(session *s)
+{
+    if (s->recv_pending || s->send_pending) {
+        if (!CancelIoEx((HANDLE)s->sock, NULL)) {
+            DWORD err = GetLastError();
+            if (err != ERROR_NOT_FOUND)
+                log_warn("session %u: CancelIoEx failed (error %lu)", (unsigned)s->slot, (unsigned long)err);
+        }
+    }
+    if (closesocket(s->sock) != 0)
+        log_warn("session %u: closesocket failed (error %d)", (unsigned)s->slot, WSAGetLastError());
+    s->sock = INVALID_SOCKET;
+    s->state = S_CANCELLED;
+}
+
+/* Steps 5: closing sessions whose linger ended are cancelled; cancelled ones
+ * whose routines have all run go back to the hub and the free list. */
+static void reap_sessions(relay *r, int64_t now)
+{
+    uint32_t i = 0;
+    while (i < r->closing_count) {
+        session *s = &r->sessions[r->closing[i]];
+        if (s->state == S_CLOSING) {
+            int drained = !s->send_pending && !sendq_has_unsent(hub_sendq(r->hub, s->slot));
+            if (drained || now >= s->linger_until)
+                session_cancel(s);
+        }
+        if (s->state == S_CANCELLED && !s->recv_pending && !s->send_pending && !s->on_done) {
+            hub_session_closed(r->hub, s->slot, s->close_reason);
+            log_info("session %u: closed (%s)", (unsigned)s->slot, s->close_reason);
+            s->state = S_FREE;
+            s->in_closing_list = 0;
+            r->free_slots[r->free_count++] = s->slot;
+            r->closing[i] = r->closing[--r->closing_count];
+            continue;
+        }
+        i++;
+    }
+}
+
+/* Step 2: act on what the routines recorded. */
+static void process_completions(relay *r)
+{
+    int64_t now = now_ms();
+    while (r->done_head) {
+        session *s = r->done_head;
+        r->done_head = s->next_done;
+        if (!r->done_head)
+            r->done_tail = NULL;
+        s->on_done = 0;
+
+        if (s->send_done) {
+            s->send_done = 0;
+            if (s->send_err != 0) {
+                hub_session_sent(r->hub, s->slot, 0);
+                if (s->state == S_OPEN)
+                    log_info("session %u: send failed (error %lu)", (unsigned)s->slot, (unsigned long)s->send_err);
+                session_begin_close(r, s, "connection lost", 0);
+            } else {
+                hub_session_sent(r->hub, s->slot, s->send_bytes);
+            }
+        }
+        if (s->recv_done) {
+            s->recv_done = 0;
+            if (s->state != S_OPEN) {
+                /* closing: the data (if any) is dropped; the routine has run */
+            } else if (s->recv_err != 0) {
+                session_begin_close(r, s, "connection lost", 0);
+            } else if (s->recv_bytes == 0) {
+                session_begin_close(r, s, "connection closed", 0);
+            } else {
+                hub_session_input(r->hub, s->slot, s->recv_buf, s->recv_bytes, now);
+                if (s->state == S_OPEN && !r->stopping)
+                    session_post_recv(r, s);
+            }
+        }
+    }
+}
+
+static void flush_and_close(relay *r)
+{
+    uint32_t slot;
+    const char *reason;
+    while (hub_next_close(r->hub, &slot, &reason))
+        session_begin_close(r, &r->sessions[slot], reason, 1);
+    while (hub_next_flush(r->hub, &slot))
+        session_flush(r, &r->sessions[slot]);
+}
+
+/* ---- accepting ---------------------------------------------------------- */
+
+static void peer_ip_string(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+    const void *addr;
+    int family = ss->ss_family;
+    if (family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+        if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+            /* the same client must count once for --max-per-ip over v4 and v6 */
+            family = AF_INET;
+            addr = &a6->sin6_addr.s6_addr[12];
+        } else {
+            addr = &a6->sin6_addr;
+        }
+    } else {
+        addr = &((const struct sockaddr_in *)ss)->sin_addr;
+    }
+    if (!inet_ntop(family, addr, out, cap))
+        snprintf(out, cap, "?");
+}
+
+static void refuse_connection(SOCKET c, const char *notice)
+{
+    char line[256];
+    int n = snprintf(line, sizeof line, "%s\r\n", notice);
+    /* The socket is still non-blocking here: best effort, never waits. */
+    if (send(c, line, n, 0) == SOCKET_ERROR)
+        log_debug("refusal notice not sent (error %d)", WSAGetLastError());
+    closesocket(c);
+}
+
+static int session_setup_socket(session *s, SOCKET c)
+{
+    u_long blocking = 0;
+    BOOL nodelay = TRUE;
+    /* Accepted sockets inherit the listener's event-select and non-blocking mode. */
+    if (WSAEventSelect(c, NULL, 0) != 0) {
+        log_warn("WSAEventSelect(clear) failed (error %d)", WSAGetLastError());
+        return -1;
+    }
+    if (ioctlsocket(c, FIONBIO, &blocking) != 0) {
+        log_warn("ioctlsocket(FIONBIO) failed (error %d)", WSAGetLastError());
+        return -1;
+    }
+    /* Without it Nagle + delayed ACK adds ~40 ms to every chat line. */
+    if (setsockopt(c, IPPROTO_TCP, TCP_NODELAY, (const char *)&nodelay, sizeof nodelay) != 0)
+        log_warn("setsockopt(TCP_NODELAY) failed (error %d)", WSAGetLastError());
+    s->sock = c;
+    return 0;
+}
+
+static void accept_all(relay *r, int li)
+{
+    WSANETWORKEVENTS ne;
+    if (WSAEnumNetworkEvents(r->listeners[li], r->listen_events[li], &ne) != 0)
+        log_warn("WSAEnumNetworkEvents failed (error %d)", WSAGetLastError());
+    for (;;) {
+        struct sockaddr_storage ss;
+        int sslen = sizeof ss;
+        SOCKET c = accept(r->listeners[li], (struct sockaddr *)&ss, &sslen);
+        if (c == INVALID_SOCKET) {
+            int err = WSAGetLastError();
+            if (err != WSAEWOULDBLOCK) {
+                /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
+                 * stays signalled, so back off instead of spinning. */
+                log_warn("accept failed (error %d); pausing accepts for %d ms", err, ACCEPT_BACKOFF_MS);
+                r->accept_resume_at = now_ms() + ACCEPT_BACKOFF_MS;
+            }
+            return;
+        }
+        char ip[64];
+        peer_ip_string(&ss, ip, sizeof ip);
+        const char *refusal = hub_admit(r->hub, ip, r->free_count > 0);
+        if (refusal || r->stopping) {
+            log_info("refused connection from %s: %s", ip, refusal ? refusal : "stopping");
+            refuse_connection(c, refusal ? refusal : "*** server is stopping");
+            continue;
+        }
+        session *s = &r->sessions[r->free_slots[r->free_count - 1]];
+        if (session_setup_socket(s, c) != 0) {
+            closesocket(c);
+            continue;
+        }
+        r->free_count--;
+        s->state = S_OPEN;
+        s->close_reason = NULL;
+        log_debug("session %u: connected from %s", (unsigned)s->slot, ip);
+        hub_session_open(r->hub, s->slot, ip, now_ms());
+        session_post_recv(r, s);
+    }
+}
+
+/* ---- listening ---------------------------------------------------------- */
+
+static int listen_on(relay *r, int family, const struct sockaddr *addr, int addrlen, const char *shown)
+{
+    if (r->listener_count == MAX_LISTENERS) {
+        log_error("too many listening addresses (at most %d)", MAX_LISTENERS);
+        return -1;
+    }
+    SOCKET ls = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    if (ls == INVALID_SOCKET) {
+        log_error("listen %s: WSASocket failed (error %d)", shown, WSAGetLastError());
+        return -1;
+    }
+    BOOL on = TRUE;
+    /* One relay per port: refuse to share it with another process. */
+    if (setsockopt(ls, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&on, sizeof on) != 0)
+        log_warn("listen %s: setsockopt(SO_EXCLUSIVEADDRUSE) failed (error %d)", shown, WSAGetLastError());
+    if (family == AF_INET6) {
+        DWORD v6only = 1;   /* IPv4 has its own listener */
+        if (setsockopt(ls, IPPROTO_IPV6, IPV6_V6ONLY, (const char *)&v6only, sizeof v6only) != 0)
+            log_warn("listen %s: setsockopt(IPV6_V6ONLY) failed (error %d)", shown, WSAGetLastError());
+    }
+    if (bind(ls, addr, addrlen) != 0) {
+        int err = WSAGetLastError();
+        log_error("listen %s: bind failed (error %d%s)", shown, err,
+                  err == WSAEADDRINUSE ? ": the port is already in use" : "");
+        closesocket(ls);
+        return -1;
+    }
+    if (listen(ls, SOMAXCONN) != 0) {
+        log_error("listen %s: listen failed (error %d)", shown, WSAGetLastError());
+        closesocket(ls);
+        return -1;
+    }
+    WSAEVENT ev = WSACreateEvent();
+    if (ev == WSA_INVALID_EVENT) {
+        log_error("listen %s: WSACreateEvent failed (error %d)", shown, WSAGetLastError());
+        closesocket(ls);
+        return -1;
+    }
+    if (WSAEventSelect(ls, ev, FD_ACCEPT) != 0) {
+        log_error("listen %s: WSAEventSelect failed (error %d)", shown, WSAGetLastError());
+        WSACloseEvent(ev);
+        closesocket(ls);
+        return -1;
+    }
+    r->listeners[r->listener_count] = ls;
+    r->listen_events[r->listener_count] = ev;
+    r->listener_count++;
+    log_info("listening on %s", shown);
+    return 0;
+}
+
+static int open_listeners(relay *r)
+{
+    for (int i = 0; i < r->opt.listen_count; i++) {
+        const listen_addr *la = &r->opt.listen[i];
+        char shown[96];
+        if (la->host[0] == '\0') {
+            /* All interfaces: IPv4 is required, IPv6 is added when the host has it. */
+            struct sockaddr_in a4;
+            memset(&a4, 0, sizeof a4);
+            a4.sin_family = AF_INET;
+            a4.sin_port = htons(la->port);
+            snprintf(shown, sizeof shown, "0.0.0.0:%u", (unsigned)la->port);
+            if (listen_on(r, AF_INET, (struct sockaddr *)&a4, sizeof a4, shown) != 0)
+                return -1;
+            struct sockaddr_in6 a6;
+            memset(&a6, 0, sizeof a6);
+            a6.sin6_family = AF_INET6;
+            a6.sin6_port = htons(la->port);
+            snprintf(shown, sizeof shown, "[::]:%u", (unsigned)la->port);
+            if (listen_on(r, AF_INET6, (struct sockaddr *)&a6, sizeof a6, shown) != 0)
+                log_warn("IPv6 listener not available; serving IPv4 only");
+            continue;
+        }
+        struct addrinfo hints, *res = NULL;
+        char port[8];
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        snprintf(port, sizeof port, "%u", (unsigned)la->port);
+        int rc = getaddrinfo(la->host, port, &hints, &res);
+        if (rc != 0 || !res) {
+            log_error("listen %s:%s: getaddrinfo failed (error %d)", la->host, port, rc);
+            return -1;
+        }
+        snprintf(shown, sizeof shown, res->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", la->host, port);
+        rc = listen_on(r, res->ai_family, res->ai_addr, (int)res->ai_addrlen, shown);
+        freeaddrinfo(res);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void close_listeners(relay *r)
+{
+    for (int i = 0; i < r->listener_count; i++) {
+        if (closesocket(r->listeners[i]) != 0)
+            log_warn("closesocket(listener) failed (error %d)", WSAGetLastError());
+        WSACloseEvent(r->listen_events[i]);
+    }
+    r->listener_count = 0;
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+/* One turn after the wait returned: steps 2-5. */
+static int run_turn(relay *r)
+{
+    process_completions(r);
+    int64_t now = now_ms();
+    int hub_wait = hub_turn(r->hub, now);
+    flush_and_close(r);
+    reap_sessions(r, now);
+    /* Flushing may have failed at once and closed sessions: reap picks them up
+     * next turn, so wake soon while any session is closing. */
+    int wait = hub_wait;
+    if (r->closing_count > 0 && (wait < 0 || wait > 20))
+        wait = 20;
+    return wait;
+}
+
+static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, int *accept_ready)
+{
+    HANDLE handles[1 + MAX_LISTENERS];
+    DWORD n = 0;
+    handles[n++] = r->stop_event;
+    if (accepting)
+        for (int i = 0; i < r->listener_count; i++)
+            handles[n++] = r->listen_events[i];
+    DWORD rc = WaitForMultipleObjectsEx(n, handles, FALSE, timeout, TRUE);
+    *stop = 0;
+    *accept_ready = -1;
+    if (rc == WAIT_IO_COMPLETION || rc == WAIT_TIMEOUT)
+        return;   /* the wait itself ran every queued routine */
+    if (rc == WAIT_FAILED) {
+        log_error("WaitForMultipleObjectsEx failed (error %lu)", (unsigned long)GetLastError());
+        Sleep(10);
+        return;
+    }
+    DWORD idx = rc - WAIT_OBJECT_0;
+    if (idx == 0)
+        *stop = 1;
+    else if (idx < n)
+        *accept_ready = (int)idx - 1;
+    /* An object won the wait: queued completion routines have not run yet. */
+    SleepEx(0, TRUE);
+}
+
+static void stop_sequence(relay *r)
+{
+    int64_t start = now_ms();
+    log_info("stopping: %u session(s) open", (unsigned)(r->opt.max_sessions - r->free_count));
+    r->stopping = 1;
+    close_listeners(r);
+    hub_stopping(r->hub, start);
+    flush_and_close(r);
+    /* Give queued sends a short bounded time to drain. */
+    for (;;) {
+        int busy = 0;
+        for (uint32_t i = 0; i < r->opt.max_sessions && !busy; i++) {
+            session *s = &r->sessions[i];
+            busy = s->state != S_FREE && (s->send_pending || sendq_has_unsent(hub_sendq(r->hub, i)));
+        }
+        if (!busy || now_ms() - start >= STOP_DRAIN_MS)
+            break;
+        SleepEx(10, TRUE);
+        run_turn(r);
+    }
+    for (uint32_t i = 0; i < r->opt.max_sessions; i++) {
+        session *s = &r->sessions[i];
+        if (s->state == S_OPEN)
+            session_begin_close(r, s, "server stopping", 0);
+        if (s->state == S_CLOSING)
+            session_cancel(s);
+    }
+    /* Wait for every routine: only then may the memory go. */
+    int64_t deadline = now_ms() + STOP_REAP_MS;
+    while (r->closing_count > 0 && now_ms() < deadline) {
+        SleepEx(10, TRUE);
+        process_completions(r);
+        reap_sessions(r, now_ms());
+    }
+    if (r->closing_count > 0)
+        log_error("stopping: %u session(s) still had I/O outstanding after %d ms", (unsigned)r->closing_count,
+                  STOP_REAP_MS);
+    hub_turn(r->hub, now_ms());   /* store the leave records */
+    hub_stats st;
+    hub_get_stats(r->hub, &st);
+    log_info("stopped in %lld ms (lines in %llu, stored %llu, deliveries %llu, commits %llu)",
+             (long long)(now_ms() - start), (unsigned long long)st.lines_in,
+             (unsigned long long)st.lines_stored, (unsigned long long)st.deliveries,
+             (unsigned long long)st.commits);
+}
+
+static DWORD WINAPI io_thread(LPVOID arg)
+{
+    relay *r = arg;
+    int wait = -1;
+    for (;;) {
+        int64_t now = now_ms();
+        int accepting = now >= r->accept_resume_at;
+        DWORD timeout = wait < 0 ? INFINITE : (DWORD)wait;
+        if (!accepting) {
+            DWORD until = (DWORD)(r->accept_resume_at - now);
+            if (timeout == INFINITE || until < timeout)
+                timeout = until;
+        }
+        int stop, ready;
+        alertable_wait(r, timeout, accepting, &stop, &ready);
+        if (stop)
+            break;
+        wait = run_turn(r);
+        if (ready >= 0) {
+            accept_all(r, ready);
+            wait = run_turn(r);   /* greetings and replays go out now */
+        }
+    }
+    stop_sequence(r);
+    return 0;
+}
+
+/* ---- start / stop ------------------------------------------------------- */
+
+static void relay_free(relay *r)
+{
+    if (!r)
+        return;
+    close_listeners(r);
+    if (r->hub)
+        hub_destroy(r->hub);
+    if (r->db)
+        history_close(r->db);
+    if (r->stop_event)
+        CloseHandle(r->stop_event);
+    free(r->sessions);
+    free(r->free_slots);
+    free(r->closing);
+    free(r);
+    msgbuf_pool_drain();
+    WSACleanup();
+}
+
+static int open_history(relay *r)
+{
+    if (r->opt.no_history)
+        return 0;
+    if (r->opt.db_path[0] == '\0') {
+        log_error("history: no database path given (--db PATH or --no-history)");
+        return -1;
+    }
+    history_options ho;
+    memset(&ho, 0, sizeof ho);
+    ho.busy_timeout_ms = 0;
+    ho.retain_days = r->opt.retain_days;
+    ho.retain_messages = r->opt.retain_messages;
+    char err[512];
+    int rc = history_open(&r->db, r->opt.db_path, &ho, err, sizeof err);
+    if (rc != HISTORY_OK) {
+        log_error("history: %s", err);
+        r->db = NULL;
+        return -1;
+    }
+    log_info("history: %s", r->opt.db_path);
+    return 0;
+}
+
+int relay_start(const relay_options *opt, relay **out, relay_progress_fn progress, void *ctx)
+{
+    *out = NULL;
+    WSADATA wsa;
+    int rc = WSAStartup(MAKEWORD(2, 2), &wsa);
+    if (rc != 0) {
+        log_error("WSAStartup failed (error %d)", rc);
+        return RELAY_ERR_WINSOCK;
+    }
+    relay *r = calloc(1, sizeof *r);
+    if (!r) {
+        WSACleanup();
+        return RELAY_ERR_MEMORY;
+    }
+    r->opt = *opt;
+    uint32_t max = opt->max_sessions;
+    r->sessions = calloc(max, sizeof *r->sessions);
+    r->free_slots = malloc(sizeof(uint32_t) * max);
+    r->closing = malloc(sizeof(uint32_t) * max);
+    if (!r->sessions || !r->free_slots || !r->closing) {
+        log_error("out of memory for %u sessions", (unsigned)max);
+        relay_free(r);
+        return RELAY_ERR_MEMORY;
+    }
+    for (uint32_t i = 0; i < max; i++) {
+        r->sessions[i].slot = i;
+        r->sessions[i].owner = r;
+        r->sessions[i].sock = INVALID_SOCKET;
+        r->free_slots[i] = max - 1 - i;   /* slot 0 is handed out first */
+    }
+    r->free_count = max;
+    if (progress)
+        progress(ctx);
+
+    if (open_history(r) != 0) {
+        relay_free(r);
+        return RELAY_ERR_DATABASE;
+    }
+    if (progress)
+        progress(ctx);
+
+    hub_config hc;
+    memset(&hc, 0, sizeof hc);
+    hc.chat.server_name = r->opt.server_name;
+    hc.chat.replay = opt->replay;
+    hc.chat.flood_burst = opt->flood_rate > 0 ? opt->flood_burst : 0;
+    hc.chat.flood_rate = opt->flood_burst > 0 ? opt->flood_rate : 0;
+    hc.chat.flood_kick = opt->flood_kick;
+    hc.chat.log_private = opt->log_private;
+    hc.max_sessions = max;
+    hc.max_queue_bytes = opt->max_queue_bytes;
+    hc.max_per_ip = opt->max_per_ip;
+    hc.idle_timeout_ms = opt->idle_timeout * 1000;
+    hc.history = r->db;
+    hc.retention = opt->retain_days > 0 || opt->retain_messages > 0;
+    hc.pending_max_lines = 10000;
+    hc.pending_max_bytes = 8u << 20;
+    hc.pending_max_ms = 5000;
+    r->hub = hub_create(&hc);
+    if (!r->hub) {
+        log_error("out of memory creating the hub for %u sessions", (unsigned)max);
+        relay_free(r);
+        return RELAY_ERR_MEMORY;
+    }
+
+    if (open_listeners(r) != 0) {
+        relay_free(r);
+        return RELAY_ERR_LISTEN;
+    }
+    if (progress)
+        progress(ctx);
+
+    r->stop_event = CreateEventW(NULL, TRUE, FALSE, NULL);
+    if (!r->stop_event) {
+        log_error("CreateEvent failed (error %lu)", (unsigned long)GetLastError());
+        relay_free(r);
+        return RELAY_ERR_THREAD;
+    }
+    r->thread = CreateThread(NULL, 0, io_thread, r, 0, NULL);
+    if (!r->thread) {
+        log_error("CreateThread failed (error %lu)", (unsigned long)GetLastError());
+        relay_free(r);
+        return RELAY_ERR_THREAD;
+    }
+    log_info("relay running: max %u sessions, history %s", (unsigned)max, r->db ? "on" : "off");
+    *out = r;
+    return RELAY_OK;
+}
+
+void relay_request_stop(relay *r)
+{
+    if (!SetEvent(r->stop_event))
+        log_error("SetEvent(stop) failed (error %lu)", (unsigned long)GetLastError());
+}
+
+int relay_wait(relay *r, relay_progress_fn progress, void *ctx)
+{
+    for (;;) {
+        DWORD rc = WaitForSingleObject(r->thread, 200);
+        if (rc == WAIT_OBJECT_0)
+            break;
+        if (rc == WAIT_FAILED) {
+            log_error("WaitForSingleObject(io thread) failed (error %lu)", (unsigned long)GetLastError());
+            break;
+        }
+        if (progress)
+            progress(ctx);
+    }
+    CloseHandle(r->thread);
+    int status = r->exit_status;
+    relay_free(r);
+    return status;
+}
