@@ -1,7 +1,7 @@
 /* log: formats one line per event and hands it to the sinks.
  *
- * A line is "2026-11-27T03:04:05.123Z INFO message\n": UTC from
- * timespec_get (C11, also in MSVC's CRT), the date computed arithmetically so
+ * A line is "2026-11-27T03:04:05.123Z INFO message\n": UTC from clock.h
+ * (timespec_get where the CRT has it), the date computed arithmetically so
  * no gmtime/gmtime_r/gmtime_s portability question arises.  Control
  * characters in a message (a client's text, a path) become '?', so one event
  * is always one line and nobody can forge log lines.
@@ -16,6 +16,8 @@
  */
 #include "log.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -27,12 +29,6 @@
 #ifdef _WIN32
 #include <wchar.h>
 #endif
-#if defined(_WIN32) && !defined(TIME_UTC)
-/* mingw-w64 on the old msvcrt has no timespec_get (only the UCRT does). */
-#include <sys/timeb.h>
-#define LOG_USE_FTIME 1
-#endif
-
 #define LOG_LINE_MAX 2048          /* longer messages are cut and end in "..." */
 #define LOG_PATH_MAX 1024
 
@@ -232,23 +228,12 @@ void log_close(void)
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) for now, UTC. */
 static void format_now(char out[25])
 {
+    int64_t now_ms = clock_wall_ms();
     int64_t secs, days, rem, z, era, doe, yoe, y, doy, mp, d, m;
     long ms;
 
-#ifdef LOG_USE_FTIME
-    struct __timeb64 tb;
-    _ftime64(&tb);
-    secs = (int64_t)tb.time;
-    ms = (long)tb.millitm;
-#else
-    struct timespec ts;
-    if (timespec_get(&ts, TIME_UTC) != TIME_UTC) {
-        ts.tv_sec = time(NULL);
-        ts.tv_nsec = 0;
-    }
-    secs = (int64_t)ts.tv_sec;
-    ms = (long)(ts.tv_nsec / 1000000);
-#endif
+    secs = now_ms / 1000;
+    ms = (long)(now_ms % 1000);
     days = secs / 86400;
     rem = secs % 86400;
     if (rem < 0) {

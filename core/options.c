@@ -28,7 +28,7 @@ typedef enum option_kind {
 typedef enum option_id {
     ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
     ID_DB, ID_NO_HISTORY, ID_REPLAY, ID_RETAIN_DAYS, ID_RETAIN_MESSAGES, ID_FLOOD_BURST,
-    ID_FLOOD_RATE, ID_MAX_PER_IP, ID_IDLE_TIMEOUT, ID_LOG_PRIVATE, ID_LOG, ID_LOG_MAX_BYTES,
+    ID_FLOOD_RATE, ID_FLOOD_KICK, ID_MAX_PER_IP, ID_IDLE_TIMEOUT, ID_LOG_PRIVATE, ID_LOG, ID_LOG_MAX_BYTES,
     ID_NAME
 } option_id;
 
@@ -53,6 +53,7 @@ static const option_spec OPTION_TABLE[] = {
     { "--retain-messages", ID_RETAIN_MESSAGES, OPT_INT,    0, INT64_C(1000000000000) },
     { "--flood-burst",     ID_FLOOD_BURST,     OPT_INT,    0, 1000 },
     { "--flood-rate",      ID_FLOOD_RATE,      OPT_INT,    0, 1000 },
+    { "--flood-kick",      ID_FLOOD_KICK,      OPT_INT,    0, 100000 },
     { "--max-per-ip",      ID_MAX_PER_IP,      OPT_INT,    0, 100000 },
     { "--idle-timeout",    ID_IDLE_TIMEOUT,    OPT_INT,    0, 7 * 86400 },
     { "--log-private",     ID_LOG_PRIVATE,     OPT_FLAG,   0, 0 },
@@ -80,6 +81,8 @@ static const char HELP_TEXT[] =
     "                          (default 10)\n"
     "  --flood-rate N          lines per second refilled to that burst, 0 = no flood\n"
     "                          control (default 5)\n"
+    "  --flood-kick N          disconnect a client after N refused lines within one\n"
+    "                          burst window, 0 = never (default 20)\n"
     "  --name NAME             server name shown in the greeting (default chatrelay)\n"
     "  --db PATH               history database (default\n"
     "                          %ProgramData%\\ChatRelay\\history.db)\n"
@@ -109,6 +112,7 @@ void options_defaults(relay_options *o)
     o->replay = 20;
     o->flood_burst = 10;
     o->flood_rate = 5;
+    o->flood_kick = 20;
     o->max_per_ip = 16;
     o->idle_timeout = 0;
     o->log_max_bytes = (size_t)(10 * MIB);
@@ -265,6 +269,7 @@ static void store_int(relay_options *o, option_id id, int64_t v)
     case ID_RETAIN_MESSAGES: o->retain_messages = v; break;
     case ID_FLOOD_BURST:     o->flood_burst = (int)v; break;
     case ID_FLOOD_RATE:      o->flood_rate = (int)v; break;
+    case ID_FLOOD_KICK:      o->flood_kick = (int)v; break;
     case ID_MAX_PER_IP:      o->max_per_ip = (int)v; break;
     case ID_IDLE_TIMEOUT:    o->idle_timeout = (int)v; break;
     case ID_LOG_MAX_BYTES:   o->log_max_bytes = (size_t)v; break;

@@ -32,6 +32,7 @@ static void test_defaults(void)
     CHECK_INT(o.retain_messages, 0);
     CHECK_INT(o.flood_burst, 10);
     CHECK_INT(o.flood_rate, 5);
+    CHECK_INT(o.flood_kick, 20);
     CHECK_INT(o.max_per_ip, 16);
     CHECK_INT(o.idle_timeout, 0);
     CHECK_INT(o.log_private, 0);
@@ -48,7 +49,7 @@ static void test_every_option(void)
         "--console", "--listen", "127.0.0.1:8001", "--listen=[::1]:8002",
         "--max-sessions", "5000", "--max-queue-bytes", "64K", "--db", "C:\\data dir\\h.db",
         "--replay", "0", "--retain-days", "30", "--retain-messages", "1000000",
-        "--flood-burst", "0", "--flood-rate=7", "--max-per-ip", "3", "--idle-timeout", "600",
+        "--flood-burst", "0", "--flood-rate=7", "--flood-kick", "3", "--max-per-ip", "3", "--idle-timeout", "600",
         "--log-private", "--log", "x.log", "--log-max-bytes", "2M", "--name", "my relay",
         "--no-history", "--version", "--help"
     };
@@ -68,6 +69,7 @@ static void test_every_option(void)
     CHECK_INT(o.retain_messages, 1000000);
     CHECK_INT(o.flood_burst, 0);
     CHECK_INT(o.flood_rate, 7);
+    CHECK_INT(o.flood_kick, 3);
     CHECK_INT(o.max_per_ip, 3);
     CHECK_INT(o.idle_timeout, 600);
     CHECK_INT(o.log_private, 1);
@@ -208,7 +210,7 @@ static void test_help(void)
     const char *names[] = {
         "--console", "--help", "--version", "--listen", "--max-sessions", "--max-queue-bytes",
         "--db", "--no-history", "--replay", "--retain-days", "--retain-messages",
-        "--flood-burst", "--flood-rate", "--max-per-ip", "--idle-timeout", "--log-private",
+        "--flood-burst", "--flood-rate", "--flood-kick", "--max-per-ip", "--idle-timeout", "--log-private",
         "--log ", "--log-max-bytes", "--name"
     };
     size_t i;
