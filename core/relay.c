@@ -211,6 +211,16 @@ static void session_cancel(session *s)
     s->state = S_CANCELLED;
 }
 
+/* Logs the process handle count: tests watch it to prove sessions leak nothing. */
+static void log_handles(relay *r, const char *what)
+{
+    DWORD handles = 0;
+    if (!GetProcessHandleCount(GetCurrentProcess(), &handles))
+        log_warn("GetProcessHandleCount failed (error %lu)", (unsigned long)GetLastError());
+    log_info("%s: sessions=%u handles=%lu", what, (unsigned)(r->opt.max_sessions - r->free_count),
+             (unsigned long)handles);
+}
+
 /* Steps 5: closing sessions whose linger ended are cancelled; cancelled ones
  * whose routines have all run go back to the hub and the free list. */
 static void reap_sessions(relay *r, int64_t now)
@@ -230,6 +240,8 @@ static void reap_sessions(relay *r, int64_t now)
             s->in_closing_list = 0;
             r->free_slots[r->free_count++] = s->slot;
             r->closing[i] = r->closing[--r->closing_count];
+            if (r->free_count == r->opt.max_sessions)
+                log_handles(r, "all sessions closed");
             continue;
         }
         i++;

@@ -1,0 +1,231 @@
+"""harness: run chatrelay.exe under Wine and talk to it with real Linux TCP sockets.
+
+Used by every end-to-end test.  Each test file is a script whose cases are run one
+per ctest test: `python3 test_x.py CASE`.  The environment comes from ctest:
+  CHATRELAY_EXE        path of chatrelay.exe (Linux path)
+  CHATRELAY_WORK       a scratch folder for databases and logs (Linux path)
+  CHATRELAY_SOURCE     the checkout (for scripts/wine)
+"""
+import os
+import random
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+SOURCE = os.environ.get("CHATRELAY_SOURCE", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+EXE = os.environ.get("CHATRELAY_EXE", os.path.join(SOURCE, "build", "windows", "chatrelay.exe"))
+WORK = os.environ.get("CHATRELAY_WORK", os.path.join(SOURCE, "build", "windows", "e2e-work"))
+WINE = os.path.join(SOURCE, "scripts", "wine")
+
+
+class TestFailure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def winpath(linux_path):
+    """The Windows view of a Linux path through Wine's Z: drive."""
+    return "Z:" + os.path.abspath(linux_path).replace("/", "\\")
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now (the relay binds it moments later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_port(port, timeout=30.0, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise TestFailure("relay exited with %s before listening" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TestFailure("nothing listening on port %d after %.0f s" % (port, timeout))
+
+
+class Relay:
+    """chatrelay.exe --console under Wine, stderr captured to a log file."""
+
+    def __init__(self, name, args=(), history=True, port=None):
+        os.makedirs(WORK, exist_ok=True)
+        self.name = name
+        self.port = port or free_port()
+        self.db = os.path.join(WORK, name + ".db")
+        self.log_path = os.path.join(WORK, name + ".log")
+        self.args = list(args)
+        self.history = history
+        self.proc = None
+
+    def reset_db(self):
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.db + suffix)
+            except FileNotFoundError:
+                pass
+
+    def start(self, extra=()):
+        cmd = [WINE, EXE, "--console", "--listen", "127.0.0.1:%d" % self.port]
+        if self.history:
+            cmd += ["--db", winpath(self.db)]
+        else:
+            cmd += ["--no-history"]
+        cmd += self.args + list(extra)
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
+                                     start_new_session=True)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, timeout=20.0):
+        """Ctrl+C equivalent: SIGINT, which Wine turns into CTRL_C_EVENT for the console handler."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(2)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TestFailure("relay did not stop within %.0f s of Ctrl+C" % timeout)
+        self.logf.close()
+        return rc
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        try:
+            self.logf.close()
+        except Exception:
+            pass
+
+    def query(self, sql, params=()):
+        """Read the history as a user would (the Linux sqlite3 library on the same file)."""
+        con = sqlite3.connect(self.db, timeout=5)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop()
+            except TestFailure:
+                pass
+        self.kill()
+
+
+class Client:
+    """A line-oriented TCP client, like nc."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.lines = []
+        self.closed = False
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def say(self, text):
+        self.send(text + "\r\n")
+
+    def _fill(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.buf += chunk
+        while b"\r\n" in self.buf:
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            self.lines.append(line.decode("utf-8", "replace"))
+        return True
+
+    def wait_for(self, pred, timeout=10.0, what=None):
+        """Reads until a line matching pred arrives; returns it (and drops the lines before it)."""
+        deadline = time.time() + timeout
+        while True:
+            for i, line in enumerate(self.lines):
+                if pred(line):
+                    del self.lines[: i + 1]
+                    return line
+            left = deadline - time.time()
+            if left <= 0 or self.closed:
+                raise TestFailure("no line matching %s within %.0f s (closed=%s); last lines: %r"
+                                  % (what or pred, timeout, self.closed, self.lines[-5:]))
+            self._fill(min(left, 0.5))
+
+    def expect(self, substring, timeout=10.0):
+        return self.wait_for(lambda l: substring in l, timeout, what=repr(substring))
+
+    def drain(self, quiet=0.3):
+        """Reads everything that arrives until the line is quiet for `quiet` seconds."""
+        while self._fill(quiet):
+            pass
+        out, self.lines = self.lines, []
+        return out
+
+    def wait_closed(self, timeout=10.0):
+        deadline = time.time() + timeout
+        while not self.closed and time.time() < deadline:
+            self._fill(min(0.5, deadline - time.time()))
+        return self.closed
+
+    def greeted(self):
+        """Waits for the end of the greeting (the /help hint) and returns our nick."""
+        return self.expect("/help")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def run_cases(cases):
+    """Entry point of a test script: run the case named in argv[1]."""
+    if len(sys.argv) != 2 or sys.argv[1] not in cases:
+        print("usage: %s CASE (one of: %s)" % (sys.argv[0], ", ".join(sorted(cases))), file=sys.stderr)
+        sys.exit(2)
+    name = sys.argv[1]
+    random.seed(name)
+    start = time.time()
+    try:
+        cases[name]()
+    except TestFailure as e:
+        print("FAIL %s: %s" % (name, e))
+        sys.exit(1)
+    print("PASS %s (%.1f s)" % (name, time.time() - start))

@@ -1,0 +1,207 @@
+"""End-to-end tests of the relay core: chatrelay.exe --console under Wine, real TCP clients."""
+import os
+import re
+import socket
+import time
+
+from harness import Client, Relay, TestFailure, check, raise_fd_limit, run_cases
+
+# Load tests switch off the per-IP limit and flood control (all clients are 127.0.0.1).
+OPEN_LIMITS = ["--max-per-ip", "0", "--flood-burst", "0", "--flood-rate", "0"]
+
+
+def nick_of(client):
+    line = client.expect("guest")
+    m = re.search(r"(guest\d+)", line)
+    check(m, "no guest nick in greeting line %r" % line)
+    client.greeted()
+    return m.group(1)
+
+
+def case_three_clients_chat():
+    with Relay("three_clients", OPEN_LIMITS + ["--replay", "0"]) as relay:
+        clients = [Client(relay.port) for _ in range(3)]
+        nicks = [nick_of(c) for c in clients]
+        check(len(set(nicks)) == 3, "nicks are not unique: %r" % nicks)
+        time.sleep(0.3)
+        for c in clients:
+            c.drain(0.2)   # join announcements
+        for i in range(20):
+            for k, c in enumerate(clients):
+                c.say("msg %d from %d" % (i, k))
+        for k, c in enumerate(clients):
+            got = [l for l in c.drain(1.0) if l.startswith("<")]
+            for other in range(3):
+                expected = ["<%s> msg %d from %d" % (nicks[other], i, other) for i in range(20)] if other != k else []
+                seen = [l for l in got if l.startswith("<%s>" % nicks[other])]
+                check(seen == expected, "client %d saw from %d: %r, expected %r" % (k, other, seen[:3], expected[:3]))
+        for c in clients:
+            c.close()
+
+
+def case_disconnect_mid_line():
+    with Relay("mid_line", OPEN_LIMITS) as relay:
+        a, b = Client(relay.port), Client(relay.port)
+        nick_of(a)
+        nick_of(b)
+        a.send("this line never ends")
+        a.close()
+        b.expect("left")       # the leave announcement, not the partial line
+        c = Client(relay.port)
+        nick_c = nick_of(c)
+        c.say("still alive")
+        b.expect("<%s> still alive" % nick_c)
+        check(not any("never ends" in l for l in b.lines), "a partial line was delivered")
+
+
+def case_slow_consumer_is_cut():
+    bound = 64 * 1024
+    with Relay("slow_consumer", OPEN_LIMITS + ["--max-queue-bytes", str(bound), "--replay", "0"]) as relay:
+        slow = Client(relay.port)
+        slow.greeted()
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        readers = [Client(relay.port) for _ in range(2)]
+        for r in readers:
+            r.greeted()
+        sender = Client(relay.port)
+        nick = nick_of(sender)
+        time.sleep(0.3)
+        for r in readers:
+            r.drain(0.2)
+        count = 30000            # ~3.3 MB per reader: more than the socket buffers hold
+        pad = "x" * 90
+        received = [0, 0]
+        next_expected = [0, 0]
+        sent = 0
+        deadline = time.time() + 120
+        while (sent < count or min(next_expected) < count) and time.time() < deadline:
+            if sent < count:
+                batch = "".join("%d %s\r\n" % (sent + i, pad) for i in range(min(500, count - sent)))
+                sender.send(batch)
+                sent += min(500, count - sent)
+            for k, r in enumerate(readers):
+                r._fill(0.01)
+                for line in r.lines:
+                    if line.startswith("<%s> " % nick):
+                        n = int(line.split()[1])
+                        check(n == next_expected[k], "reader %d got line %d, expected %d" % (k, n, next_expected[k]))
+                        next_expected[k] += 1
+                r.lines.clear()
+        check(next_expected == [count, count], "readers got %r of %d lines" % (next_expected, count))
+        check(slow.wait_closed(15), "the slow consumer was not disconnected")
+        check("slow consumer" in relay.log(), "the log does not say why the slow consumer was cut")
+
+
+def case_max_sessions():
+    with Relay("max_sessions", OPEN_LIMITS + ["--max-sessions", "4"]) as relay:
+        clients = []
+        for _ in range(4):
+            c = Client(relay.port)
+            c.greeted()
+            clients.append(c)
+        extra = [Client(relay.port) for _ in range(2)]
+        for e in extra:
+            line = e.expect("full")
+            check(line.startswith("*** "), "refusal is not a notice: %r" % line)
+            check(e.wait_closed(10), "a client beyond capacity was not closed")
+        clients[0].say("hello after refusals")
+        clients[1].expect("hello after refusals")
+        clients[3].close()
+        time.sleep(0.5)
+        again = Client(relay.port)
+        again.greeted()      # a freed slot is usable again
+
+
+def handle_counts(log):
+    return [int(m) for m in re.findall(r"all sessions closed: sessions=0 handles=(\d+)", log)]
+
+
+def case_connect_churn():
+    with Relay("churn", OPEN_LIMITS + ["--replay", "0"]) as relay:
+        observer = None
+        for cycle in range(500):
+            c = Client(relay.port)
+            if cycle % 50 == 0:
+                c.greeted()
+            c.close()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            counts = handle_counts(relay.log())
+            if counts and relay.log().rstrip().endswith(tuple(
+                    "handles=%d" % h for h in counts[-1:])):
+                break
+            time.sleep(0.5)
+        counts = handle_counts(relay.log())
+        check(len(counts) >= 2, "the relay never reported zero sessions: %r" % counts)
+        closed = relay.log().count(": closed (")
+        check(closed == 500, "%d sessions closed, expected 500" % closed)
+        check(counts[-1] <= counts[0] + 2, "handles grew from %d to %d over 500 cycles" % (counts[0], counts[-1]))
+        del observer
+
+
+def case_long_line():
+    with Relay("long_line", OPEN_LIMITS) as relay:
+        a, b = Client(relay.port), Client(relay.port)
+        nick_a = nick_of(a)
+        nick_of(b)
+        a.send("y" * 5000 + "\r\n")
+        notice = a.expect("1024")
+        check(notice.startswith("*** "), "the sender was not told with a notice: %r" % notice)
+        line = b.expect("<%s> yyy" % nick_a)
+        body = line[len("<%s> " % nick_a):]
+        check(len(body) == 1024, "delivered body has %d bytes, expected 1024" % len(body))
+        a.say("short again")
+        b.expect("<%s> short again" % nick_a)
+
+
+def case_binary_garbage():
+    with Relay("garbage", OPEN_LIMITS) as relay:
+        a, b = Client(relay.port), Client(relay.port)
+        nick_of(a)
+        nick_of(b)
+        rnd = random.Random(7)
+        blob = bytes(rnd.randrange(256) for _ in range(200000))
+        a.send(blob)
+        a.send(b"\r\nafter garbage\r\n")
+        b.expect("after garbage", timeout=20)
+        raw = b.buf
+        for line in b.lines:
+            check(not any(ord(ch) < 32 and ch != "\t" for ch in line), "control character delivered: %r" % line)
+        check(b"\x1b" not in raw, "an escape byte was delivered")
+        c = Client(relay.port)
+        c.greeted()     # still serving
+
+
+def case_stop_with_100_connected():
+    raise_fd_limit()
+    with Relay("stop100", OPEN_LIMITS + ["--replay", "0"]) as relay:
+        clients = []
+        for _ in range(100):
+            clients.append(Client(relay.port))
+        for c in clients:
+            c.greeted()
+        start = time.time()
+        rc = relay.stop()
+        took = time.time() - start
+        check(rc == 0, "relay exited with %r after Ctrl+C" % rc)
+        check(took < 10, "stop took %.1f s" % took)
+        for c in clients:
+            check(c.wait_closed(5), "a client's connection was not closed on stop")
+        check("stopped in" in relay.log(), "the log does not record the stop")
+
+
+import random  # noqa: E402  (used by case_binary_garbage)
+
+CASES = {
+    "three_clients_chat": case_three_clients_chat,
+    "disconnect_mid_line": case_disconnect_mid_line,
+    "slow_consumer_is_cut": case_slow_consumer_is_cut,
+    "max_sessions": case_max_sessions,
+    "connect_churn": case_connect_churn,
+    "long_line": case_long_line,
+    "binary_garbage": case_binary_garbage,
+    "stop_with_100_connected": case_stop_with_100_connected,
+}
+
+if __name__ == "__main__":
+    run_cases(CASES)
