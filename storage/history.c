@@ -1,1 +1,788 @@
-/* placeholder: being written */
+/* history: the chat history in SQLite (see history.h and docs/HISTORY.md).
+ *
+ * One connection, one thread, statements prepared once at open.  The hub
+ * calls history_begin / history_append... / history_commit once per loop
+ * turn; a batch is all or nothing: after any failed history_append the batch
+ * is poisoned and history_commit rolls it back and returns that failure, so
+ * the caller keeps every line of it pending and retries the same batch later.
+ *
+ * Opening reads PRAGMA user_version before writing anything, so a file that
+ * is not a database or carries a newer schema is refused untouched.  Forward
+ * migrations are an ordered array of SQL steps, run in one BEGIN IMMEDIATE
+ * transaction together with the new user_version; WAL is switched on only
+ * after a successful migration, so a failed one leaves the file as it was.
+ */
+#include "history.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+/* Opening runs once, before the relay serves anyone: waiting up to a second
+ * for a sqlite3 CLI user who holds the write lock is better than refusing to
+ * start.  Every later call uses the (tiny) busy_timeout of the options. */
+#define HISTORY_OPEN_BUSY_TIMEOUT_MS 1000
+
+#define HISTORY_ERRMSG_LEN 512
+
+/* Forward migrations: migrations[v] takes a database from user_version v to
+ * v + 1.  Version 0 is "no chatrelay schema yet" (a new or empty file, or a
+ * database that holds only other people's tables).  Step 0 -> 1 uses plain
+ * CREATE (not IF NOT EXISTS): a foreign table that happens to be called
+ * messages makes the migration fail and roll back instead of being adopted. */
+static const char *const migrations[] = {
+    /* 0 -> 1: messages, its room index, the external-content FTS5 index and
+     * the triggers that keep it in the same transaction as the rows (also for
+     * deletes and updates made from the sqlite3 CLI). */
+    "CREATE TABLE messages(\n"
+    "  id INTEGER PRIMARY KEY,\n"
+    "  at TEXT NOT NULL,\n"
+    "  room TEXT NOT NULL,\n"
+    "  nick TEXT NOT NULL,\n"
+    "  kind TEXT NOT NULL,\n"
+    "  body TEXT NOT NULL\n"
+    ");\n"
+    "CREATE INDEX messages_room_id ON messages(room, id);\n"
+    "CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='messages', content_rowid='id');\n"
+    "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN\n"
+    "  INSERT INTO messages_fts(rowid, body) VALUES (new.id, new.body);\n"
+    "END;\n"
+    "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN\n"
+    "  INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.id, old.body);\n"
+    "END;\n"
+    "CREATE TRIGGER messages_fts_update AFTER UPDATE ON messages BEGIN\n"
+    "  INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.id, old.body);\n"
+    "  INSERT INTO messages_fts(rowid, body) VALUES (new.id, new.body);\n"
+    "END;\n",
+};
+
+#define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(sizeof migrations / sizeof migrations[0] == HISTORY_SCHEMA_VERSION,
+               "one migration step per schema version");
+#endif
+
+static const char sql_begin[] = "BEGIN IMMEDIATE";
+static const char sql_commit[] = "COMMIT";
+static const char sql_rollback[] = "ROLLBACK";
+static const char sql_insert[] =
+    "INSERT INTO messages(at, room, nick, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+/* The newest `limit` rows through messages_room_id, then re-sorted oldest first. */
+static const char sql_recent[] =
+    "SELECT id, at, room, nick, kind, body FROM ("
+    " SELECT id, at, room, nick, kind, body FROM messages"
+    " WHERE room = ?1 AND kind <> 'msg' ORDER BY id DESC LIMIT ?2"
+    ") ORDER BY id ASC";
+/* Ordering by the FTS rowid lets FTS5 walk its index newest first and stop at the limit. */
+static const char sql_search[] =
+    "SELECT m.id, m.at, m.room, m.nick, m.kind, m.body"
+    " FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid"
+    " WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.kind <> 'msg'"
+    " ORDER BY messages_fts.rowid DESC LIMIT ?3";
+static const char sql_max_id[] = "SELECT max(id) FROM messages";
+/* Looks only at the oldest ?3 rows (rows are appended in time order), so one
+ * step costs at most ?3 row reads even when nothing is due.  ?1: ids at or
+ * below it exceed retain_messages; ?2: rows older than this time exceed
+ * retain_days (ISO-8601 strings of one fixed format sort like the times). */
+static const char sql_prune[] =
+    "DELETE FROM messages WHERE id IN ("
+    " SELECT id FROM (SELECT id, at FROM messages ORDER BY id LIMIT ?3)"
+    " WHERE id <= ?1 OR at < ?2)";
+
+struct history {
+    sqlite3 *db;
+    sqlite3_stmt *begin, *commit, *rollback, *insert, *recent, *search, *max_id, *prune;
+    history_options opt;
+    int in_batch;        /* history_begin succeeded, no commit/rollback yet */
+    int batch_failed;    /* HISTORY_OK, or the code of the first failed append */
+    char errmsg[HISTORY_ERRMSG_LEN];
+};
+
+static int code_of(int rc)
+{
+    int primary = rc & 0xff;
+    return primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? HISTORY_BUSY : HISTORY_ERROR;
+}
+
+static void set_errmsg(history *h, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h->errmsg, sizeof h->errmsg, fmt, ap);
+    va_end(ap);
+}
+
+/* Records a failed SQLite call as "call: message (code N)" and maps it. */
+static int fail(history *h, const char *call, int rc)
+{
+    set_errmsg(h, "%s: %s (code %d)", call, sqlite3_errmsg(h->db), rc);
+    return code_of(rc);
+}
+
+/* Puts a statement back for its next use.  sqlite3_reset repeats the error
+ * of the last sqlite3_step, which the caller has already handled, so its
+ * result carries no news.  Resetting also ends the statement's read of the
+ * database, so no snapshot is held between calls (checkpoints can proceed). */
+static void stmt_done(sqlite3_stmt *stmt)
+{
+    (void)sqlite3_reset(stmt);
+    (void)sqlite3_clear_bindings(stmt);
+}
+
+/* Runs a statement that returns no rows.  `name` is the SQL shown in errors. */
+static int step_done(history *h, sqlite3_stmt *stmt, const char *name)
+{
+    int rc = sqlite3_step(stmt);
+    char call[64];
+    stmt_done(stmt);
+    if (rc == SQLITE_DONE)
+        return HISTORY_OK;
+    snprintf(call, sizeof call, "sqlite3_step(%s)", name);
+    return fail(h, call, rc);
+}
+
+/* Abandons the open transaction, if SQLite has not already rolled it back
+ * itself (it does after some I/O and disk-full errors).  Keeps the message
+ * of the error that led here; adds the rollback's own failure to it. */
+static void rollback_keep_error(history *h)
+{
+    int rc;
+    if (sqlite3_get_autocommit(h->db))
+        return;
+    rc = sqlite3_step(h->rollback);
+    stmt_done(h->rollback);
+    if (rc != SQLITE_DONE) {
+        size_t used = strlen(h->errmsg);
+        snprintf(h->errmsg + used, sizeof h->errmsg - used,
+                 "; then sqlite3_step(ROLLBACK): %s (code %d)", sqlite3_errmsg(h->db), rc);
+    }
+}
+
+/* ---- opening ---------------------------------------------------------- */
+
+static int prepare(history *h, sqlite3_stmt **stmt, const char *sql)
+{
+    int rc = sqlite3_prepare_v3(h->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL);
+    if (rc != SQLITE_OK) {
+        set_errmsg(h, "sqlite3_prepare_v3(%.40s...): %s (code %d)", sql, sqlite3_errmsg(h->db), rc);
+        return code_of(rc);
+    }
+    return HISTORY_OK;
+}
+
+/* Reads one integer from a one-row statement such as PRAGMA user_version. */
+static int query_int(history *h, const char *sql, sqlite3_int64 *value)
+{
+    sqlite3_stmt *stmt = NULL;
+    char call[80];
+    int rc = sqlite3_prepare_v2(h->db, sql, -1, &stmt, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(call, sizeof call, "sqlite3_prepare_v2(%s)", sql);
+        return fail(h, call, rc);
+    }
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        *value = sqlite3_column_int64(stmt, 0);
+    (void)sqlite3_finalize(stmt); /* repeats the step's error, handled below */
+    if (rc == SQLITE_ROW)
+        return HISTORY_OK;
+    snprintf(call, sizeof call, "sqlite3_step(%s)", sql);
+    return fail(h, call, rc == SQLITE_DONE ? SQLITE_ERROR : rc);
+}
+
+static int exec_sql(history *h, const char *sql, const char *name)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(h->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        set_errmsg(h, "sqlite3_exec(%s): %s (code %d)", name, msg ? msg : sqlite3_errstr(rc), rc);
+        sqlite3_free(msg);
+        return code_of(rc);
+    }
+    return HISTORY_OK;
+}
+
+/* Brings the schema from *version up to HISTORY_SCHEMA_VERSION in one
+ * transaction.  The version is read again under the write lock, in case
+ * another process migrated the file since we first looked. */
+static int migrate(history *h, sqlite3_int64 *version)
+{
+    char name[48], sql[48];
+    sqlite3_int64 v = 0;
+    int r = step_done(h, h->begin, sql_begin);
+    if (r != HISTORY_OK)
+        return r;
+    r = query_int(h, "PRAGMA user_version", &v);
+    if (r == HISTORY_OK && v > HISTORY_SCHEMA_VERSION) {
+        *version = v;
+        r = HISTORY_TOO_NEW;
+    }
+    for (; r == HISTORY_OK && v < HISTORY_SCHEMA_VERSION; v++) {
+        snprintf(name, sizeof name, "migration %d -> %d", (int)v, (int)v + 1);
+        r = exec_sql(h, migrations[v], name);
+    }
+    if (r == HISTORY_OK) {
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", HISTORY_SCHEMA_VERSION);
+        r = exec_sql(h, sql, sql);
+    }
+    if (r == HISTORY_OK)
+        r = step_done(h, h->commit, sql_commit);
+    if (r != HISTORY_OK) {
+        rollback_keep_error(h);
+        return r;
+    }
+    *version = HISTORY_SCHEMA_VERSION;
+    return HISTORY_OK;
+}
+
+static int set_wal(history *h)
+{
+    sqlite3_stmt *stmt = NULL;
+    int r = HISTORY_OK;
+    int rc = sqlite3_prepare_v2(h->db, "PRAGMA journal_mode = WAL", -1, &stmt, NULL);
+    if (rc != SQLITE_OK)
+        return fail(h, "sqlite3_prepare_v2(PRAGMA journal_mode = WAL)", rc);
+    rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW)
+        r = fail(h, "sqlite3_step(PRAGMA journal_mode = WAL)", rc == SQLITE_DONE ? SQLITE_ERROR : rc);
+    else {
+        const char *mode = (const char *)sqlite3_column_text(stmt, 0);
+        /* "memory" is what an in-memory database answers; anything else
+         * would silently give up the crash safety we promise. */
+        if (!mode || (sqlite3_stricmp(mode, "wal") != 0 && sqlite3_stricmp(mode, "memory") != 0)) {
+            set_errmsg(h, "PRAGMA journal_mode = WAL: the journal mode stayed \"%s\"", mode ? mode : "");
+            r = HISTORY_ERROR;
+        }
+    }
+    (void)sqlite3_finalize(stmt); /* repeats the step's error, handled above */
+    return r;
+}
+
+/* The transaction statements need no schema: migrations use them too. */
+static int prepare_transactions(history *h)
+{
+    int r = prepare(h, &h->begin, sql_begin);
+    if (r == HISTORY_OK) r = prepare(h, &h->commit, sql_commit);
+    if (r == HISTORY_OK) r = prepare(h, &h->rollback, sql_rollback);
+    return r;
+}
+
+static int prepare_queries(history *h)
+{
+    int r = prepare(h, &h->insert, sql_insert);
+    if (r == HISTORY_OK) r = prepare(h, &h->recent, sql_recent);
+    if (r == HISTORY_OK) r = prepare(h, &h->search, sql_search);
+    if (r == HISTORY_OK) r = prepare(h, &h->max_id, sql_max_id);
+    if (r == HISTORY_OK) r = prepare(h, &h->prune, sql_prune);
+    return r;
+}
+
+static int open_steps(history *h, const char *path, const history_options *opt,
+                      char *err, size_t errlen)
+{
+    sqlite3_int64 version = 0;
+    int rc, r;
+
+    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "history \"%s\": cannot open: sqlite3_open_v2: %s (code %d)",
+                 path, h->db ? sqlite3_errmsg(h->db) : sqlite3_errstr(rc), rc);
+        return HISTORY_ERROR;
+    }
+    rc = sqlite3_busy_timeout(h->db, HISTORY_OPEN_BUSY_TIMEOUT_MS);
+    if (rc != SQLITE_OK) {
+        r = fail(h, "sqlite3_busy_timeout", rc);
+        snprintf(err, errlen, "history \"%s\": %s", path, h->errmsg);
+        return r;
+    }
+
+    /* The first read: a file that is not a database fails here (SQLITE_NOTADB),
+     * before anything has been written to it. */
+    r = query_int(h, "PRAGMA user_version", &version);
+    if (r != HISTORY_OK) {
+        snprintf(err, errlen, "history \"%s\": cannot read it as an SQLite database "
+                 "(the file was left untouched): %s", path, h->errmsg);
+        return r;
+    }
+    if (version > HISTORY_SCHEMA_VERSION) {
+        snprintf(err, errlen, "history \"%s\": schema version %lld is newer than this program's %d; "
+                 "use a newer chatrelay or another file (the file was left untouched)",
+                 path, (long long)version, HISTORY_SCHEMA_VERSION);
+        return HISTORY_TOO_NEW;
+    }
+    if (version < 0) {
+        snprintf(err, errlen, "history \"%s\": schema version %lld is not one of ours "
+                 "(the file was left untouched)", path, (long long)version);
+        return HISTORY_ERROR;
+    }
+    r = prepare_transactions(h);
+    if (r != HISTORY_OK) {
+        snprintf(err, errlen, "history \"%s\": %s", path, h->errmsg);
+        return HISTORY_ERROR;
+    }
+    if (version < HISTORY_SCHEMA_VERSION) {
+        sqlite3_int64 from = version;
+        r = migrate(h, &version);
+        if (r == HISTORY_TOO_NEW) {
+            snprintf(err, errlen, "history \"%s\": schema version %lld is newer than this program's %d; "
+                     "use a newer chatrelay or another file (the file was left untouched)",
+                     path, (long long)version, HISTORY_SCHEMA_VERSION);
+            return r;
+        }
+        if (r != HISTORY_OK) {
+            snprintf(err, errlen, "history \"%s\": upgrading the schema from version %lld to %d failed "
+                     "and was rolled back: %s", path, (long long)from, HISTORY_SCHEMA_VERSION, h->errmsg);
+            return HISTORY_ERROR;
+        }
+    }
+
+    r = set_wal(h);
+    if (r == HISTORY_OK)
+        r = exec_sql(h, "PRAGMA synchronous = NORMAL", "PRAGMA synchronous = NORMAL");
+    if (r == HISTORY_OK)
+        r = prepare_queries(h);
+    if (r == HISTORY_OK) {
+        rc = sqlite3_busy_timeout(h->db, opt->busy_timeout_ms > 0 ? opt->busy_timeout_ms : 0);
+        if (rc != SQLITE_OK)
+            r = fail(h, "sqlite3_busy_timeout", rc);
+    }
+    if (r != HISTORY_OK) {
+        snprintf(err, errlen, "history \"%s\": %s", path, h->errmsg);
+        return HISTORY_ERROR;
+    }
+    return HISTORY_OK;
+}
+
+int history_open(history **out, const char *path, const history_options *opt,
+                 char *err, size_t errlen)
+{
+    static const history_options defaults;
+    char dummy[1];
+    history *h;
+    int r;
+
+    if (!err || errlen == 0) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = '\0';
+    if (!out) {
+        snprintf(err, errlen, "history_open: no place for the handle");
+        return HISTORY_ERROR;
+    }
+    *out = NULL;
+    if (!path || !path[0]) {
+        snprintf(err, errlen, "history_open: no database path");
+        return HISTORY_ERROR;
+    }
+    h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "history \"%s\": out of memory", path);
+        return HISTORY_ERROR;
+    }
+    h->opt = opt ? *opt : defaults;
+    if (h->opt.retain_days < 0) h->opt.retain_days = 0;
+    if (h->opt.retain_messages < 0) h->opt.retain_messages = 0;
+    r = open_steps(h, path, &h->opt, err, errlen);
+    if (r != HISTORY_OK) {
+        history_close(h);
+        return r;
+    }
+    *out = h;
+    return HISTORY_OK;
+}
+
+void history_close(history *h)
+{
+    sqlite3_stmt **stmts[8];
+    size_t i;
+    if (!h)
+        return;
+    if (h->in_batch)
+        history_rollback(h);
+    stmts[0] = &h->begin; stmts[1] = &h->commit; stmts[2] = &h->rollback; stmts[3] = &h->insert;
+    stmts[4] = &h->recent; stmts[5] = &h->search; stmts[6] = &h->max_id; stmts[7] = &h->prune;
+    for (i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
+        /* finalize returns the last step's error, already reported */
+        (void)sqlite3_finalize(*stmts[i]);
+        *stmts[i] = NULL;
+    }
+    if (h->db && sqlite3_close(h->db) != SQLITE_OK) {
+        /* Only unfinalized statements make close fail, and all of ours are
+         * finalized; sqlite3_close_v2 still frees the connection once they go. */
+        (void)sqlite3_close_v2(h->db);
+    }
+    free(h);
+}
+
+const char *history_errmsg(const history *h)
+{
+    if (!h)
+        return "history: no handle";
+    return h->errmsg[0] ? h->errmsg : "no error";
+}
+
+/* ---- group commit ----------------------------------------------------- */
+
+int history_begin(history *h)
+{
+    int r;
+    if (h->in_batch) {
+        set_errmsg(h, "history_begin: a batch is already open");
+        return HISTORY_ERROR;
+    }
+    r = step_done(h, h->begin, sql_begin);
+    if (r != HISTORY_OK) {
+        rollback_keep_error(h);
+        return r;
+    }
+    h->in_batch = 1;
+    h->batch_failed = HISTORY_OK;
+    return HISTORY_OK;
+}
+
+static int is_kind(const char *kind)
+{
+    static const char *const kinds[] = { "say", "me", "join", "leave", "nick", "msg" };
+    size_t i;
+    for (i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strcmp(kind, kinds[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int check_record(history *h, const history_record *rec)
+{
+    if (!rec || !rec->at || !rec->room || !rec->nick || !rec->kind || (!rec->body && rec->body_len)) {
+        set_errmsg(h, "history_append: record with a missing field");
+        return HISTORY_ERROR;
+    }
+    if (strlen(rec->at) != HISTORY_TIME_LEN) {
+        set_errmsg(h, "history_append: time \"%.40s\" is not in the form 2026-11-27T03:04:05.123Z", rec->at);
+        return HISTORY_ERROR;
+    }
+    if (!is_kind(rec->kind)) {
+        set_errmsg(h, "history_append: kind \"%.20s\" is not one of say, me, join, leave, nick, msg", rec->kind);
+        return HISTORY_ERROR;
+    }
+    return HISTORY_OK;
+}
+
+static int append_row(history *h, const history_record *rec)
+{
+    int rc;
+    if (!h->in_batch) {
+        set_errmsg(h, "history_append: no batch open (call history_begin first)");
+        return HISTORY_ERROR;
+    }
+    if (check_record(h, rec) != HISTORY_OK)
+        return HISTORY_ERROR;
+    /* SQLITE_STATIC: the strings outlive the step, and the bindings are cleared right after. */
+    rc = sqlite3_bind_text(h->insert, 1, rec->at, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->insert, 2, rec->room, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->insert, 3, rec->nick, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->insert, 4, rec->kind, -1, SQLITE_STATIC);
+    /* The body goes in with its explicit length, so an embedded NUL or a
+     * stray invalid byte is stored as is, never cut short. */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text64(h->insert, 5, rec->body ? rec->body : "", (sqlite3_uint64)rec->body_len,
+                                 SQLITE_STATIC, SQLITE_UTF8);
+    if (rc != SQLITE_OK) {
+        int r = fail(h, "sqlite3_bind_text(INSERT INTO messages)", rc);
+        stmt_done(h->insert);
+        return r;
+    }
+    return step_done(h, h->insert, "INSERT INTO messages");
+}
+
+int history_append(history *h, const history_record *rec)
+{
+    int r;
+    if (h->in_batch && h->batch_failed != HISTORY_OK)
+        return h->batch_failed;  /* the batch is lost already; keep the first message */
+    r = append_row(h, rec);
+    if (r != HISTORY_OK && h->in_batch)
+        h->batch_failed = r;
+    return r;
+}
+
+int history_commit(history *h)
+{
+    int r;
+    if (!h->in_batch) {
+        set_errmsg(h, "history_commit: no batch open");
+        return HISTORY_ERROR;
+    }
+    h->in_batch = 0;
+    if (h->batch_failed != HISTORY_OK) {
+        rollback_keep_error(h);
+        return h->batch_failed;
+    }
+    r = step_done(h, h->commit, sql_commit);
+    if (r != HISTORY_OK)
+        rollback_keep_error(h);
+    return r;
+}
+
+void history_rollback(history *h)
+{
+    if (!h || !h->in_batch)
+        return;
+    h->in_batch = 0;
+    h->batch_failed = HISTORY_OK;
+    rollback_keep_error(h);
+}
+
+/* ---- queries ---------------------------------------------------------- */
+
+static int each_row(history *h, sqlite3_stmt *stmt, const char *name, history_row_fn fn, void *ctx)
+{
+    char call[48];
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        history_record rec;
+        const unsigned char *text;
+        rec.id = sqlite3_column_int64(stmt, 0);
+        text = sqlite3_column_text(stmt, 1); rec.at = text ? (const char *)text : "";
+        text = sqlite3_column_text(stmt, 2); rec.room = text ? (const char *)text : "";
+        text = sqlite3_column_text(stmt, 3); rec.nick = text ? (const char *)text : "";
+        text = sqlite3_column_text(stmt, 4); rec.kind = text ? (const char *)text : "";
+        text = sqlite3_column_text(stmt, 5); rec.body = text ? (const char *)text : "";
+        /* after column_text, so the length is that of the text form */
+        rec.body_len = (size_t)sqlite3_column_bytes(stmt, 5);
+        if (!text && sqlite3_errcode(h->db) == SQLITE_NOMEM) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        if (fn(ctx, &rec) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    stmt_done(stmt);
+    if (rc == SQLITE_DONE)
+        return HISTORY_OK;
+    snprintf(call, sizeof call, "sqlite3_step(%s)", name);
+    return fail(h, call, rc);
+}
+
+int history_recent(history *h, const char *room, int limit, history_row_fn fn, void *ctx)
+{
+    int rc;
+    if (!room || !fn) {
+        set_errmsg(h, "history_recent: no room or no callback");
+        return HISTORY_ERROR;
+    }
+    if (limit <= 0)
+        return HISTORY_OK;
+    rc = sqlite3_bind_text(h->recent, 1, room, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(h->recent, 2, limit);
+    if (rc != SQLITE_OK) {
+        int r = fail(h, "sqlite3_bind(recent)", rc);
+        stmt_done(h->recent);
+        return r;
+    }
+    return each_row(h, h->recent, "recent", fn, ctx);
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Turns the user's words into an FTS5 query of plain terms: each
+ * whitespace-separated word becomes a string ("..." with inner quotes
+ * doubled), and strings side by side mean AND.  Nothing the user types can
+ * then be an operator, a column filter, a prefix star or a parenthesis.
+ * Returns the malloc'ed query (the empty string when there are no words),
+ * or NULL when out of memory. */
+static char *fts_query(const char *words)
+{
+    size_t n = strlen(words), i = 0, o = 0;
+    char *q;
+    /* Each byte is copied once, or twice for a quote; each word adds two
+     * quotes and a space, and there are at most (n + 1) / 2 words: under
+     * 4n + 3 bytes with the terminating NUL. */
+    if (n > (SIZE_MAX - 3) / 4)
+        return NULL;
+    q = malloc(4 * n + 3);
+    if (!q)
+        return NULL;
+    while (i < n) {
+        while (i < n && is_space(words[i]))
+            i++;
+        if (i == n)
+            break;
+        if (o)
+            q[o++] = ' ';
+        q[o++] = '"';
+        for (; i < n && !is_space(words[i]); i++) {
+            if (words[i] == '"')
+                q[o++] = '"';
+            q[o++] = words[i];
+        }
+        q[o++] = '"';
+    }
+    q[o] = '\0';
+    return q;
+}
+
+int history_search(history *h, const char *room, const char *words, int limit,
+                   history_row_fn fn, void *ctx)
+{
+    char *query;
+    int rc, r;
+    if (!room || !words || !fn) {
+        set_errmsg(h, "history_search: no room, no words or no callback");
+        return HISTORY_ERROR;
+    }
+    if (limit <= 0)
+        return HISTORY_OK;
+    query = fts_query(words);
+    if (!query) {
+        set_errmsg(h, "history_search: out of memory for the query");
+        return HISTORY_ERROR;
+    }
+    if (!query[0]) {   /* no words: nothing matches */
+        free(query);
+        return HISTORY_OK;
+    }
+    rc = sqlite3_bind_text(h->search, 1, query, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->search, 2, room, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int(h->search, 3, limit);
+    if (rc != SQLITE_OK) {
+        r = fail(h, "sqlite3_bind(search)", rc);
+        stmt_done(h->search);
+    } else {
+        r = each_row(h, h->search, "search", fn, ctx);
+    }
+    free(query);
+    return r;
+}
+
+/* ---- retention -------------------------------------------------------- */
+
+int history_prune_step(history *h, int64_t now_ms, int max_rows)
+{
+    sqlite3_int64 id_cut = 0;  /* rows with id <= id_cut exceed retain_messages */
+    char time_cut[HISTORY_TIME_LEN + 1] = "";  /* "" sorts before every time: none due */
+    int rc, r, deleted;
+
+    if (h->in_batch) {
+        set_errmsg(h, "history_prune_step: a batch is open");
+        return -1;
+    }
+    if (max_rows <= 0 || (h->opt.retain_days == 0 && h->opt.retain_messages == 0))
+        return 0;
+    if (h->opt.retain_days > 0)
+        history_format_time(now_ms - (int64_t)h->opt.retain_days * 86400000, time_cut);
+
+    r = step_done(h, h->begin, sql_begin);
+    if (r != HISTORY_OK) {
+        rollback_keep_error(h);
+        return -1;
+    }
+    if (h->opt.retain_messages > 0) {
+        /* Ids are handed out consecutively, so the last N messages are those
+         * within N of the newest id.  Cheap (one b-tree seek) where counting
+         * rows would read them all; if rows were deleted by hand in between,
+         * fewer than N remain, never more. */
+        rc = sqlite3_step(h->max_id);
+        if (rc == SQLITE_ROW) {
+            sqlite3_int64 max_id = sqlite3_column_int64(h->max_id, 0);
+            id_cut = max_id - h->opt.retain_messages;
+            rc = SQLITE_DONE;
+        }
+        stmt_done(h->max_id);
+        if (rc != SQLITE_DONE) {
+            fail(h, "sqlite3_step(SELECT max(id) FROM messages)", rc);
+            rollback_keep_error(h);
+            return -1;
+        }
+    }
+    rc = sqlite3_bind_int64(h->prune, 1, id_cut);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->prune, 2, time_cut, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int(h->prune, 3, max_rows);
+    if (rc != SQLITE_OK) {
+        fail(h, "sqlite3_bind(prune)", rc);
+        stmt_done(h->prune);
+        rollback_keep_error(h);
+        return -1;
+    }
+    r = step_done(h, h->prune, "DELETE FROM messages (prune)");
+    deleted = sqlite3_changes(h->db);
+    if (r == HISTORY_OK)
+        r = step_done(h, h->commit, sql_commit);
+    if (r != HISTORY_OK) {
+        rollback_keep_error(h);
+        return -1;
+    }
+    return deleted;
+}
+
+/* ---- time ------------------------------------------------------------- */
+
+/* Days since 1970-01-01 -> proleptic Gregorian year/month/day.  Howard
+ * Hinnant's civil_from_days: eras of 400 years (146097 days) starting on
+ * March 1st, so the leap day is the last day of a year and needs no special
+ * case.  Exact for every day we can format; no gmtime_r/gmtime_s needed. */
+static void civil_from_days(int64_t days, int *year, int *month, int *day)
+{
+    int64_t z = days + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;                                    /* [0, 146096] */
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365; /* [0, 399] */
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);            /* [0, 365], from March 1st */
+    int64_t mp = (5 * doy + 2) / 153;                                 /* [0, 11], March = 0 */
+    int64_t m = mp < 10 ? mp + 3 : mp - 9;
+    *day = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *month = (int)m;
+    *year = (int)(yoe + era * 400 + (m <= 2));
+}
+
+static void put_digits(char *out, int value, int width)
+{
+    while (width-- > 0) {
+        out[width] = (char)('0' + value % 10);
+        value /= 10;
+    }
+}
+
+void history_format_time(int64_t unix_ms, char *out)
+{
+    /* Clamped to years 0000..9999 so the text always has HISTORY_TIME_LEN chars. */
+    const int64_t min_ms = INT64_C(-62167219200000);  /* 0000-01-01T00:00:00.000Z */
+    const int64_t max_ms = INT64_C(253402300799999);  /* 9999-12-31T23:59:59.999Z */
+    int64_t ms, days, ms_of_day;
+    int year, month, day;
+
+    ms = unix_ms < min_ms ? min_ms : unix_ms > max_ms ? max_ms : unix_ms;
+    days = ms / 86400000;
+    ms_of_day = ms % 86400000;
+    if (ms_of_day < 0) {   /* floor division for times before 1970 */
+        ms_of_day += 86400000;
+        days -= 1;
+    }
+    civil_from_days(days, &year, &month, &day);
+    put_digits(out, year, 4);
+    out[4] = '-';
+    put_digits(out + 5, month, 2);
+    out[7] = '-';
+    put_digits(out + 8, day, 2);
+    out[10] = 'T';
+    put_digits(out + 11, (int)(ms_of_day / 3600000), 2);
+    out[13] = ':';
+    put_digits(out + 14, (int)(ms_of_day / 60000 % 60), 2);
+    out[16] = ':';
+    put_digits(out + 17, (int)(ms_of_day / 1000 % 60), 2);
+    out[19] = '.';
+    put_digits(out + 20, (int)(ms_of_day % 1000), 3);
+    out[23] = 'Z';
+    out[24] = '\0';
+}

@@ -1,0 +1,952 @@
+/* test_history: storage/history against real database files.
+ *
+ * The files are created in the current directory (ctest runs each test in
+ * its build directory; under Wine too) with a per-run prefix, or in the
+ * directory named by CHATRELAY_TEST_DIR, and deleted at the end.  A second,
+ * plain sqlite3 connection plays the sqlite3 CLI user: it inspects the
+ * schema, holds the write lock, deletes rows and checks the FTS index.
+ */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "check.h"
+#include "history.h"
+
+#ifdef _WIN32
+#include <windows.h>   /* QueryPerformanceCounter: the test's clock only */
+#else
+#include <signal.h>
+#include <sys/resource.h>
+#endif
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static char file_prefix[256];
+
+static double now_ms(void)
+{
+#ifdef _WIN32
+    LARGE_INTEGER freq, t;
+    QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&t);
+    return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+#endif
+}
+
+static void remove_db(const char *path)
+{
+    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
+    char name[300];
+    size_t i;
+    for (i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        snprintf(name, sizeof name, "%s%s", path, suffixes[i]);
+        remove(name);
+    }
+}
+
+/* A fresh path for one test case (any old file of that name removed). */
+static const char *db_path(const char *tag)
+{
+    static char paths[32][300];
+    static int used;
+    char *p = paths[used++ % 32];
+    snprintf(p, 300, "%s%s.db", file_prefix, tag);
+    remove_db(p);
+    return p;
+}
+
+static int file_exists(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f)
+        fclose(f);
+    return f != NULL;
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    CHECK_INT(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+/* Reads a whole (small) file; returns its length, or -1. */
+static long read_file(const char *path, unsigned char *buf, size_t cap)
+{
+    size_t n;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    n = fread(buf, 1, cap, f);
+    fclose(f);
+    return (long)n;
+}
+
+static sqlite3 *cli_open(const char *path)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    CHECK_INT(rc, SQLITE_OK);
+    return db;
+}
+
+static int cli_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "  (second connection: %s -> %s)\n", sql, msg ? msg : "?");
+    sqlite3_free(msg);
+    return rc;
+}
+
+static long long cli_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    long long v = -999;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+    CHECK_INT(rc, SQLITE_OK);
+    if (rc != SQLITE_OK) {
+        fprintf(stderr, "  (%s: %s)\n", sql, sqlite3_errmsg(db));
+        return v;
+    }
+    if (sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return v;
+}
+
+static void cli_close(sqlite3 *db)
+{
+    CHECK_INT(sqlite3_close(db), SQLITE_OK);
+}
+
+/* Asks FTS5 to check its index, including against the messages table. */
+static void check_fts_consistent(const char *path)
+{
+    sqlite3 *db = cli_open(path);
+    CHECK_INT(cli_exec(db, "INSERT INTO messages_fts(messages_fts) VALUES('integrity-check')"), SQLITE_OK);
+    CHECK_INT(cli_exec(db, "INSERT INTO messages_fts(messages_fts, rank) VALUES('integrity-check', 1)"), SQLITE_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"), 0);
+    cli_close(db);
+}
+
+static history *open_ok(const char *path, const history_options *opt)
+{
+    char err[512];
+    history *h = NULL;
+    int r = history_open(&h, path, opt, err, sizeof err);
+    CHECK_INT(r, HISTORY_OK);
+    if (r != HISTORY_OK)
+        fprintf(stderr, "  history_open: %s\n", err);
+    return h;
+}
+
+static history_record rec_of(const char *at, const char *room, const char *nick,
+                             const char *kind, const char *body)
+{
+    history_record r;
+    r.id = 0;
+    r.at = at;
+    r.room = room;
+    r.nick = nick;
+    r.kind = kind;
+    r.body = body;
+    r.body_len = strlen(body);
+    return r;
+}
+
+static int append_one(history *h, const char *at, const char *room, const char *nick,
+                      const char *kind, const char *body)
+{
+    history_record r = rec_of(at, room, nick, kind, body);
+    int rc = history_begin(h);
+    if (rc == HISTORY_OK)
+        rc = history_append(h, &r);
+    if (rc == HISTORY_OK)
+        rc = history_commit(h);
+    else
+        history_rollback(h);
+    return rc;
+}
+
+/* Collects query results: ids, nicks and bodies (with their lengths). */
+typedef struct rows {
+    int n, stop_after;
+    int64_t id[64];
+    char nick[64][32];
+    char kind[64][8];
+    char body[64][64];
+    size_t body_len[64];
+} rows;
+
+static int collect(void *ctx, const history_record *rec)
+{
+    rows *r = ctx;
+    if (r->n < 64) {
+        r->id[r->n] = rec->id;
+        snprintf(r->nick[r->n], sizeof r->nick[0], "%s", rec->nick);
+        snprintf(r->kind[r->n], sizeof r->kind[0], "%s", rec->kind);
+        r->body_len[r->n] = rec->body_len;
+        memcpy(r->body[r->n], rec->body, rec->body_len < 64 ? rec->body_len : 64);
+    }
+    r->n++;
+    return r->stop_after && r->n >= r->stop_after;
+}
+
+static int count_recent(history *h, const char *room)
+{
+    rows r;
+    memset(&r, 0, sizeof r);
+    CHECK_INT(history_recent(h, room, 1000000, collect, &r), HISTORY_OK);
+    return r.n;
+}
+
+static int count_search(history *h, const char *room, const char *words)
+{
+    rows r;
+    int rc;
+    memset(&r, 0, sizeof r);
+    rc = history_search(h, room, words, 1000, collect, &r);
+    CHECK_INT(rc, HISTORY_OK);
+    if (rc != HISTORY_OK)
+        fprintf(stderr, "  search [%s]: %s\n", words, history_errmsg(h));
+    return r.n;
+}
+
+/* ---- time ------------------------------------------------------------- */
+
+static void test_format_time(void)
+{
+    char out[HISTORY_TIME_LEN + 1];
+    int64_t day;
+
+    history_format_time(0, out);
+    CHECK_STR(out, "1970-01-01T00:00:00.000Z");
+    history_format_time(INT64_C(1795748645123), out);
+    CHECK_STR(out, "2026-11-27T03:04:05.123Z");
+    history_format_time(INT64_C(1709251199999), out);
+    CHECK_STR(out, "2024-02-29T23:59:59.999Z");
+    history_format_time(INT64_C(951782400000), out);   /* 2000 is a leap year (400) */
+    CHECK_STR(out, "2000-02-29T00:00:00.000Z");
+    history_format_time(INT64_C(4107499200000) + INT64_C(86400000), out); /* 2100 is not (100) */
+    CHECK_STR(out, "2100-03-01T12:00:00.000Z");
+    history_format_time(INT64_C(4133980799999), out);
+    CHECK_STR(out, "2100-12-31T23:59:59.999Z");
+    history_format_time(-1, out);
+    CHECK_STR(out, "1969-12-31T23:59:59.999Z");
+    /* Out of range: clamped, never more than HISTORY_TIME_LEN chars. */
+    history_format_time(INT64_MAX, out);
+    CHECK_STR(out, "9999-12-31T23:59:59.999Z");
+    history_format_time(INT64_MIN, out);
+    CHECK_STR(out, "0000-01-01T00:00:00.000Z");
+
+    /* Every day 1970..2100 against the C library's gmtime, at a time of day
+     * that moves through hours, minutes, seconds and milliseconds. */
+    for (day = 0; day <= 47846; day++) {
+        int64_t ms_of_day = (day * INT64_C(7919001)) % 86400000;
+        time_t t = (time_t)(day * 86400 + ms_of_day / 1000);
+        struct tm *tm = gmtime(&t);
+        char want[64];
+        if (!tm) {
+            CHECK(tm != NULL);
+            break;
+        }
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm->tm_year + 1900,
+                 tm->tm_mon + 1, tm->tm_mday, tm->tm_hour, tm->tm_min, tm->tm_sec,
+                 (int)(ms_of_day % 1000));
+        history_format_time(day * 86400000 + ms_of_day, out);
+        if (strcmp(out, want) != 0) {
+            CHECK_STR(out, want);
+            break;
+        }
+    }
+    CHECK_INT(day, 47847);
+}
+
+/* ---- opening, schema, migration -------------------------------------- */
+
+static void test_create_schema(void)
+{
+    const char *path = db_path("create");
+    history *h = open_ok(path, NULL);
+    sqlite3 *db;
+    history_close(h);
+
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), HISTORY_SCHEMA_VERSION);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='messages'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master WHERE type='index' AND name='messages_room_id'"
+                          " AND tbl_name='messages'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='messages_fts'"
+                          " AND sql LIKE '%fts5%content=''messages''%'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master WHERE type='trigger' AND tbl_name='messages'"), 3);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM pragma_table_info('messages') WHERE \"notnull\" = 1"), 5);
+    CHECK_INT(cli_int(db, "SELECT pk FROM pragma_table_info('messages') WHERE name = 'id'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM pragma_index_info('messages_room_id')"), 2);
+    CHECK_INT(cli_int(db, "SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
+    cli_close(db);
+
+    /* Reopening a current database changes nothing and works. */
+    h = open_ok(path, NULL);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "hello"), HISTORY_OK);
+    history_close(h);
+    h = open_ok(path, NULL);
+    CHECK_INT(count_recent(h, "lobby"), 1);
+    history_close(h);
+    remove_db(path);
+}
+
+static void test_migrate_from_v0(void)
+{
+    const char *path = db_path("v0empty");
+    const char *path2 = db_path("v0other");
+    const char *path3 = db_path("v0clash");
+    char err[512];
+    history *h = NULL;
+    sqlite3 *db;
+
+    /* An empty file is a database at user_version 0 with nothing in it. */
+    write_file(path, "", 0);
+    h = open_ok(path, NULL);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "from empty"), HISTORY_OK);
+    history_close(h);
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 1);
+    cli_close(db);
+
+    /* Version 0 holding someone else's tables: ours are added beside them. */
+    db = cli_open(path2);
+    CHECK_INT(cli_exec(db, "CREATE TABLE notes(x TEXT); INSERT INTO notes VALUES ('keep me');"), SQLITE_OK);
+    cli_close(db);
+    h = open_ok(path2, NULL);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "beside notes"), HISTORY_OK);
+    history_close(h);
+    db = cli_open(path2);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM notes WHERE x = 'keep me'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'notes'"), 1);
+    cli_close(db);
+
+    /* Version 0 with a foreign table called messages: the migration fails as
+     * a whole and rolls back, nothing is adopted or half-created. */
+    db = cli_open(path3);
+    CHECK_INT(cli_exec(db, "CREATE TABLE messages(t TEXT); INSERT INTO messages VALUES ('theirs');"), SQLITE_OK);
+    cli_close(db);
+    CHECK_INT(history_open(&h, path3, NULL, err, sizeof err), HISTORY_ERROR);
+    CHECK(h == NULL);
+    CHECK(strstr(err, path3) != NULL);
+    CHECK(strstr(err, "version 0 to 1") != NULL);
+    CHECK(strstr(err, "already exists") != NULL);
+    db = cli_open(path3);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), 0);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE t = 'theirs'"), 1);
+    CHECK_INT(cli_int(db, "SELECT journal_mode = 'delete' FROM pragma_journal_mode"), 1);
+    cli_close(db);
+
+    remove_db(path);
+    remove_db(path2);
+    remove_db(path3);
+}
+
+static void test_refuse_newer(void)
+{
+    const char *path = db_path("newer");
+    static unsigned char before[65536], after[65536];
+    long n_before, n_after;
+    char err[512], side[320];
+    history *h = NULL;
+    sqlite3 *db = cli_open(path);
+
+    CHECK_INT(cli_exec(db, "CREATE TABLE messages(id INTEGER PRIMARY KEY, future TEXT);"
+                           "INSERT INTO messages(future) VALUES ('v2 data');"
+                           "PRAGMA user_version = 2;"), SQLITE_OK);
+    cli_close(db);
+    n_before = read_file(path, before, sizeof before);
+    CHECK(n_before > 0);
+
+    CHECK_INT(history_open(&h, path, NULL, err, sizeof err), HISTORY_TOO_NEW);
+    CHECK(h == NULL);
+    CHECK(strstr(err, path) != NULL);
+    CHECK(strstr(err, "schema version 2 is newer than this program's 1") != NULL);
+    CHECK(strstr(err, "untouched") != NULL);
+
+    n_after = read_file(path, after, sizeof after);
+    CHECK_INT(n_after, n_before);
+    CHECK(n_after == n_before && memcmp(before, after, (size_t)n_after) == 0);
+    snprintf(side, sizeof side, "%s-wal", path);
+    CHECK(!file_exists(side));
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), 2);
+    CHECK_INT(cli_int(db, "SELECT journal_mode = 'delete' FROM pragma_journal_mode"), 1);
+    cli_close(db);
+    remove_db(path);
+}
+
+static void test_not_a_database(void)
+{
+    const char *path = db_path("notadb");
+    const char *short_path = db_path("notadb-short");
+    static unsigned char text[4096], after[8192];
+    char err[512], side[320];
+    history *h = NULL;
+    size_t i;
+    long n;
+
+    for (i = 0; i < sizeof text; i++)
+        text[i] = (unsigned char)"These are my notes, not a database.\n"[i % 36];
+    write_file(path, text, sizeof text);
+    CHECK_INT(history_open(&h, path, NULL, err, sizeof err), HISTORY_ERROR);
+    CHECK(h == NULL);
+    CHECK(strstr(err, path) != NULL);
+    CHECK(strstr(err, "file is not a database") != NULL);
+    CHECK(strstr(err, "(code 26)") != NULL);
+    CHECK(strstr(err, "untouched") != NULL);
+    n = read_file(path, after, sizeof after);
+    CHECK_INT(n, sizeof text);
+    CHECK(n == (long)sizeof text && memcmp(text, after, sizeof text) == 0);
+    snprintf(side, sizeof side, "%s-wal", path);
+    CHECK(!file_exists(side));
+    snprintf(side, sizeof side, "%s-journal", path);
+    CHECK(!file_exists(side));
+
+    write_file(short_path, "hello\n", 6);
+    CHECK_INT(history_open(&h, short_path, NULL, err, sizeof err), HISTORY_ERROR);
+    CHECK(strstr(err, "file is not a database") != NULL);
+    n = read_file(short_path, after, sizeof after);
+    CHECK_MEM(after, n, "hello\n");
+
+    /* A folder that does not exist: a clear error naming the path. */
+    CHECK_INT(history_open(&h, "no-such-folder-here/history.db", NULL, err, sizeof err), HISTORY_ERROR);
+    CHECK(strstr(err, "no-such-folder-here/history.db") != NULL);
+    CHECK(strstr(err, "sqlite3_open_v2") != NULL);
+
+    remove_db(path);
+    remove_db(short_path);
+}
+
+/* ---- group commit ----------------------------------------------------- */
+
+static void test_batch_commit(void)
+{
+    const char *path = db_path("batch");
+    history *h = open_ok(path, NULL);
+    history_record r;
+    rows got;
+    char body[32];
+    int i, rc = HISTORY_OK;
+    sqlite3 *db;
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 5000 && rc == HISTORY_OK; i++) {
+        snprintf(body, sizeof body, "line %d", i);
+        r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", body);
+        rc = history_append(h, &r);
+    }
+    CHECK_INT(rc, HISTORY_OK);
+    /* Nothing is visible to another connection before the commit. */
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 0);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 5000);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH '4999'"), 1);
+    cli_close(db);
+    CHECK_INT(count_recent(h, "lobby"), 5000);
+
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "lobby", 3, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 3);
+    CHECK_MEM(got.body[0], got.body_len[0], "line 4997");
+    CHECK_MEM(got.body[2], got.body_len[2], "line 4999");
+
+    /* A rolled-back batch leaves nothing. */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "abandoned");
+    CHECK_INT(history_append(h, &r), HISTORY_OK);
+    history_rollback(h);
+    CHECK_INT(count_search(h, "lobby", "abandoned"), 0);
+
+    /* Misuse is an error, not a crash, and poisons the batch: all or nothing. */
+    CHECK_INT(history_append(h, &r), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "no batch open") != NULL);
+    CHECK_INT(history_commit(h), HISTORY_ERROR);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_begin(h), HISTORY_ERROR);
+    CHECK_INT(history_append(h, &r), HISTORY_OK);
+    r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "shout", "bad kind");
+    CHECK_INT(history_append(h, &r), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "kind \"shout\"") != NULL);
+    r = rec_of("2026-11-27", "lobby", "ann", "say", "bad time");
+    CHECK_INT(history_append(h, &r), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "kind \"shout\"") != NULL);  /* the first error is kept */
+    CHECK_INT(history_prune_step(h, 0, 10), -1);
+    CHECK_INT(history_commit(h), HISTORY_ERROR);
+    CHECK_INT(count_search(h, "lobby", "abandoned"), 0);
+    CHECK_INT(count_recent(h, "lobby"), 5000);
+    r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "after");
+    r.nick = NULL;
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_append(h, &r), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "missing field") != NULL);
+    history_rollback(h);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "after"), HISTORY_OK);
+    CHECK_INT(count_recent(h, "lobby"), 5001);
+    history_close(h);
+    remove_db(path);
+}
+
+static void test_busy(void)
+{
+    const char *path = db_path("busy");
+    history *h = open_ok(path, NULL);   /* busy_timeout 0 */
+    sqlite3 *db = cli_open(path);
+    history_record batch[3];
+    rows got;
+    double t0, elapsed;
+    int i, rc;
+
+    batch[0] = rec_of("2026-11-27T03:04:05.001Z", "lobby", "ann", "say", "first");
+    batch[1] = rec_of("2026-11-27T03:04:05.002Z", "lobby", "bob", "me", "second");
+    batch[2] = rec_of("2026-11-27T03:04:05.003Z", "lobby", "cyd", "say", "third");
+
+    CHECK_INT(cli_exec(db, "BEGIN IMMEDIATE; INSERT INTO messages(at, room, nick, kind, body)"
+                           " VALUES ('2026-11-27T03:04:05.000Z', 'lobby', 'cli', 'say', 'zeroth')"), SQLITE_OK);
+    t0 = now_ms();
+    rc = history_begin(h);
+    elapsed = now_ms() - t0;
+    CHECK_INT(rc, HISTORY_BUSY);
+    CHECK(elapsed < 100.0);
+    CHECK(strstr(history_errmsg(h), "sqlite3_step(BEGIN IMMEDIATE)") != NULL);
+    CHECK(strstr(history_errmsg(h), "(code 5)") != NULL);
+    /* Nothing is open: appends are refused, and a later begin works. */
+    CHECK_INT(history_append(h, &batch[0]), HISTORY_ERROR);
+    CHECK_INT(history_prune_step(h, 0, 10), 0);   /* no retention configured: nothing to do */
+    CHECK_INT(count_recent(h, "lobby"), 0);       /* readers are not blocked in WAL */
+
+    CHECK_INT(cli_exec(db, "COMMIT"), SQLITE_OK);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 3; i++)
+        CHECK_INT(history_append(h, &batch[i]), HISTORY_OK);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "lobby", 10, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 4);
+    CHECK_MEM(got.body[0], got.body_len[0], "zeroth");
+    CHECK_MEM(got.body[1], got.body_len[1], "first");
+    CHECK_MEM(got.body[2], got.body_len[2], "second");
+    CHECK_MEM(got.body[3], got.body_len[3], "third");
+    CHECK(got.id[0] < got.id[1] && got.id[1] < got.id[2] && got.id[2] < got.id[3]);
+    cli_close(db);
+    history_close(h);
+    remove_db(path);
+}
+
+#ifndef _WIN32
+/* The disk fills up mid-commit (a file size limit stands in for a full
+ * disk): the commit fails with a message naming the call, nothing of the
+ * batch is stored, and the same batch commits once there is room again. */
+static void test_disk_full(void)
+{
+    const char *path = db_path("full");
+    history *h = open_ok(path, NULL);
+    struct rlimit old_limit, small;
+    static char body[4096];
+    history_record r;
+    int i, rc = HISTORY_OK;
+    void (*old_handler)(int);
+
+    memset(body, 'x', sizeof body - 1);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "before"), HISTORY_OK);
+    CHECK_INT(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    small = old_limit;
+    small.rlim_cur = 256 * 1024;
+    old_handler = signal(SIGXFSZ, SIG_IGN);
+    CHECK_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 300 && rc == HISTORY_OK; i++) {
+        r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", body);
+        rc = history_append(h, &r);
+    }
+    CHECK_INT(rc, HISTORY_OK);
+    rc = history_commit(h);
+    CHECK_INT(rc, HISTORY_ERROR);
+    CHECK(strncmp(history_errmsg(h), "sqlite3_step(COMMIT): ", 22) == 0);
+    CHECK(strstr(history_errmsg(h), "(code 13)") || strstr(history_errmsg(h), "(code 10)"));
+    printf("disk full: %s\n", history_errmsg(h));
+    CHECK_INT(count_recent(h, "lobby"), 1);
+
+    CHECK_INT(setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    signal(SIGXFSZ, old_handler);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0, rc = HISTORY_OK; i < 300 && rc == HISTORY_OK; i++) {
+        r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", body);
+        rc = history_append(h, &r);
+    }
+    CHECK_INT(rc, HISTORY_OK);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(count_recent(h, "lobby"), 301);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+#endif
+
+/* ---- queries ---------------------------------------------------------- */
+
+static void test_recent(void)
+{
+    const char *path = db_path("recent");
+    history *h = open_ok(path, NULL);
+    rows got;
+    char body[16];
+    int i;
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 10; i++) {
+        history_record r;
+        snprintf(body, sizeof body, "a%d", i);
+        r = rec_of("2026-11-27T03:04:05.123Z", i % 2 ? "lobby" : "other", "ann", i == 7 ? "msg" : "say", body);
+        CHECK_INT(history_append(h, &r), HISTORY_OK);
+    }
+    CHECK_INT(history_commit(h), HISTORY_OK);
+
+    /* lobby holds a1 a3 a5 a7(private) a9: the last 3 public ones, oldest first */
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "lobby", 3, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 3);
+    CHECK_MEM(got.body[0], got.body_len[0], "a3");
+    CHECK_MEM(got.body[1], got.body_len[1], "a5");
+    CHECK_MEM(got.body[2], got.body_len[2], "a9");
+    CHECK_STR(got.nick[0], "ann");
+    CHECK_STR(got.kind[0], "say");
+    memset(&got, 0, sizeof got);
+    got.stop_after = 2;
+    CHECK_INT(history_recent(h, "lobby", 100, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 2);
+    CHECK_MEM(got.body[0], got.body_len[0], "a1");
+    CHECK_INT(count_recent(h, "other"), 5);
+    CHECK_INT(count_recent(h, "nobody-here"), 0);
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "lobby", 0, collect, &got), HISTORY_OK);
+    CHECK_INT(history_recent(h, "lobby", -5, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 0);
+    history_close(h);
+    remove_db(path);
+}
+
+static void test_search(void)
+{
+    static const char *const hostile[] = {
+        "\"", "\"\"", "deploy\"", "\"deploy\"", "(deploy", "deploy)", "(", ")", "()",
+        "NEAR(deploy friday)", "NEAR(deploy friday, 2)", "NEAR", "deploy*", "*", "AND", "OR deploy",
+        "NOT", "deploy NOT friday", "body:deploy", "{body}:deploy", "^deploy", "-deploy", "+", "'",
+        "''", "\"\"\"\"", "   ", "", "\t\n", "deploy AND", "a\"b\"c", "caf\xc3\xa9", "\xff\xfe",
+        "rowid:1", "messages_fts", "*deploy*", "dep\"loy", ":", "\\", "%", "_", "\"\"\"", "\" \"",
+        "a \" b \" c", "\"\" \"\" \"\"",
+    };
+    const char *path = db_path("search");
+    history *h = open_ok(path, NULL);
+    rows got;
+    size_t i;
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    {
+        history_record r[9];
+        r[0] = rec_of("2026-11-27T01:00:00.000Z", "ops", "ann", "say", "we deploy on friday");
+        r[1] = rec_of("2026-11-27T02:00:00.000Z", "ops", "bob", "me", "hates the deploy");
+        r[2] = rec_of("2026-11-27T03:00:00.000Z", "dev", "cyd", "say", "deploy in dev");
+        r[3] = rec_of("2026-11-27T04:00:00.000Z", "ops", "dan", "msg", "secret deploy key");
+        r[4] = rec_of("2026-11-27T05:00:00.000Z", "ops", "eve", "say", "the deployment is done");
+        r[5] = rec_of("2026-11-27T06:00:00.000Z", "ops", "fay", "say", "this or that, near me");
+        r[6] = rec_of("2026-11-27T07:00:00.000Z", "ops", "gus", "say", "DEPLOY again on Friday");
+        r[7] = rec_of("2026-11-27T08:00:00.000Z", "ops", "hal", "say", "caf\xc3\xa9 time");
+        r[8] = rec_of("2026-11-27T09:00:00.000Z", "ops", "ivy", "say", "a\"b\"c quoted");
+        for (i = 0; i < 9; i++)
+            CHECK_INT(history_append(h, &r[i]), HISTORY_OK);
+    }
+    CHECK_INT(history_commit(h), HISTORY_OK);
+
+    /* Room only, no private messages, newest first, case-insensitive. */
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_search(h, "ops", "deploy", 10, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 3);
+    CHECK_STR(got.nick[0], "gus");
+    CHECK_STR(got.nick[1], "bob");
+    CHECK_STR(got.nick[2], "ann");
+    CHECK(got.id[0] > got.id[1] && got.id[1] > got.id[2]);
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_search(h, "ops", "deploy", 2, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 2);
+    CHECK_STR(got.nick[1], "bob");
+    memset(&got, 0, sizeof got);
+    got.stop_after = 1;
+    CHECK_INT(history_search(h, "ops", "deploy", 10, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 1);
+    CHECK_INT(count_search(h, "ops", "DEPLOY friday"), 2);   /* words are ANDed */
+    CHECK_INT(count_search(h, "dev", "deploy"), 1);
+    CHECK_INT(count_search(h, "ops", "secret"), 0);          /* only in a private message */
+    CHECK_INT(count_search(h, "ops", "deploy"), 3);
+    CHECK_INT(count_search(h, "nobody", "deploy"), 0);
+
+    /* FTS5 syntax is quoted away: operators are words, a star is no prefix. */
+    CHECK_INT(count_search(h, "ops", "deploy*"), 3);          /* not "deployment" */
+    CHECK_INT(count_search(h, "ops", "deployment"), 1);
+    CHECK_INT(count_search(h, "ops", "OR"), 1);               /* the word "or" */
+    CHECK_INT(count_search(h, "ops", "NEAR"), 1);
+    CHECK_INT(count_search(h, "ops", "NEAR(deploy friday)"), 0); /* the phrase "near deploy", and "friday" */
+    CHECK_INT(count_search(h, "ops", "NEAR( me"), 1);         /* "near" and "me": fay's line */
+    CHECK_INT(count_search(h, "ops", "deploy NOT friday"), 0); /* "not" is a word nobody wrote */
+    CHECK_INT(count_search(h, "ops", "(deploy"), 3);
+    CHECK_INT(count_search(h, "ops", "\"deploy\""), 3);
+    CHECK_INT(count_search(h, "ops", "( deploy )"), 3);      /* punctuation-only words drop out */
+    CHECK_INT(count_search(h, "ops", "a\"b\"c"), 1);
+    CHECK_INT(count_search(h, "ops", "caf\xc3\xa9"), 1);
+    CHECK_INT(count_search(h, "ops", "body:deploy"), 0);      /* the phrase "body deploy" */
+    CHECK_INT(count_search(h, "ops", ""), 0);
+    CHECK_INT(count_search(h, "ops", "   "), 0);
+    for (i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        memset(&got, 0, sizeof got);
+        CHECK_INT(history_search(h, "ops", hostile[i], 10, collect, &got), HISTORY_OK);
+    }
+    CHECK_INT(history_search(h, "ops", "deploy", 0, collect, &got), HISTORY_OK);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
+static void test_odd_bodies(void)
+{
+    const char *path = db_path("bodies");
+    history *h = open_ok(path, NULL);
+    static const char with_nul[] = "before\0after nul";
+    static const char bad_utf8[] = "caf\xc3 \xff\xfe \xed\xa0\x80 ok";
+    history_record r;
+    rows got;
+    sqlite3 *db;
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "");
+    r.body = with_nul;
+    r.body_len = sizeof with_nul - 1;
+    CHECK_INT(history_append(h, &r), HISTORY_OK);
+    r.body = bad_utf8;
+    r.body_len = sizeof bad_utf8 - 1;
+    CHECK_INT(history_append(h, &r), HISTORY_OK);
+    r.body = NULL;   /* an empty body may come without a pointer */
+    r.body_len = 0;
+    CHECK_INT(history_append(h, &r), HISTORY_OK);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "lobby", 10, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 3);
+    CHECK_INT(got.body_len[0], sizeof with_nul - 1);
+    CHECK(memcmp(got.body[0], with_nul, sizeof with_nul - 1) == 0);
+    CHECK_INT(got.body_len[1], sizeof bad_utf8 - 1);
+    CHECK(memcmp(got.body[1], bad_utf8, sizeof bad_utf8 - 1) == 0);
+    CHECK_INT(got.body_len[2], 0);
+
+    /* The words after the NUL are indexed too, and found through search. */
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_search(h, "lobby", "after", 10, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 1);
+    CHECK_INT(got.body_len[0], sizeof with_nul - 1);
+    CHECK_INT(count_search(h, "lobby", "ok"), 1);
+    history_close(h);
+
+    /* Stored as TEXT of the right length; deleting them from the CLI keeps FTS consistent. */
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE typeof(body) = 'text'"), 3);
+    CHECK_INT(cli_int(db, "SELECT length(CAST(body AS BLOB)) FROM messages ORDER BY id LIMIT 1"),
+              sizeof with_nul - 1);
+    cli_close(db);
+    check_fts_consistent(path);
+    db = cli_open(path);
+    CHECK_INT(cli_exec(db, "DELETE FROM messages WHERE id IN (1, 2)"), SQLITE_OK);
+    cli_close(db);
+    check_fts_consistent(path);
+    h = open_ok(path, NULL);
+    CHECK_INT(count_search(h, "lobby", "after"), 0);
+    CHECK_INT(count_recent(h, "lobby"), 1);
+    history_close(h);
+    remove_db(path);
+}
+
+/* ---- retention -------------------------------------------------------- */
+
+static void test_prune_by_count(void)
+{
+    const char *path = db_path("prune-count");
+    history_options opt;
+    history *h;
+    rows got;
+    char body[32];
+    int i, n, total = 0, steps = 0;
+
+    memset(&opt, 0, sizeof opt);
+    opt.retain_messages = 10;
+    h = open_ok(path, &opt);
+    CHECK_INT(history_prune_step(h, 0, 100), 0);   /* empty database */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 1; i <= 25; i++) {
+        history_record r;
+        snprintf(body, sizeof body, "%s number%d", i <= 15 ? "oldword" : "newword", i);
+        r = rec_of("2026-11-27T03:04:05.123Z", i % 2 ? "lobby" : "other", "ann", "say", body);
+        CHECK_INT(history_append(h, &r), HISTORY_OK);
+    }
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(count_search(h, "lobby", "oldword"), 8);
+
+    while ((n = history_prune_step(h, 0, 4)) > 0 && steps < 100) {
+        CHECK(n <= 4);
+        total += n;
+        steps++;
+    }
+    CHECK_INT(n, 0);
+    CHECK_INT(total, 15);
+    CHECK_INT(steps, 4);   /* 4 + 4 + 4 + 3 */
+    CHECK_INT(count_recent(h, "lobby") + count_recent(h, "other"), 10);
+    CHECK_INT(count_search(h, "lobby", "oldword"), 0);
+    CHECK_INT(count_search(h, "other", "oldword"), 0);
+    CHECK_INT(count_search(h, "lobby", "newword"), 5);
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "other", 100, collect, &got), HISTORY_OK);
+    CHECK_MEM(got.body[0], got.body_len[0], "newword number16");
+    CHECK_INT(history_prune_step(h, 0, 0), 0);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
+static void test_prune_by_days(void)
+{
+    const int64_t day_ms = 86400000;
+    const int64_t now = INT64_C(1795748645123);   /* 2026-11-27T03:04:05.123Z */
+    /* Age in days of each row, in insertion order.  Exactly 7 days old is
+     * still kept; older goes. */
+    static const int ages[] = { 30, 10, 10, 9, 8, 8, 7, 1, 0, 0 };
+    const char *path = db_path("prune-days");
+    history_options opt;
+    history *h;
+    rows got;
+    char at[HISTORY_TIME_LEN + 1];
+    size_t i;
+
+    memset(&opt, 0, sizeof opt);
+    opt.retain_days = 7;
+    h = open_ok(path, &opt);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < sizeof ages / sizeof ages[0]; i++) {
+        history_record r;
+        history_format_time(now - ages[i] * day_ms, at);
+        r = rec_of(at, "lobby", "ann", "say", ages[i] > 7 ? "stale words" : "fresh words");
+        CHECK_INT(history_append(h, &r), HISTORY_OK);
+    }
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(count_search(h, "lobby", "stale"), 6);
+
+    /* Bounded steps: each looks at the oldest max_rows rows only. */
+    CHECK_INT(history_prune_step(h, now, 4), 4);
+    CHECK_INT(history_prune_step(h, now, 4), 2);
+    CHECK_INT(history_prune_step(h, now, 4), 0);
+    CHECK_INT(count_search(h, "lobby", "stale"), 0);
+    CHECK_INT(count_search(h, "lobby", "fresh"), 4);
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_recent(h, "lobby", 100, collect, &got), HISTORY_OK);
+    CHECK_INT(got.n, 4);
+    CHECK_INT(got.id[0], 7);
+    /* A day later, the 7-day-old row is due too. */
+    CHECK_INT(history_prune_step(h, now + day_ms, 100), 1);
+    CHECK_INT(count_recent(h, "lobby"), 3);
+    history_close(h);
+    check_fts_consistent(path);
+
+    /* Days and count together: whichever is stricter. */
+    opt.retain_messages = 1;
+    h = open_ok(path, &opt);
+    CHECK_INT(history_prune_step(h, now, 100), 2);
+    CHECK_INT(count_recent(h, "lobby"), 1);
+    /* Without retention nothing is ever due. */
+    history_close(h);
+    memset(&opt, 0, sizeof opt);
+    h = open_ok(path, &opt);
+    CHECK_INT(history_prune_step(h, now + 1000 * day_ms, 100), 0);
+    CHECK_INT(count_recent(h, "lobby"), 1);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
+/* Deletes and updates made by hand in the sqlite3 CLI keep the FTS index in step. */
+static void test_cli_edits(void)
+{
+    const char *path = db_path("cli");
+    history *h = open_ok(path, NULL);
+    sqlite3 *db;
+
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "alpha words"), HISTORY_OK);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.124Z", "lobby", "bob", "say", "beta words"), HISTORY_OK);
+    db = cli_open(path);
+    CHECK_INT(cli_exec(db, "DELETE FROM messages WHERE nick = 'ann'"), SQLITE_OK);
+    CHECK_INT(cli_exec(db, "UPDATE messages SET body = 'gamma words' WHERE nick = 'bob'"), SQLITE_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'words'"), 1);
+    CHECK_INT(cli_int(db, "SELECT m.id FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+                          " WHERE messages_fts MATCH 'gamma'"), 2);
+    cli_close(db);
+    CHECK_INT(count_search(h, "lobby", "alpha"), 0);
+    CHECK_INT(count_search(h, "lobby", "beta"), 0);
+    CHECK_INT(count_search(h, "lobby", "gamma"), 1);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = getenv("CHATRELAY_TEST_DIR");
+    int local;
+    if (argc > 1)
+        dir = argv[1];
+    /* Unique per run: the time and a stack address (randomised by ASLR). */
+    snprintf(file_prefix, sizeof file_prefix, "%s%sth-%lx-%lx-", dir ? dir : "", dir ? "/" : "",
+             (unsigned long)time(NULL), (unsigned long)(((uintptr_t)&local >> 4) & 0xfffff));
+    printf("sqlite %s, files %s*\n", sqlite3_libversion(), file_prefix);
+
+    test_format_time();
+    test_create_schema();
+    test_migrate_from_v0();
+    test_refuse_newer();
+    test_not_a_database();
+    test_batch_commit();
+    test_busy();
+#ifndef _WIN32
+    test_disk_full();
+#endif
+    test_recent();
+    test_search();
+    test_odd_bodies();
+    test_prune_by_count();
+    test_prune_by_days();
+    test_cli_edits();
+    return check_done();
+}
