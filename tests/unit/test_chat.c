@@ -1,0 +1,1082 @@
+/* Drives chat with session events and lines and checks the effects it asks for. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "chat.h"
+
+static int64_t now = 1000000;
+
+static chat *make(int replay, int burst, int rate, int kick, int log_private, uint32_t slots)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "Test Relay";
+    cfg.replay = replay;
+    cfg.flood_burst = burst;
+    cfg.flood_rate = rate;
+    cfg.flood_kick = kick;
+    cfg.log_private = log_private;
+    return chat_create(&cfg, slots);
+}
+
+static size_t count(const chat *c)
+{
+    const chat_effect *e;
+    return chat_effects(c, &e);
+}
+
+static const chat_effect *effect(const chat *c, size_t i)
+{
+    const chat_effect *e;
+    size_t n = chat_effects(c, &e);
+    return i < n ? &e[i] : NULL;
+}
+
+static void send_line(chat *c, uint32_t slot, const char *s)
+{
+    chat_session_line(c, slot, s, strlen(s), 0, now);
+}
+
+/* Checks that effect i is a reply to slot with exactly text. */
+#define CHECK_REPLY(c, i, slot_, s) do { \
+    const chat_effect *r_ = effect((c), (i)); \
+    CHECK(r_ != NULL); \
+    if (r_) { \
+        CHECK_INT(r_->kind, CHAT_REPLY); \
+        CHECK_INT(r_->slot, (slot_)); \
+        CHECK_MEM(r_->text, r_->text_len, (s)); \
+    } \
+} while (0)
+
+/* The only effect is one reply with this text. */
+#define CHECK_ONLY_REPLY(c, slot_, s) do { \
+    CHECK_INT(count(c), 1); \
+    CHECK_REPLY((c), 0, (slot_), (s)); \
+} while (0)
+
+typedef struct members {
+    uint32_t slots[64];
+    size_t n;
+} members;
+
+static void collect(void *ctx, uint32_t slot)
+{
+    members *m = (members *)ctx;
+    if (m->n < 64)
+        m->slots[m->n] = slot;
+    m->n++;
+}
+
+static members members_of(const chat *c, const char *room)
+{
+    members m;
+    memset(&m, 0, sizeof m);
+    chat_room_members(c, room, collect, &m);
+    return m;
+}
+
+/* No effect text may carry a control character other than TAB. */
+static int texts_clean(const chat *c)
+{
+    const chat_effect *e;
+    size_t n = chat_effects(c, &e), i, k;
+    for (i = 0; i < n; i++) {
+        if (e[i].text == NULL)
+            continue;
+        if (strlen(e[i].text) != e[i].text_len)
+            return 0;
+        for (k = 0; k < e[i].text_len; k++) {
+            unsigned char ch = (unsigned char)e[i].text[k];
+            if ((ch < 0x20 && ch != '\t') || ch == 0x7F)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static void test_open(void)
+{
+    chat *c = make(15, 0, 0, 0, 0, 8);
+    const chat_effect *e;
+    CHECK(c != NULL);
+    chat_session_open(c, 3, 7, now);
+    CHECK_INT(count(c), 6);
+    CHECK_REPLY(c, 0, 3, "*** Welcome to Test Relay.");
+    CHECK_REPLY(c, 1, 3, "*** Your nick is guest7; change it with /nick NAME.");
+    CHECK_REPLY(c, 2, 3, "*** You are in lobby (1 here).");
+    CHECK_REPLY(c, 3, 3, "*** Type /help for the commands.");
+    e = effect(c, 4);
+    CHECK_INT(e->kind, CHAT_HISTORY);
+    CHECK_INT(e->slot, 3);
+    CHECK_STR(e->room, "lobby");
+    CHECK_INT(e->limit, 15);
+    e = effect(c, 5);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_INT(e->slot, 3);
+    CHECK_INT(e->except_slot, 3);
+    CHECK_MEM(e->text, e->text_len, "*** guest7 joined lobby");
+    CHECK_STR(e->record_kind, "join");
+    CHECK_STR(e->room, "lobby");
+    CHECK_STR(e->nick, "guest7");
+    CHECK_INT(e->body_len, 0);
+    CHECK(e->body != NULL);
+    CHECK_STR(chat_session_nick(c, 3), "guest7");
+    CHECK_STR(chat_session_room(c, 3), "lobby");
+    CHECK(chat_session_nick(c, 2) == NULL);
+    CHECK(chat_session_room(c, 2) == NULL);
+    CHECK(chat_session_nick(c, 99) == NULL);
+
+    chat_session_open(c, 4, 8, now);
+    CHECK_REPLY(c, 2, 4, "*** You are in lobby (2 here).");
+    chat_destroy(c);
+
+    /* replay 0: no history effect; an empty server name falls back to the default. */
+    {
+        chat_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.server_name = "";
+        c = chat_create(&cfg, 4);
+        chat_session_open(c, 0, 1, now);
+        CHECK_INT(count(c), 5);
+        CHECK_REPLY(c, 0, 0, "*** Welcome to chatrelay.");
+        CHECK_INT(effect(c, 4)->kind, CHAT_ROOM);
+        chat_destroy(c);
+        /* A server name with control characters never reaches a client raw. */
+        cfg.server_name = "evil\x1b[2Jname\x07";
+        c = chat_create(&cfg, 4);
+        chat_session_open(c, 0, 1, now);
+        CHECK_REPLY(c, 0, 0, "*** Welcome to evil[2Jname.");
+        chat_destroy(c);
+    }
+    CHECK(chat_create(NULL, 4) == NULL);
+    CHECK(make(0, 0, 0, 0, 0, 0) == NULL);
+}
+
+static void test_say_and_me(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 8);
+    const chat_effect *e;
+    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 1, 2, now);
+
+    send_line(c, 0, "hello there");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_INT(e->slot, 0);
+    CHECK_INT(e->except_slot, 0);
+    CHECK_MEM(e->text, e->text_len, "<guest1> hello there");
+    CHECK_STR(e->record_kind, "say");
+    CHECK_STR(e->room, "lobby");
+    CHECK_STR(e->nick, "guest1");
+    CHECK_MEM(e->body, e->body_len, "hello there");
+
+    /* Spaces and tabs are kept as typed; UTF-8 passes through. */
+    send_line(c, 0, "  caf\xc3\xa9\t\xe2\x82\xac ");
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest1>   caf\xc3\xa9\t\xe2\x82\xac ");
+
+    send_line(c, 0, "");
+    CHECK_INT(count(c), 0);
+    send_line(c, 0, "   \t  ");
+    CHECK_INT(count(c), 0);
+
+    send_line(c, 1, "//etc/passwd is a path");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_MEM(e->text, e->text_len, "<guest2> /etc/passwd is a path");
+    CHECK_MEM(e->body, e->body_len, "/etc/passwd is a path");
+    send_line(c, 1, "//");
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest2> /");
+    /* Only a leading slash makes a command. */
+    send_line(c, 1, " /nick x");
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest2>  /nick x");
+
+    send_line(c, 0, "/me waves  at\tyou  ");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_INT(e->except_slot, 0);
+    CHECK_MEM(e->text, e->text_len, "* guest1 waves  at\tyou");
+    CHECK_STR(e->record_kind, "me");
+    CHECK_MEM(e->body, e->body_len, "waves  at\tyou");
+    send_line(c, 0, "/ME   ");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /me ACTION");
+
+    /* A line cut by the framer is still said, after a notice to the sender. */
+    chat_session_line(c, 0, "long line", 9, 1, now);
+    CHECK_INT(count(c), 2);
+    CHECK_REPLY(c, 0, 0, "*** Your line was too long: it was cut at 1024 bytes.");
+    CHECK_MEM(effect(c, 1)->text, effect(c, 1)->text_len, "<guest1> long line");
+
+    /* A line longer than the contract is cut at a character boundary and flagged. */
+    {
+        static char big[3000];
+        size_t i;
+        for (i = 0; i + 3 <= sizeof big; i += 3)
+            memcpy(big + i, "\xe2\x82\xac", 3);   /* 1024 = 3 * 341 + 1: the cut lands at 1023 */
+        chat_session_line(c, 0, big, sizeof big, 0, now);
+        CHECK_INT(count(c), 2);
+        CHECK_REPLY(c, 0, 0, "*** Your line was too long: it was cut at 1024 bytes.");
+        e = effect(c, 1);
+        CHECK_INT(e->body_len, 1023);
+        CHECK_INT(e->text_len, 1023 + strlen("<guest1> "));
+        CHECK(memcmp(e->body, big, 1023) == 0);
+    }
+    CHECK(texts_clean(c));
+    chat_destroy(c);
+}
+
+static void test_nick(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 8);
+    const chat_effect *e;
+    char longname[1000];
+    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 1, 2, now);
+
+    send_line(c, 0, "/nick alice");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_INT(e->except_slot, CHAT_NO_SLOT);   /* the sender sees it too */
+    CHECK_MEM(e->text, e->text_len, "*** guest1 is now known as alice");
+    CHECK_STR(e->record_kind, "nick");
+    CHECK_STR(e->nick, "guest1");
+    CHECK_MEM(e->body, e->body_len, "alice");
+    CHECK_STR(e->room, "lobby");
+    CHECK_STR(chat_session_nick(c, 0), "alice");
+
+    /* Taken, case-insensitively. */
+    send_line(c, 1, "/NICK ALICE");
+    CHECK_ONLY_REPLY(c, 1, "*** The nick alice is taken.");
+    CHECK_STR(chat_session_nick(c, 1), "guest2");
+    /* The old nick is free again. */
+    send_line(c, 1, "/Nick  guest1 \t");
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest2 is now known as guest1");
+    CHECK_STR(chat_session_nick(c, 1), "guest1");
+
+    /* Same nick: a notice.  A change of case only: allowed and announced. */
+    send_line(c, 0, "/nick alice");
+    CHECK_ONLY_REPLY(c, 0, "*** You are already alice.");
+    send_line(c, 0, "/nick Alice");
+    CHECK_INT(count(c), 1);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** alice is now known as Alice");
+    CHECK_STR(chat_session_nick(c, 0), "Alice");
+    send_line(c, 1, "/nick aLiCe");
+    CHECK_ONLY_REPLY(c, 1, "*** The nick Alice is taken.");
+
+    send_line(c, 0, "/nick");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /nick NAME (1-32 letters, digits, _ or -)");
+    send_line(c, 0, "/nick    ");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /nick NAME (1-32 letters, digits, _ or -)");
+    send_line(c, 0, "/nick bob smith");
+    CHECK_ONLY_REPLY(c, 0, "*** Invalid nick \"bob smith\": use 1-32 letters, digits, _ or -.");
+    send_line(c, 0, "/nick b\xc3\xb6" "b");
+    CHECK_ONLY_REPLY(c, 0, "*** Invalid nick \"b\xc3\xb6" "b\": use 1-32 letters, digits, _ or -.");
+    send_line(c, 0, "/nick #x");
+    CHECK_ONLY_REPLY(c, 0, "*** Invalid nick \"#x\": use 1-32 letters, digits, _ or -.");
+    send_line(c, 0, "/nick 0123456789abcdefghijklmnopqrstuv");   /* 32: fine */
+    CHECK_STR(chat_session_nick(c, 0), "0123456789abcdefghijklmnopqrstuv");
+    send_line(c, 0, "/nick 0123456789abcdefghijklmnopqrstuvw");  /* 33: too long, echo cut */
+    CHECK_ONLY_REPLY(c, 0,
+        "*** Invalid nick \"0123456789abcdefghijklmnopqrstuv...\": use 1-32 letters, digits, _ or -.");
+    /* A very long name of multi-byte characters: the echo is cut on a character boundary. */
+    memcpy(longname, "/nick ", 6);
+    {
+        size_t i;
+        for (i = 6; i + 3 < sizeof longname; i += 3)
+            memcpy(longname + i, "\xe2\x82\xac", 3);
+        longname[i] = '\0';
+    }
+    send_line(c, 0, longname);
+    CHECK_ONLY_REPLY(c, 0,
+        "*** Invalid nick \"\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac"
+        "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac...\": use 1-32 letters, digits, _ or -.");
+    send_line(c, 0, "/nick under_score-dash");
+    CHECK_STR(chat_session_nick(c, 0), "under_score-dash");
+    CHECK(texts_clean(c));
+    chat_destroy(c);
+}
+
+static void test_join_rooms_who(void)
+{
+    chat *c = make(10, 0, 0, 0, 0, 8);
+    const chat_effect *e;
+    members m;
+    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 1, 2, now);
+    chat_session_open(c, 2, 3, now);
+    send_line(c, 0, "/nick alice");
+    send_line(c, 1, "/nick bob");
+
+    m = members_of(c, "lobby");
+    CHECK_INT(m.n, 3);
+    CHECK_INT(m.slots[0], 0);
+    CHECK_INT(m.slots[1], 1);
+    CHECK_INT(m.slots[2], 2);
+
+    send_line(c, 0, "/join Games");
+    CHECK_INT(count(c), 4);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_STR(e->room, "lobby");
+    CHECK_INT(e->except_slot, CHAT_NO_SLOT);
+    CHECK_MEM(e->text, e->text_len, "*** alice left lobby (joined Games)");
+    CHECK_STR(e->record_kind, "leave");
+    CHECK_STR(e->nick, "alice");
+    CHECK_MEM(e->body, e->body_len, "joined Games");
+    CHECK_REPLY(c, 1, 0, "*** You are now in Games (1 here).");
+    e = effect(c, 2);
+    CHECK_INT(e->kind, CHAT_HISTORY);
+    CHECK_STR(e->room, "Games");
+    CHECK_INT(e->limit, 10);
+    e = effect(c, 3);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_STR(e->room, "Games");
+    CHECK_INT(e->except_slot, 0);
+    CHECK_MEM(e->text, e->text_len, "*** alice joined Games");
+    CHECK_STR(e->record_kind, "join");
+    CHECK_STR(chat_session_room(c, 0), "Games");
+
+    /* Isolation: a line in one room goes to that room only. */
+    m = members_of(c, "games");
+    CHECK_INT(m.n, 1);
+    CHECK_INT(m.slots[0], 0);
+    m = members_of(c, "lobby");
+    CHECK_INT(m.n, 2);
+    CHECK_INT(m.slots[0], 1);
+    CHECK_INT(m.slots[1], 2);
+    send_line(c, 1, "only lobby hears this");
+    CHECK_STR(effect(c, 0)->room, "lobby");
+    send_line(c, 0, "only games hears this");
+    CHECK_STR(effect(c, 0)->room, "Games");
+
+    /* Joining keeps the room's first spelling; already there -> a notice only. */
+    send_line(c, 1, "/join GAMES");
+    CHECK_REPLY(c, 1, 1, "*** You are now in Games (2 here).");
+    CHECK_STR(chat_session_room(c, 1), "Games");
+    send_line(c, 1, "/join games");
+    CHECK_ONLY_REPLY(c, 1, "*** You are already in Games.");
+    send_line(c, 2, "/join LOBBY");
+    CHECK_ONLY_REPLY(c, 2, "*** You are already in lobby.");
+
+    send_line(c, 2, "/rooms");
+    CHECK_ONLY_REPLY(c, 2, "*** 2 rooms: lobby (1), Games (2).");
+    send_line(c, 2, "/who");
+    CHECK_ONLY_REPLY(c, 2, "*** In lobby (1): guest3.");
+    send_line(c, 1, "/WHO extra words are ignored");
+    CHECK_ONLY_REPLY(c, 1, "*** In Games (2): alice, bob.");
+
+    /* The lobby stays when empty; other rooms go with their last member. */
+    send_line(c, 2, "/join side");
+    send_line(c, 2, "/rooms");
+    CHECK_ONLY_REPLY(c, 2, "*** 3 rooms: lobby (0), Games (2), side (1).");
+    send_line(c, 2, "/join lobby");
+    CHECK_STR(effect(c, 0)->room, "side");
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest3 left side (joined lobby)");
+    m = members_of(c, "side");
+    CHECK_INT(m.n, 0);
+    send_line(c, 2, "/rooms");
+    CHECK_ONLY_REPLY(c, 2, "*** 2 rooms: lobby (1), Games (2).");
+    send_line(c, 0, "/join lobby");
+    send_line(c, 1, "/join lobby");
+    send_line(c, 1, "/rooms");
+    CHECK_ONLY_REPLY(c, 1, "*** 1 room: lobby (3).");
+    m = members_of(c, "Games");
+    CHECK_INT(m.n, 0);
+    /* A freed room name can be created again, with a new spelling. */
+    send_line(c, 1, "/join gAmEs");
+    CHECK_STR(chat_session_room(c, 1), "gAmEs");
+
+    send_line(c, 0, "/join");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /join ROOM (1-32 letters, digits, _ or -)");
+    send_line(c, 0, "/join #chat");
+    CHECK_ONLY_REPLY(c, 0, "*** Invalid room name \"#chat\": use 1-32 letters, digits, _ or -.");
+    send_line(c, 0, "/join two words");
+    CHECK_ONLY_REPLY(c, 0, "*** Invalid room name \"two words\": use 1-32 letters, digits, _ or -.");
+    CHECK_STR(chat_session_room(c, 0), "lobby");
+
+    /* Membership lookups with hostile names find nothing. */
+    m = members_of(c, "");
+    CHECK_INT(m.n, 0);
+    m = members_of(c, "lobbylobbylobbylobbylobbylobbylobbylobby");
+    CHECK_INT(m.n, 0);
+    m = members_of(c, "lob by");
+    CHECK_INT(m.n, 0);
+    chat_room_members(c, NULL, collect, &m);
+    chat_room_members(c, "lobby", NULL, NULL);
+    CHECK(texts_clean(c));
+    chat_destroy(c);
+}
+
+static void test_join_without_replay(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 4);
+    chat_session_open(c, 0, 1, now);
+    send_line(c, 0, "/join x");
+    CHECK_INT(count(c), 3);
+    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 1)->kind, CHAT_REPLY);
+    CHECK_INT(effect(c, 2)->kind, CHAT_ROOM);
+    chat_destroy(c);
+}
+
+static void test_msg(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 8);
+    const chat_effect *e;
+    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 1, 2, now);
+    send_line(c, 0, "/nick alice");
+    send_line(c, 1, "/nick Bob");
+    send_line(c, 1, "/join elsewhere");   /* private messages cross rooms */
+
+    send_line(c, 0, "/msg bob   hi  there \t");
+    CHECK_INT(count(c), 2);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_PRIVATE);
+    CHECK_INT(e->slot, 0);
+    CHECK_INT(e->to_slot, 1);
+    CHECK_MEM(e->text, e->text_len, "*alice* hi  there");
+    CHECK(e->record_kind == NULL);
+    CHECK_REPLY(c, 1, 0, "*** to Bob: hi  there");
+
+    send_line(c, 0, "/msg zed hello");
+    CHECK_ONLY_REPLY(c, 0, "*** No such nick: zed.");
+    send_line(c, 0, "/msg no/such hello");
+    CHECK_ONLY_REPLY(c, 0, "*** No such nick: no/such.");
+    send_line(c, 0, "/msg ALICE hello me");
+    CHECK_ONLY_REPLY(c, 0, "*** That is you: /msg sends to someone else.");
+    send_line(c, 0, "/msg bob");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /msg NICK TEXT");
+    send_line(c, 0, "/msg bob    ");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /msg NICK TEXT");
+    send_line(c, 0, "/msg");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /msg NICK TEXT");
+    chat_destroy(c);
+
+    /* log_private: stored as kind "msg" in the sender's room, body "to <nick>: text". */
+    c = make(0, 0, 0, 0, 1, 8);
+    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 1, 2, now);
+    send_line(c, 0, "/join den");
+    send_line(c, 0, "/msg guest2 psst");
+    CHECK_INT(count(c), 2);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_PRIVATE);
+    CHECK_INT(e->to_slot, 1);
+    CHECK_MEM(e->text, e->text_len, "*guest1* psst");
+    CHECK_STR(e->record_kind, "msg");
+    CHECK_STR(e->room, "den");
+    CHECK_STR(e->nick, "guest1");
+    CHECK_MEM(e->body, e->body_len, "to guest2: psst");
+    CHECK_REPLY(c, 1, 0, "*** to guest2: psst");
+    chat_destroy(c);
+}
+
+static void check_history_limit(chat *c, const char *line, int limit)
+{
+    const chat_effect *e;
+    send_line(c, 0, line);
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_HISTORY);
+    CHECK_INT(e->slot, 0);
+    CHECK_STR(e->room, "lobby");
+    CHECK_INT(e->limit, limit);
+}
+
+static void test_history_search(void)
+{
+    static const char usage[] = "*** Usage: /history [N] (N from 1 to 200, default 20)";
+    chat *c = make(0, 0, 0, 0, 0, 4);
+    const chat_effect *e;
+    chat_session_open(c, 0, 1, now);
+    check_history_limit(c, "/history", 20);
+    check_history_limit(c, "/HISTORY   ", 20);
+    check_history_limit(c, "/history 1", 1);
+    check_history_limit(c, "/history 5", 5);
+    check_history_limit(c, "/history  007 ", 7);
+    check_history_limit(c, "/history 200", 200);
+    check_history_limit(c, "/history 201", 200);
+    check_history_limit(c, "/history 99999999999999999999999999999", 200);
+    send_line(c, 0, "/history 0");
+    CHECK_ONLY_REPLY(c, 0, usage);
+    send_line(c, 0, "/history -3");
+    CHECK_ONLY_REPLY(c, 0, usage);
+    send_line(c, 0, "/history +3");
+    CHECK_ONLY_REPLY(c, 0, usage);
+    send_line(c, 0, "/history ten");
+    CHECK_ONLY_REPLY(c, 0, usage);
+    send_line(c, 0, "/history 5 6");
+    CHECK_ONLY_REPLY(c, 0, usage);
+    send_line(c, 0, "/history 5x");
+    CHECK_ONLY_REPLY(c, 0, usage);
+
+    send_line(c, 0, "/join books");
+    send_line(c, 0, "/search  dune   arrakis ");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_SEARCH);
+    CHECK_INT(e->slot, 0);
+    CHECK_STR(e->room, "books");
+    CHECK_STR(e->words, "dune   arrakis");
+    CHECK_INT(e->limit, CHAT_SEARCH_MAX);
+    send_line(c, 0, "/search \"quoted\" OR NEAR(x*)");
+    CHECK_STR(effect(c, 0)->words, "\"quoted\" OR NEAR(x*)");
+    send_line(c, 0, "/search");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /search WORDS");
+    send_line(c, 0, "/search \t ");
+    CHECK_ONLY_REPLY(c, 0, "*** Usage: /search WORDS");
+    chat_destroy(c);
+}
+
+static void test_help_unknown(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 4);
+    const chat_effect *e;
+    size_t n, i;
+    static const char *const commands[] = {"/nick", "/join", "/rooms", "/who", "/me", "/msg",
+                                           "/history", "/search", "/help", "/quit", "//"};
+    chat_session_open(c, 0, 1, now);
+    send_line(c, 0, "/help");
+    n = chat_effects(c, &e);
+    CHECK_INT(n, 12);
+    for (i = 0; i < n; i++) {
+        CHECK_INT(e[i].kind, CHAT_REPLY);
+        CHECK(e[i].text_len > 4 && memcmp(e[i].text, "*** ", 4) == 0);
+    }
+    /* Every command is named at the start of its own line (or, for //, somewhere). */
+    for (i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        size_t k;
+        int found = 0;
+        for (k = 0; k < n; k++)
+            if (strstr(e[k].text, commands[i]))
+                found = 1;
+        CHECK(found);
+    }
+    send_line(c, 0, "/HeLp");
+    CHECK_INT(count(c), 12);
+
+    send_line(c, 0, "/frobnicate now");
+    CHECK_ONLY_REPLY(c, 0, "*** Unknown command /frobnicate; type /help for the list.");
+    send_line(c, 0, "/");
+    CHECK_ONLY_REPLY(c, 0, "*** Unknown command /; type /help for the list.");
+    send_line(c, 0, "/ nick x");
+    CHECK_ONLY_REPLY(c, 0, "*** Unknown command /; type /help for the list.");
+    send_line(c, 0, "/nickname x");
+    CHECK_ONLY_REPLY(c, 0, "*** Unknown command /nickname; type /help for the list.");
+    send_line(c, 0, "/mee");
+    CHECK_ONLY_REPLY(c, 0, "*** Unknown command /mee; type /help for the list.");
+    send_line(c, 0, "/abcdefghijklmnopqrstuvwxyz0123456789");
+    CHECK_ONLY_REPLY(c, 0,
+        "*** Unknown command /abcdefghijklmnopqrstuvwxyz012345...; type /help for the list.");
+    chat_destroy(c);
+}
+
+static void test_quit_close(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 4);
+    const chat_effect *e;
+    char reason[512];
+    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 1, 2, now);
+    send_line(c, 0, "/nick alice");
+
+    send_line(c, 0, "/quit   see you  later ");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_CLOSE);
+    CHECK_INT(e->slot, 0);
+    CHECK_MEM(e->text, e->text_len, "*** Bye.");
+    CHECK_STR(e->reason, "quit: see you  later");
+    /* The hub passes the effect's own reason back (it points into chat's arena). */
+    chat_session_line(c, 0, "after quit", 10, 0, now);
+    CHECK_INT(count(c), 0);
+    send_line(c, 0, "/quit");
+    CHECK_INT(count(c), 0);
+    send_line(c, 0, "/quit again");
+    e = effect(c, 0);
+    CHECK(e == NULL);
+    send_line(c, 0, "/quit   see you  later ");   /* ignored: closing */
+    CHECK_INT(count(c), 0);
+    CHECK_STR(chat_session_nick(c, 0), "alice");   /* still known until the hub closes it */
+    chat_session_close(c, 0, "quit: see you  later");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_STR(e->room, "lobby");
+    CHECK_INT(e->except_slot, CHAT_NO_SLOT);
+    CHECK_MEM(e->text, e->text_len, "*** alice left lobby (quit: see you  later)");
+    CHECK_STR(e->record_kind, "leave");
+    CHECK_STR(e->nick, "alice");
+    CHECK_MEM(e->body, e->body_len, "quit: see you  later");
+    CHECK(chat_session_nick(c, 0) == NULL);
+    CHECK_INT(members_of(c, "lobby").n, 1);
+
+    /* Closing with the pointer the CLOSE effect handed out. */
+    chat_session_open(c, 0, 3, now);
+    send_line(c, 0, "/quit bye");
+    e = effect(c, 0);
+    chat_session_close(c, 0, e->reason);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest3 left lobby (quit: bye)");
+    chat_session_open(c, 0, 4, now);
+    send_line(c, 0, "/quit");
+    CHECK_STR(effect(c, 0)->reason, "quit");
+    chat_session_close(c, 0, effect(c, 0)->reason);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest4 left lobby (quit)");
+
+    /* A long reason is cut (at a character boundary). */
+    {
+        size_t i;
+        memcpy(reason, "/quit ", 6);
+        for (i = 6; i + 2 < sizeof reason; i += 2)
+            memcpy(reason + i, "\xc3\xa9", 2);
+        reason[i] = '\0';
+        chat_session_open(c, 0, 5, now);
+        send_line(c, 0, reason);
+        e = effect(c, 0);
+        CHECK(strlen(e->reason) <= 6 + 200);
+        CHECK(strlen(e->reason) >= 6 + 198);
+        CHECK(((unsigned char)e->reason[strlen(e->reason) - 1] & 0xC0u) == 0x80u);
+        chat_session_close(c, 0, e->reason);
+        CHECK_INT(count(c), 1);
+    }
+
+    /* Other reasons, from the hub. */
+    chat_session_open(c, 0, 6, now);
+    send_line(c, 0, "/join quiet");
+    chat_session_close(c, 0, "timeout");
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_STR(e->room, "quiet");
+    CHECK_MEM(e->text, e->text_len, "*** guest6 left quiet (timeout)");
+    CHECK_INT(members_of(c, "quiet").n, 0);
+    chat_session_open(c, 0, 7, now);
+    chat_session_close(c, 0, NULL);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest7 left lobby");
+    CHECK_INT(effect(c, 0)->body_len, 0);
+    /* Closing a free slot or one out of range: nothing. */
+    chat_session_close(c, 0, "connection lost");
+    CHECK_INT(count(c), 0);
+    chat_session_close(c, 77, "connection lost");
+    CHECK_INT(count(c), 0);
+    send_line(c, 0, "to nobody");
+    CHECK_INT(count(c), 0);
+    send_line(c, 77, "to nobody");
+    CHECK_INT(count(c), 0);
+    chat_session_line(c, 1, NULL, 5, 0, now);
+    CHECK_INT(count(c), 0);
+    chat_session_open(c, 77, 1, now);
+    CHECK_INT(count(c), 0);
+    chat_destroy(c);
+}
+
+static void test_slot_reuse(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 4);
+    const chat_effect *e;
+    size_t n;
+    chat_session_open(c, 2, 10, now);
+    chat_session_close(c, 2, "connection lost");
+    chat_session_open(c, 2, 11, now);
+    CHECK_STR(chat_session_nick(c, 2), "guest11");
+    send_line(c, 2, "/nick guest10");   /* the old nick was released */
+    CHECK_STR(chat_session_nick(c, 2), "guest10");
+
+    /* A guest name taken with /nick gets a suffix. */
+    send_line(c, 2, "/nick guest12");
+    chat_session_open(c, 0, 12, now);
+    CHECK_STR(chat_session_nick(c, 0), "guest12-2");
+    chat_session_open(c, 3, 99, now);
+    send_line(c, 3, "/nick guest12-3");
+    chat_session_open(c, 1, 12, now);
+    CHECK_STR(chat_session_nick(c, 1), "guest12-4");
+    send_line(c, 1, "/msg GUEST12-2 hi");
+    CHECK_INT(effect(c, 0)->to_slot, 0);
+
+    /* Opening a slot that was never closed: the old session leaves first. */
+    chat_session_open(c, 0, 13, now);
+    n = chat_effects(c, &e);
+    CHECK_INT(n, 6);
+    CHECK_MEM(e[0].text, e[0].text_len, "*** guest12-2 left lobby (connection lost)");
+    CHECK_STR(e[0].record_kind, "leave");
+    CHECK_STR(chat_session_nick(c, 0), "guest13");
+    CHECK_INT(members_of(c, "lobby").n, 4);
+    chat_destroy(c);
+}
+
+static void test_flood(void)
+{
+    static const char too_fast[] = "*** Too fast: line not sent (limit 2 lines/s, bursts of 3).";
+    chat *c = make(0, 3, 2, 4, 0, 4);
+    const chat_effect *e;
+    int64_t t = 5000;
+    chat_session_open(c, 0, 1, t);
+
+    /* The burst goes through... */
+    chat_session_line(c, 0, "a", 1, 0, t);
+    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    chat_session_line(c, 0, "/who", 4, 0, t);   /* commands cost a token too */
+    CHECK_INT(effect(c, 0)->kind, CHAT_REPLY);
+    chat_session_line(c, 0, "c", 1, 0, t);
+    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    /* ...then lines are refused: not delivered, not stored. */
+    chat_session_line(c, 0, "d", 1, 0, t);
+    CHECK_ONLY_REPLY(c, 0, too_fast);
+    chat_session_line(c, 0, "/nick x", 7, 0, t + 100);
+    CHECK_ONLY_REPLY(c, 0, too_fast);
+    CHECK_STR(chat_session_nick(c, 0), "guest1");
+    /* Blank lines are free and silent. */
+    chat_session_line(c, 0, "  ", 2, 0, t + 100);
+    CHECK_INT(count(c), 0);
+    /* 2 lines/s: 499 ms after the last refill point is still short of a token... */
+    chat_session_line(c, 0, "e", 1, 0, t + 499);
+    CHECK_ONLY_REPLY(c, 0, too_fast);
+    /* ...500 ms gives exactly one, which resets the refused count. */
+    chat_session_line(c, 0, "f", 1, 0, t + 500);
+    CHECK_INT(count(c), 1);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest1> f");
+    chat_session_line(c, 0, "g", 1, 0, t + 500);
+    CHECK_ONLY_REPLY(c, 0, too_fast);
+    chat_session_line(c, 0, "h", 1, 0, t + 500);
+    chat_session_line(c, 0, "i", 1, 0, t + 500);
+    CHECK_ONLY_REPLY(c, 0, too_fast);
+    /* The fourth refusal in a row disconnects. */
+    chat_session_line(c, 0, "j", 1, 0, t + 500);
+    CHECK_INT(count(c), 1);
+    e = effect(c, 0);
+    CHECK_INT(e->kind, CHAT_CLOSE);
+    CHECK_INT(e->slot, 0);
+    CHECK_STR(e->reason, "flood");
+    CHECK_MEM(e->text, e->text_len, "*** Disconnected for flooding: 4 lines in a row were over the limit.");
+    /* Nothing more is taken from it, even after a pause. */
+    chat_session_line(c, 0, "k", 1, 0, t + 100000);
+    CHECK_INT(count(c), 0);
+    chat_session_close(c, 0, e->reason);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest1 left lobby (flood)");
+
+    /* A full pause refills the whole burst, not more. */
+    chat_session_open(c, 1, 2, t);
+    chat_session_line(c, 1, "1", 1, 0, t);
+    chat_session_line(c, 1, "2", 1, 0, t);
+    chat_session_line(c, 1, "3", 1, 0, t);
+    chat_session_line(c, 1, "4", 1, 0, t);
+    CHECK_ONLY_REPLY(c, 1, too_fast);
+    t += 3600 * 1000;
+    chat_session_line(c, 1, "1", 1, 0, t);
+    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    chat_session_line(c, 1, "2", 1, 0, t);
+    chat_session_line(c, 1, "3", 1, 0, t);
+    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    chat_session_line(c, 1, "4", 1, 0, t);
+    CHECK_ONLY_REPLY(c, 1, too_fast);
+    /* A clock going backwards gives no tokens and breaks nothing. */
+    chat_session_line(c, 1, "5", 1, 0, t - 100000);
+    CHECK_ONLY_REPLY(c, 1, too_fast);
+    chat_session_line(c, 1, "6", 1, 0, INT64_MIN);
+    CHECK_ONLY_REPLY(c, 1, too_fast);
+    /* ...and a jump from INT64_MIN to INT64_MAX refills without overflow. */
+    chat_session_line(c, 1, "7", 1, 0, INT64_MAX);
+    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    /* /quit works even when out of tokens. */
+    chat_session_line(c, 1, "8", 1, 0, INT64_MAX);
+    chat_session_line(c, 1, "9", 1, 0, INT64_MAX);
+    chat_session_line(c, 1, "x", 1, 0, INT64_MAX);
+    CHECK_ONLY_REPLY(c, 1, too_fast);
+    chat_session_line(c, 1, "/QUIT flooded", 13, 0, INT64_MAX);
+    CHECK_INT(effect(c, 0)->kind, CHAT_CLOSE);
+    CHECK_STR(effect(c, 0)->reason, "quit: flooded");
+    chat_destroy(c);
+
+    /* flood_kick 0: refused forever, never disconnected. */
+    c = make(0, 1, 1, 0, 0, 2);
+    chat_session_open(c, 0, 1, 0);
+    chat_session_line(c, 0, "a", 1, 0, 0);
+    {
+        int i, refused = 0;
+        for (i = 0; i < 1000; i++) {
+            chat_session_line(c, 0, "b", 1, 0, 0);
+            if (count(c) == 1 && effect(c, 0)->kind == CHAT_REPLY)
+                refused++;
+        }
+        CHECK_INT(refused, 1000);
+    }
+    chat_destroy(c);
+
+    /* Burst 0 or rate 0: flood control off. */
+    c = make(0, 0, 5, 1, 0, 2);
+    chat_session_open(c, 0, 1, 0);
+    {
+        int i, said = 0;
+        for (i = 0; i < 1000; i++) {
+            chat_session_line(c, 0, "b", 1, 0, 0);
+            if (count(c) == 1 && effect(c, 0)->kind == CHAT_ROOM)
+                said++;
+        }
+        CHECK_INT(said, 1000);
+    }
+    chat_destroy(c);
+    c = make(0, 5, 0, 1, 0, 2);
+    chat_session_open(c, 0, 1, 0);
+    {
+        int i, said = 0;
+        for (i = 0; i < 100; i++) {
+            chat_session_line(c, 0, "b", 1, 0, 0);
+            said += count(c) == 1 && effect(c, 0)->kind == CHAT_ROOM;
+        }
+        CHECK_INT(said, 100);
+    }
+    chat_destroy(c);
+}
+
+static void check_format(const char *at, const char *kind, const char *nick, const char *room,
+                         const char *body, const char *expect)
+{
+    history_record rec;
+    char out[512];
+    size_t n;
+    memset(&rec, 0, sizeof rec);
+    rec.id = 1;
+    rec.at = at;
+    rec.kind = kind;
+    rec.nick = nick;
+    rec.room = room;
+    rec.body = body;
+    rec.body_len = body ? strlen(body) : 0;
+    n = chat_format_history(&rec, out, sizeof out);
+    CHECK_INT(n, strlen(out));
+    CHECK_STR(out, expect);
+}
+
+static void test_format_history(void)
+{
+    static const char at[] = "2026-11-27T03:04:05.123Z";
+    history_record rec;
+    char out[64];
+    size_t n;
+    check_format(at, "say", "alice", "lobby", "hello world", "*** [2026-11-27 03:04:05] <alice> hello world");
+    check_format(at, "me", "alice", "lobby", "waves", "*** [2026-11-27 03:04:05] * alice waves");
+    check_format(at, "join", "alice", "lobby", "", "*** [2026-11-27 03:04:05] alice joined lobby");
+    check_format(at, "leave", "alice", "lobby", "quit: bye",
+                 "*** [2026-11-27 03:04:05] alice left lobby (quit: bye)");
+    check_format(at, "leave", "alice", "lobby", "", "*** [2026-11-27 03:04:05] alice left lobby");
+    check_format(at, "nick", "alice", "lobby", "bob", "*** [2026-11-27 03:04:05] alice is now known as bob");
+    check_format(at, "msg", "alice", "lobby", "to bob: hi", "*** [2026-11-27 03:04:05] *alice* to bob: hi");
+    check_format(at, "future-kind", "alice", "lobby", "x", "*** [2026-11-27 03:04:05] <alice> x");
+    check_format("2026-11-27T03:04:05Z", "say", "a", "r", "x", "*** [2026-11-27 03:04:05] <a> x");
+    check_format("2026-11-27T03:04:05", "say", "a", "r", "x", "*** [2026-11-27 03:04:05] <a> x");
+    /* Malformed times are shown as they are. */
+    check_format("yesterday", "say", "a", "r", "x", "*** [yesterday] <a> x");
+    check_format("", "say", "a", "r", "x", "*** [] <a> x");
+    check_format("2026-11-27", "say", "a", "r", "x", "*** [2026-11-27] <a> x");
+    check_format("2026-11-27X03:04:05.123Z", "say", "a", "r", "x", "*** [2026-11-27X03:04:05.123Z] <a> x");
+    check_format("2026-11-27T03:04:05junk", "say", "a", "r", "x", "*** [2026-11-27T03:04:05junk] <a> x");
+    check_format(NULL, NULL, NULL, NULL, NULL, "*** [] <> ");
+    /* A database edited by hand: controls dropped, bad UTF-8 replaced. */
+    check_format("2026\x1b[1m", "say", "ev\x1bil", "r", "a\x1b[2Jb\x07\tc\x7f\xc2\x9b\xc2\xa0",
+                 "*** [2026[1m] <evil> a[2Jb\tc\xc2\xa0");
+    check_format(at, "say", "a", "r", "bad \xff \xc3 \xe2\x82 \xed\xa0\x80 \xf4\x90\x80\x80 ok \xf0\x9f\x98\x80",
+                 "*** [2026-11-27 03:04:05] <a> bad \xef\xbf\xbd \xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd "
+                 "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd ok "
+                 "\xf0\x9f\x98\x80");
+
+    /* body_len is honoured (the body may hold more). */
+    memset(&rec, 0, sizeof rec);
+    rec.at = at;
+    rec.kind = "say";
+    rec.nick = "a";
+    rec.room = "r";
+    rec.body = "hello world";
+    rec.body_len = 5;
+    n = chat_format_history(&rec, out, sizeof out);
+    CHECK_STR(out, "*** [2026-11-27 03:04:05] <a> hello");
+    CHECK_INT(n, 35);
+
+    /* Truncation: NUL-terminated, never inside a character. */
+    rec.body = "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9";
+    rec.body_len = 8;
+    n = chat_format_history(&rec, out, 34);   /* 30 bytes of prefix, room for 3 more */
+    CHECK_INT(n, 32);
+    CHECK_STR(out, "*** [2026-11-27 03:04:05] <a> \xc3\xa9");
+    n = chat_format_history(&rec, out, 33);
+    CHECK_INT(n, 32);
+    n = chat_format_history(&rec, out, 32);
+    CHECK_INT(n, 30);
+    CHECK_STR(out, "*** [2026-11-27 03:04:05] <a> ");
+    n = chat_format_history(&rec, out, 1);
+    CHECK_INT(n, 0);
+    CHECK_STR(out, "");
+    n = chat_format_history(&rec, out, 4);
+    CHECK_INT(n, 3);
+    CHECK_STR(out, "***");
+    out[0] = 'x';
+    CHECK_INT(chat_format_history(&rec, out, 0), 0);
+    CHECK_INT(out[0], 'x');
+    CHECK_INT(chat_format_history(NULL, out, sizeof out), 0);
+    CHECK_STR(out, "");
+    CHECK_INT(chat_format_history(&rec, NULL, 10), 0);
+}
+
+/* Many sessions in one room: /who and /rooms stay bounded, nick lookups stay right. */
+static void test_scale(void)
+{
+    enum { N = 100000 };
+    chat *c = make(0, 0, 0, 0, 0, N);
+    const chat_effect *e;
+    size_t n, i;
+    char line[64];
+    uint32_t s;
+    CHECK(c != NULL);
+    for (s = 0; s < N; s++)
+        chat_session_open(c, s, s + 1, now);
+    CHECK_INT(members_of(c, "lobby").n, N);
+    send_line(c, 5, "/who");
+    n = chat_effects(c, &e);
+    CHECK(n >= 2 && n <= 10);
+    for (i = 0; i < n; i++) {
+        CHECK_INT(e[i].kind, CHAT_REPLY);
+        CHECK(e[i].text_len <= 500);
+    }
+    CHECK(memcmp(e[0].text, "*** In lobby (100000): guest1, guest2, ", 39) == 0);
+    CHECK(strstr(e[n - 1].text, " and 99900 more people.") != NULL);
+    /* Give everyone a room of their own, then list them. */
+    for (s = 0; s < N; s += 2) {
+        snprintf(line, sizeof line, "/join r%u", (unsigned)s);
+        send_line(c, s, line);
+    }
+    send_line(c, 1, "/rooms");
+    n = chat_effects(c, &e);
+    CHECK(n >= 2 && n <= 10);
+    CHECK(memcmp(e[0].text, "*** 50001 rooms: lobby (50000), r0 (1), r2 (1)", 46) == 0);
+    CHECK(strstr(e[n - 1].text, " and 49901 more rooms.") != NULL);
+    for (s = 0; s < N; s += 1000) {
+        snprintf(line, sizeof line, "/msg GUEST%u hi", (unsigned)(N - s));
+        send_line(c, s == 0 ? 1 : 0, line);
+        CHECK_INT(effect(c, 0)->kind, CHAT_PRIVATE);
+        CHECK_INT(effect(c, 0)->to_slot, N - s - 1);
+    }
+    for (s = 0; s < N; s++)
+        chat_session_close(c, s, "server stopping");
+    CHECK_INT(members_of(c, "lobby").n, 0);
+    send_line(c, 1, "/rooms");
+    CHECK_INT(count(c), 0);
+    chat_session_open(c, 0, 1, now);
+    send_line(c, 0, "/rooms");
+    CHECK_ONLY_REPLY(c, 0, "*** 1 room: lobby (1).");
+    chat_destroy(c);
+}
+
+/* Random sessions, random lines (commands, names, garbage): nothing crashes, every
+ * text stays clean, and membership stays consistent. */
+static uint32_t rng_state = 12345;
+static uint32_t rnd(uint32_t n)
+{
+    rng_state = rng_state * 1103515245u + 12345u;
+    return (rng_state >> 8) % n;
+}
+
+static void test_random(void)
+{
+    enum { SLOTS = 16 };
+    static const char *const words[] = {"/nick", "/join", "/rooms", "/who", "/me", "/msg", "/history",
+                                        "/search", "/help", "/quit", "//", "/", "hello", "/NICK", "/Join",
+                                        "guest1", "lobby", "a", "B", "\xc3\xa9", "\t", " ", "x-y_z",
+                                        "0123456789012345678901234567890123"};
+    chat *c = make(5, 4, 2, 6, 1, SLOTS);
+    int live[SLOTS];
+    uint32_t conn = 1;
+    int64_t t = 0;
+    int iter;
+    char line[1200];
+    memset(live, 0, sizeof live);
+    for (iter = 0; iter < 200000; iter++) {
+        uint32_t slot = rnd(SLOTS);
+        const chat_effect *e;
+        size_t n, i, len = 0, parts = rnd(6);
+        t += rnd(300);
+        if (!live[slot]) {
+            chat_session_open(c, slot, conn++, t);
+            live[slot] = 1;
+        } else if (rnd(40) == 0) {
+            chat_session_close(c, slot, "connection lost");
+            live[slot] = 0;
+        } else {
+            for (i = 0; i < parts; i++) {
+                const char *w = words[rnd(sizeof words / sizeof words[0])];
+                size_t wl = strlen(w);
+                if (len + wl + 1 >= sizeof line)
+                    break;
+                memcpy(line + len, w, wl);
+                len += wl;
+                if (rnd(2))
+                    line[len++] = ' ';
+            }
+            if (rnd(50) == 0) {   /* a long line */
+                while (len + 3 < sizeof line)
+                    line[len++] = "ab \xc3\xa9"[rnd(3)];
+            }
+            chat_session_line(c, slot, line, len, (int)rnd(2), t);
+        }
+        n = chat_effects(c, &e);
+        CHECK(n <= 48);
+        for (i = 0; i < n; i++) {
+            if (e[i].kind == CHAT_CLOSE) {
+                chat_session_close(c, e[i].slot, e[i].reason);
+                live[e[i].slot] = 0;
+                break;   /* the close replaced the effect list */
+            }
+        }
+        if (!texts_clean(c)) {
+            CHECK(texts_clean(c));
+            break;
+        }
+        if (iter % 1000 == 0) {
+            /* Everyone live is in exactly one room, and the lobby always exists. */
+            uint32_t s, total = 0, in_lobby = 0;
+            for (s = 0; s < SLOTS; s++)
+                if (live[s]) {
+                    CHECK(chat_session_room(c, s) != NULL);
+                    CHECK(chat_session_nick(c, s) != NULL);
+                    total++;
+                    in_lobby += strcmp(chat_session_room(c, s), "lobby") == 0;
+                }
+            CHECK_INT(members_of(c, "lobby").n, in_lobby);
+            for (s = 0; s < SLOTS; s++)
+                if (live[s]) {
+                    members m = members_of(c, chat_session_room(c, s));
+                    size_t k;
+                    int found = 0;
+                    for (k = 0; k < m.n && k < 64; k++)
+                        found |= m.slots[k] == s;
+                    if (!found)
+                        CHECK(found);
+                }
+            (void)total;
+        }
+    }
+    chat_destroy(c);
+}
+
+int main(void)
+{
+    test_open();
+    test_say_and_me();
+    test_nick();
+    test_join_rooms_who();
+    test_join_without_replay();
+    test_msg();
+    test_history_search();
+    test_help_unknown();
+    test_quit_close();
+    test_slot_reuse();
+    test_flood();
+    test_format_history();
+    test_scale();
+    test_random();
+    chat_destroy(NULL);
+    return check_done();
+}
