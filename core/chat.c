@@ -9,6 +9,11 @@
  *
  * Hot path (a plain chat line): bucket arithmetic, two name copies and one
  * "<nick> text" copy; no scan of sessions or rooms.
+ *
+ * One exception to "valid until the next call": a CHAT_CLOSE effect's reason
+ * stays valid until chat_session_close for that slot, because the hub keeps it
+ * and hands it back there (it is a constant, or the session's own copy of
+ * "quit: <message>", allocated once at /quit).
  */
 #include "chat.h"
 
@@ -16,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "text.h"   /* TEXT_MAX_LINE */
+#include "text.h"
 
 #define CHAT_LINE_MAX TEXT_MAX_LINE
 #define CHAT_ARENA_BYTES (32u * 1024u)  /* worst single call (/msg, /who) needs under 8 KiB */
@@ -45,6 +50,7 @@ typedef struct session {
     uint32_t flood_refused;          /* lines refused since the last accepted one */
     int64_t flood_tokens;            /* in 1/TOKEN lines */
     int64_t flood_last_ms;
+    char *quit_reason;               /* "quit: <message>", from /quit until chat_session_close */
 } session;
 
 typedef struct room {
@@ -126,23 +132,10 @@ static int word_equal_nocase(const char *w, size_t wn, const char *lower)
     return lower[wn] == '\0';
 }
 
-/* Largest k <= n that does not cut s (of length >= n, valid UTF-8) inside a character. */
-static size_t utf8_cut(const char *s, size_t total, size_t n)
+/* s[0..len) cut to at most max bytes, never inside a character. */
+static size_t cut_to(const char *s, size_t len, size_t max)
 {
-    if (n >= total)
-        return total;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0u) == 0x80u)
-        n--;
-    return n;
-}
-
-static int blank(const char *s, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (!is_blank_char(s[i]))
-            return 0;
-    return 1;
+    return len <= max ? len : text_utf8_boundary(s, max);
 }
 
 /* Seeded so that nicks chosen to collide on one build do not collide on another run. */
@@ -199,7 +192,7 @@ static void sb_put(sbuf *b, const char *s, size_t n)
     if (b->full)
         return;
     if (n > b->cap - b->len) {
-        n = utf8_cut(s, n, b->cap - b->len);
+        n = cut_to(s, n, b->cap - b->len);
         b->full = 1;
     }
     memcpy(b->p + b->len, s, n);
@@ -234,57 +227,25 @@ static void sb_put_u64(sbuf *b, uint64_t v)
 static void sb_put_echo(sbuf *b, const char *s, size_t n)
 {
     if (n > CHAT_ECHO_MAX) {
-        sb_put(b, s, utf8_cut(s, n, CHAT_ECHO_MAX));
+        sb_put(b, s, cut_to(s, n, CHAT_ECHO_MAX));
         sb_puts(b, "...");
     } else {
         sb_put(b, s, n);
     }
 }
 
-/* Length of the well-formed UTF-8 character at s (n > 0 bytes left), 0 if ill-formed. */
-static size_t utf8_char_len(const unsigned char *s, size_t n)
-{
-    unsigned char lo = 0x80, hi = 0xBF;
-    size_t need, k;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) need = 1;
-    else if (s[0] == 0xE0) { need = 2; lo = 0xA0; }
-    else if (s[0] == 0xED) { need = 2; hi = 0x9F; }   /* no surrogates */
-    else if (s[0] >= 0xE1 && s[0] <= 0xEF) need = 2;
-    else if (s[0] == 0xF0) { need = 3; lo = 0x90; }
-    else if (s[0] >= 0xF1 && s[0] <= 0xF3) need = 3;
-    else if (s[0] == 0xF4) { need = 3; hi = 0x8F; }   /* nothing above U+10FFFF */
-    else return 0;
-    if (need >= n || s[1] < lo || s[1] > hi)
-        return 0;
-    for (k = 2; k <= need; k++)
-        if ((s[k] & 0xC0u) != 0x80u)
-            return 0;
-    return need + 1;
-}
-
 /* Text read back from the database, which anyone may edit with the sqlite3
- * CLI: ill-formed UTF-8 becomes U+FFFD and control characters (C0 but TAB,
- * DEL, C1) are dropped, so history never carries terminal escapes to a client. */
+ * CLI, goes through text_clean again, so history never carries terminal
+ * escapes or ill-formed UTF-8 to a client. */
 static void sb_put_clean(sbuf *b, const char *s, size_t n)
 {
-    size_t i = 0;
-    while (i < n && !b->full) {
-        const unsigned char *u = (const unsigned char *)s + i;
-        size_t k = utf8_char_len(u, n - i);
-        if (k == 0) {
-            sb_put(b, "\xEF\xBF\xBD", 3);
-            i++;
-            continue;
-        }
-        if (k == 1 ? ((u[0] < 0x20 && u[0] != '\t') || u[0] == 0x7F) : (u[0] == 0xC2 && u[1] <= 0x9F)) {
-            i += k;
-            continue;
-        }
-        sb_put(b, s + i, k);
-        i += k;
-    }
+    int cut = 0;
+    if (b->full)
+        return;
+    /* b->p[b->cap] is reserved for the NUL, which text_clean writes too. */
+    b->len += text_clean(s, n, b->p + b->len, b->cap - b->len + 1, &cut);
+    if (cut)
+        b->full = 1;
 }
 
 /* ---- effects ---- */
@@ -569,6 +530,8 @@ static void session_detach(chat *c, uint32_t slot, const char *reason, size_t re
     s->state = SESSION_FREE;
     s->nick_len = 0;
     s->nick[0] = '\0';
+    free(s->quit_reason);
+    s->quit_reason = NULL;
 }
 
 /* ---- flood control ---- */
@@ -990,21 +953,25 @@ static void cmd_search(chat *c, uint32_t slot, args a)
 
 static void cmd_quit(chat *c, uint32_t slot, args a)
 {
+    session *s = &c->sessions[slot];
     chat_effect *e;
-    const char *reason;
-    sbuf b;
-    sb_open(c, &b);
-    sb_puts(&b, "quit");
+    const char *reason = "quit";
     if (a.n > 0) {
-        sb_puts(&b, ": ");
-        sb_put(&b, a.p, utf8_cut(a.p, a.n, CHAT_REASON_MAX));
+        size_t n = cut_to(a.p, a.n, CHAT_REASON_MAX);
+        free(s->quit_reason);
+        s->quit_reason = (char *)malloc(6 + n + 1);
+        if (s->quit_reason) {   /* without memory the leave just says "quit" */
+            memcpy(s->quit_reason, "quit: ", 6);
+            memcpy(s->quit_reason + 6, a.p, n);
+            s->quit_reason[6 + n] = '\0';
+            reason = s->quit_reason;
+        }
     }
-    reason = sb_close(c, &b, NULL);
     e = effect_add(c, CHAT_CLOSE, slot);
     e->text = "*** Bye.";
     e->text_len = strlen(e->text);
     e->reason = reason;
-    c->sessions[slot].state = SESSION_CLOSING;
+    s->state = SESSION_CLOSING;
 }
 
 static const struct command {
@@ -1094,6 +1061,11 @@ void chat_destroy(chat *c)
 {
     if (!c)
         return;
+    if (c->sessions) {
+        uint32_t i;
+        for (i = 0; i < c->max_slots; i++)
+            free(c->sessions[i].quit_reason);
+    }
     free(c->sessions);
     free(c->rooms);
     free(c->nick_buckets);
@@ -1188,10 +1160,10 @@ void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
     if (s->state != SESSION_LIVE)   /* closing: whatever else it sent is dropped */
         return;
     if (len > CHAT_LINE_MAX) {
-        len = utf8_cut(line, len, CHAT_LINE_MAX);
+        len = cut_to(line, len, CHAT_LINE_MAX);
         truncated = 1;
     }
-    if (blank(line, len))
+    if (text_is_blank(line, len))
         return;
     is_command = line[0] == '/' && !(len >= 2 && line[1] == '/');
     if (is_command) {
@@ -1234,12 +1206,12 @@ void chat_session_close(chat *c, uint32_t slot, const char *reason)
     size_t why_len = 0;
     if (!c)
         return;
-    /* reason may point into the arena (a CHAT_CLOSE effect's reason): copy it
-     * out before the reset lets new effects overwrite it. */
+    /* reason may be the session's own quit_reason, freed below, or point into
+     * the arena: copy it out first. */
     if (reason) {
         why_len = strlen(reason);
         if (why_len > sizeof why - 1)
-            why_len = utf8_cut(reason, why_len, sizeof why - 1);
+            why_len = cut_to(reason, why_len, sizeof why - 1);
         memcpy(why, reason, why_len);
     }
     why[why_len] = '\0';

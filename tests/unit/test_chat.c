@@ -617,11 +617,20 @@ static void test_quit_close(void)
     CHECK(chat_session_nick(c, 0) == NULL);
     CHECK_INT(members_of(c, "lobby").n, 1);
 
-    /* Closing with the pointer the CLOSE effect handed out. */
+    /* The hub keeps the CLOSE effect's reason and hands it back later, after
+     * other sessions' lines: it must still read the same. */
     chat_session_open(c, 0, 3, now);
     send_line(c, 0, "/quit bye");
     e = effect(c, 0);
-    chat_session_close(c, 0, e->reason);
+    {
+        const char *kept = e->reason;
+        int i;
+        for (i = 0; i < 50; i++)
+            send_line(c, 1, "/help");
+        send_line(c, 1, "some chat that reuses the arena");
+        CHECK_STR(kept, "quit: bye");
+        chat_session_close(c, 0, kept);
+    }
     CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest3 left lobby (quit: bye)");
     chat_session_open(c, 0, 4, now);
     send_line(c, 0, "/quit");
@@ -655,6 +664,20 @@ static void test_quit_close(void)
     CHECK_STR(e->room, "quiet");
     CHECK_MEM(e->text, e->text_len, "*** guest6 left quiet (timeout)");
     CHECK_INT(members_of(c, "quiet").n, 0);
+    /* A long reason from the hub is cut on a character boundary. */
+    chat_session_open(c, 0, 8, now);
+    chat_session_close(c, 0, reason + 6);
+    e = effect(c, 0);
+    CHECK(e->body_len <= 215 && e->body_len >= 213);
+    CHECK(((unsigned char)e->body[e->body_len - 1] & 0xC0u) == 0x80u);
+    CHECK(texts_clean(c));
+    /* A session that quits and is reopened without a close frees its reason. */
+    chat_session_open(c, 0, 9, now);
+    send_line(c, 0, "/quit leaking?");
+    chat_session_open(c, 0, 10, now);
+    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest9 left lobby (connection lost)");
+    send_line(c, 0, "/quit still open at destroy");
+    chat_session_close(c, 0, NULL);
     chat_session_open(c, 0, 7, now);
     chat_session_close(c, 0, NULL);
     CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest7 left lobby");
@@ -880,7 +903,7 @@ static void test_format_history(void)
     check_format("2026\x1b[1m", "say", "ev\x1bil", "r", "a\x1b[2Jb\x07\tc\x7f\xc2\x9b\xc2\xa0",
                  "*** [2026[1m] <evil> a[2Jb\tc\xc2\xa0");
     check_format(at, "say", "a", "r", "bad \xff \xc3 \xe2\x82 \xed\xa0\x80 \xf4\x90\x80\x80 ok \xf0\x9f\x98\x80",
-                 "*** [2026-11-27 03:04:05] <a> bad \xef\xbf\xbd \xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd "
+                 "*** [2026-11-27 03:04:05] <a> bad \xef\xbf\xbd \xef\xbf\xbd \xef\xbf\xbd "
                  "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd ok "
                  "\xf0\x9f\x98\x80");
 
@@ -1061,6 +1084,29 @@ static void test_random(void)
     chat_destroy(c);
 }
 
+/* Calls on no chat at all do nothing (and do not crash). */
+static void test_null_chat(void)
+{
+    const chat_effect *e = (const chat_effect *)&e;
+    chat *c;
+    CHECK_INT(chat_effects(NULL, &e), 0);
+    CHECK(e == NULL);
+    CHECK_INT(chat_effects(NULL, NULL), 0);
+    chat_session_open(NULL, 0, 1, now);
+    chat_session_line(NULL, 0, "x", 1, 0, now);
+    chat_session_close(NULL, 0, "quit");
+    CHECK(chat_session_nick(NULL, 0) == NULL);
+    CHECK(chat_session_room(NULL, 0) == NULL);
+    chat_room_members(NULL, "lobby", collect, NULL);
+    chat_destroy(NULL);
+    /* A negative replay means none; a destroyed chat with a pending /quit frees it. */
+    c = make(-5, 0, 0, 0, 0, 2);
+    chat_session_open(c, 0, 1, now);
+    CHECK_INT(count(c), 5);
+    send_line(c, 0, "/quit left open");
+    chat_destroy(c);
+}
+
 int main(void)
 {
     test_open();
@@ -1077,6 +1123,6 @@ int main(void)
     test_format_history();
     test_scale();
     test_random();
-    chat_destroy(NULL);
+    test_null_chat();
     return check_done();
 }
