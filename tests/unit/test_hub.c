@@ -1,0 +1,300 @@
+/* Unit tests of the hub: sessions driven with bytes, output read from their send
+ * queues, a real SQLite history (store-then-forward, busy database, bounds). */
+#include "check.h"
+#include "hub.h"
+#include "log.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SLOTS 8
+static char out_text[1 << 16];
+
+/* Everything queued for slot, as one string, marked sent. */
+static const char *take_output(hub *h, uint32_t slot)
+{
+    sendq *q = hub_sendq(h, slot);
+    sendq_span spans[64];
+    size_t used = 0;
+    size_t n;
+    while ((n = sendq_gather(q, spans, 64, 1 << 20)) > 0) {
+        size_t total = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (used + spans[i].len < sizeof out_text - 1) {
+                memcpy(out_text + used, spans[i].ptr, spans[i].len);
+                used += spans[i].len;
+            }
+            total += spans[i].len;
+        }
+        hub_session_sent(h, slot, total);
+    }
+    out_text[used] = '\0';
+    return out_text;
+}
+
+static void drain_all(hub *h)
+{
+    uint32_t slot;
+    while (hub_next_flush(h, &slot))
+        ;
+    for (uint32_t i = 0; i < MAX_SLOTS; i++)
+        if (hub_session_conn_id(h, i))
+            take_output(h, i);
+}
+
+static void say(hub *h, uint32_t slot, const char *text, int64_t now)
+{
+    hub_session_input(h, slot, (const unsigned char *)text, strlen(text), now);
+}
+
+static hub_config base_config(history *db)
+{
+    hub_config c;
+    memset(&c, 0, sizeof c);
+    c.chat.server_name = "testrelay";
+    c.chat.replay = 20;
+    c.max_sessions = MAX_SLOTS;
+    c.max_queue_bytes = 256 * 1024;
+    c.max_per_ip = 0;
+    c.history = db;
+    c.pending_max_lines = 5;
+    c.pending_max_bytes = 1 << 20;
+    c.pending_max_ms = 5000;
+    return c;
+}
+
+static history *open_db(const char *path)
+{
+    remove(path);
+    char wal[256], shm[256];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(shm, sizeof shm, "%s-shm", path);
+    remove(wal);
+    remove(shm);
+    history *db = NULL;
+    history_options ho;
+    memset(&ho, 0, sizeof ho);
+    char err[256];
+    CHECK_INT(history_open(&db, path, &ho, err, sizeof err), HISTORY_OK);
+    return db;
+}
+
+static int count_rows(const char *path, const char *where)
+{
+    sqlite3 *c;
+    sqlite3_open(path, &c);
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM messages WHERE %s", where);
+    sqlite3_stmt *st;
+    int n = -1;
+    if (sqlite3_prepare_v2(c, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(c);
+    return n;
+}
+
+static void test_broadcast_not_echoed_and_ordered(void)
+{
+    const char *path = "test_hub_a.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    hub *h = hub_create(&cfg);
+    CHECK(h != NULL);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_session_open(h, 2, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    CHECK(strstr(take_output(h, 0), "guest1") != NULL);   /* greeting names the nick */
+    drain_all(h);
+
+    say(h, 0, "one\r\ntwo\n", 1);
+    /* Not delivered before the turn commits (store-then-forward). */
+    CHECK_STR(take_output(h, 1), "");
+    hub_turn(h, 1);
+    CHECK_STR(take_output(h, 1), "<guest1> one\r\n<guest1> two\r\n");
+    CHECK_STR(take_output(h, 2), "<guest1> one\r\n<guest1> two\r\n");
+    CHECK_STR(take_output(h, 0), "");                     /* not echoed */
+    CHECK_INT(count_rows(path, "kind='say' AND room='lobby' AND nick='guest1'"), 2);
+
+    hub_stats st;
+    hub_get_stats(h, &st);
+    CHECK_INT(st.sessions, 3);
+    CHECK(st.commits >= 1);
+
+    hub_session_closed(h, 2, "connection lost");
+    hub_turn(h, 2);
+    CHECK(strstr(take_output(h, 1), "guest3") != NULL);   /* leave announced */
+    CHECK_INT(count_rows(path, "kind='leave' AND nick='guest3'"), 1);
+    hub_destroy(h);
+    history_close(db);
+}
+
+static void test_busy_database_holds_then_delivers_in_order(void)
+{
+    const char *path = "test_hub_b.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+
+    sqlite3 *locker;
+    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+
+    say(h, 0, "held 1\r\nheld 2\r\nheld 3\r\n", 10);
+    int wait = hub_turn(h, 10);
+    CHECK(wait > 0 && wait <= 100);                       /* asks to be called back soon */
+    CHECK_STR(take_output(h, 1), "");                     /* nothing delivered unrecorded */
+    say(h, 0, "held 4\r\nheld 5\r\n", 20);
+    hub_turn(h, 100);
+    CHECK_STR(take_output(h, 1), "");
+    /* Past the bound (5 lines pending): refused with a notice, not queued. */
+    say(h, 0, "refused\r\n", 120);
+    CHECK(strstr(take_output(h, 0), "history unavailable, message not sent") != NULL);
+
+    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(locker);
+    hub_turn(h, 200);
+    CHECK_STR(take_output(h, 1),
+              "<guest1> held 1\r\n<guest1> held 2\r\n<guest1> held 3\r\n<guest1> held 4\r\n<guest1> held 5\r\n");
+    CHECK_INT(count_rows(path, "kind='say'"), 5);
+    CHECK_INT(count_rows(path, "body='refused'"), 0);
+    say(h, 0, "normal again\r\n", 300);
+    hub_turn(h, 300);
+    CHECK_STR(take_output(h, 1), "<guest1> normal again\r\n");
+    hub_destroy(h);
+    history_close(db);
+}
+
+static void test_slow_consumer_is_closed(void)
+{
+    hub_config cfg = base_config(NULL);
+    cfg.max_queue_bytes = 4096;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_session_open(h, 2, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+    char line[120];
+    for (int i = 0; i < 100; i++) {
+        int n = snprintf(line, sizeof line, "line %03d padding padding padding padding padding padding\r\n", i);
+        hub_session_input(h, 0, (const unsigned char *)line, (size_t)n, 1);
+        hub_turn(h, 1);
+        take_output(h, 2);                                /* slot 2 reads, slot 1 never does */
+    }
+    uint32_t slot = 99;
+    const char *reason = NULL;
+    CHECK(hub_next_close(h, &slot, &reason));
+    CHECK_INT(slot, 1);
+    CHECK_STR(reason, "slow consumer");
+    CHECK(!hub_next_close(h, &slot, &reason));
+    CHECK(hub_sendq(h, 1)->bytes <= 4096 + 200);          /* bounded: notice only past the bound */
+    hub_destroy(h);
+}
+
+static void test_admission_limits(void)
+{
+    hub_config cfg = base_config(NULL);
+    cfg.max_per_ip = 2;
+    hub *h = hub_create(&cfg);
+    CHECK(hub_admit(h, "10.0.0.1", 1) == NULL);
+    hub_session_open(h, 0, "10.0.0.1", 0);
+    hub_session_open(h, 1, "10.0.0.1", 0);
+    const char *no = hub_admit(h, "10.0.0.1", 1);
+    CHECK(no != NULL && strncmp(no, "*** ", 4) == 0);
+    CHECK(hub_admit(h, "10.0.0.2", 1) == NULL);
+    const char *full = hub_admit(h, "10.0.0.2", 0);
+    CHECK(full != NULL && strstr(full, "full") != NULL);
+    hub_session_closed(h, 0, "quit");
+    CHECK(hub_admit(h, "10.0.0.1", 1) == NULL);
+    hub_destroy(h);
+}
+
+static void test_idle_timeout_and_telnet_reply(void)
+{
+    hub_config cfg = base_config(NULL);
+    cfg.idle_timeout_ms = 5000;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+    /* telnet: IAC DO ECHO is refused with IAC WONT ECHO */
+    const unsigned char iac_do_echo[] = { 255, 253, 1 };
+    hub_session_input(h, 0, iac_do_echo, sizeof iac_do_echo, 100);
+    CHECK_MEM(take_output(h, 0), 3, "\xff\xfc\x01");
+    say(h, 0, "active\r\n", 4000);
+    hub_turn(h, 4000);
+    uint32_t slot;
+    const char *reason;
+    hub_turn(h, 6000);
+    CHECK(hub_next_close(h, &slot, &reason));
+    CHECK_INT(slot, 1);                                   /* slot 0 spoke at 4000 */
+    CHECK_STR(reason, "timeout");
+    CHECK(strstr(take_output(h, 1), "idle") != NULL);
+    CHECK(!hub_next_close(h, &slot, &reason));
+    hub_turn(h, 9500);
+    CHECK(hub_next_close(h, &slot, &reason));
+    CHECK_INT(slot, 0);
+    hub_destroy(h);
+}
+
+static void test_no_history_delivers_at_once(void)
+{
+    hub_config cfg = base_config(NULL);
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+    say(h, 1, "/history\r\n", 1);
+    CHECK(strstr(take_output(h, 1), "history is switched off") != NULL);
+    say(h, 1, "plain\r\n", 1);
+    hub_turn(h, 1);
+    CHECK_STR(take_output(h, 0), "<guest2> plain\r\n");
+    hub_destroy(h);
+}
+
+static void test_replay_on_connect(void)
+{
+    const char *path = "test_hub_c.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    cfg.chat.replay = 2;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    say(h, 0, "first\r\nsecond\r\nthird\r\n", 1);
+    hub_turn(h, 1);
+    drain_all(h);
+    hub_session_open(h, 1, "127.0.0.1", 2);
+    const char *out = take_output(h, 1);
+    CHECK(strstr(out, "first") == NULL);
+    const char *s2 = strstr(out, "<guest1> second");
+    const char *s3 = strstr(out, "<guest1> third");
+    CHECK(s2 != NULL && s3 != NULL && s2 < s3);           /* the last 2, oldest first */
+    CHECK(strstr(out, "*** [") != NULL);                  /* marked as history */
+    hub_destroy(h);
+    history_close(db);
+}
+
+int main(void)
+{
+    log_to_stderr(0);
+    test_broadcast_not_echoed_and_ordered();
+    test_busy_database_holds_then_delivers_in_order();
+    test_slow_consumer_is_closed();
+    test_admission_limits();
+    test_idle_timeout_and_telnet_reply();
+    test_no_history_delivers_at_once();
+    test_replay_on_connect();
+    msgbuf_pool_drain();
+    return check_done();
+}
