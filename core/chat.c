@@ -438,28 +438,53 @@ static void member_remove(chat *c, uint32_t slot)
 
 /* ---- room events: one text form shared by live delivery and history ---- */
 
+/* What a room line is; event_kind[] is its record_kind in the database. */
+typedef enum event { EV_SAY, EV_ME, EV_MSG, EV_JOIN, EV_LEAVE, EV_NICK } event;
+static const char *const event_kind[] = {"say", "me", "msg", "join", "leave", "nick"};
+
+/* A kind read from the database; one this version does not know shows as "say". */
+static event event_from_kind(const char *kind)
+{
+    size_t i;
+    for (i = 0; kind && i < sizeof event_kind / sizeof event_kind[0]; i++)
+        if (strcmp(kind, event_kind[i]) == 0)
+            return (event)i;
+    return EV_SAY;
+}
+
 /* The form after "*** " (notices) or "*** [time] " (history), or the whole
- * line for say/me/msg.  clean: the fields come from the database. */
-static void put_event(sbuf *b, const char *kind, const char *nick, size_t nick_len,
+ * line for say/me/msg, whose body always comes last.  clean: the fields come
+ * from the database. */
+static void put_event(sbuf *b, event ev, const char *nick, size_t nick_len,
                       const char *room_name, size_t room_len, const char *body, size_t body_len,
                       int clean)
 {
     void (*put)(sbuf *, const char *, size_t) = clean ? sb_put_clean : sb_put;
-    if (kind && strcmp(kind, "me") == 0) {
-        sb_puts(b, "* ");
+    switch (ev) {
+    case EV_SAY:
+        sb_put(b, "<", 1);
         put(b, nick, nick_len);
-        sb_puts(b, " ");
+        sb_put(b, "> ", 2);
         put(b, body, body_len);
-    } else if (kind && strcmp(kind, "msg") == 0) {
-        sb_puts(b, "*");
+        break;
+    case EV_ME:
+        sb_put(b, "* ", 2);
         put(b, nick, nick_len);
-        sb_puts(b, "* ");
+        sb_put(b, " ", 1);
         put(b, body, body_len);
-    } else if (kind && strcmp(kind, "join") == 0) {
+        break;
+    case EV_MSG:
+        sb_put(b, "*", 1);
+        put(b, nick, nick_len);
+        sb_put(b, "* ", 2);
+        put(b, body, body_len);
+        break;
+    case EV_JOIN:
         put(b, nick, nick_len);
         sb_puts(b, " joined ");
         put(b, room_name, room_len);
-    } else if (kind && strcmp(kind, "leave") == 0) {
+        break;
+    case EV_LEAVE:
         put(b, nick, nick_len);
         sb_puts(b, " left ");
         put(b, room_name, room_len);
@@ -468,20 +493,17 @@ static void put_event(sbuf *b, const char *kind, const char *nick, size_t nick_l
             put(b, body, body_len);
             sb_puts(b, ")");
         }
-    } else if (kind && strcmp(kind, "nick") == 0) {
+        break;
+    case EV_NICK:
         put(b, nick, nick_len);
         sb_puts(b, " is now known as ");
         put(b, body, body_len);
-    } else {   /* "say", and any kind this version does not know */
-        sb_puts(b, "<");
-        put(b, nick, nick_len);
-        sb_puts(b, "> ");
-        put(b, body, body_len);
+        break;
     }
 }
 
 /* A stored notice (join/leave/nick) to the room; text "*** <form>". */
-static chat_effect *room_notice(chat *c, uint32_t slot, uint32_t except, const char *kind,
+static chat_effect *room_notice(chat *c, uint32_t slot, uint32_t except, event ev,
                                 const session *s, const char *room_name, size_t room_len,
                                 const char *body, size_t body_len)
 {
@@ -492,11 +514,11 @@ static chat_effect *room_notice(chat *c, uint32_t slot, uint32_t except, const c
     sbuf b;
     sb_open(c, &b);
     sb_puts(&b, "*** ");
-    put_event(&b, kind, s->nick, s->nick_len, room_name, room_len, body, body_len, 0);
+    put_event(&b, ev, s->nick, s->nick_len, room_name, room_len, body, body_len, 0);
     e = effect_add(c, CHAT_ROOM, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->except_slot = except;
-    e->record_kind = kind;
+    e->record_kind = event_kind[ev];
     e->room = rname;
     e->nick = nick;
     e->body = stored_body;
@@ -526,7 +548,7 @@ static void session_detach(chat *c, uint32_t slot, const char *reason, size_t re
     member_remove(c, slot);
     /* The slot is already out of the room, so nobody needs excepting; naming it
      * would hide the line from a new session reusing the slot before delivery. */
-    room_notice(c, slot, NONE, "leave", s, room_name, room_len, reason, reason_len);
+    room_notice(c, slot, NONE, EV_LEAVE, s, room_name, room_len, reason, reason_len);
     s->state = SESSION_FREE;
     s->nick_len = 0;
     s->nick[0] = '\0';
@@ -689,7 +711,7 @@ static void cmd_nick(chat *c, uint32_t slot, args a)
         return;
     }
     /* Announced to everyone in the room, the sender included (that is their confirmation). */
-    room_notice(c, slot, NONE, "nick", s, c->rooms[s->room].name, c->rooms[s->room].name_len,
+    room_notice(c, slot, NONE, EV_NICK, s, c->rooms[s->room].name, c->rooms[s->room].name_len,
                 a.p, a.n);
     nick_unlink(c, slot);
     nick_set(s, a.p, a.n);
@@ -738,7 +760,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     memcpy(leave_body, "joined ", 7);
     memcpy(leave_body + 7, r->name, r->name_len);
     leave_len = 7 + (size_t)r->name_len;
-    room_notice(c, slot, NONE, "leave", s, old_name, old_len, leave_body, leave_len);
+    room_notice(c, slot, NONE, EV_LEAVE, s, old_name, old_len, leave_body, leave_len);
 
     sb_open(c, &b);
     sb_puts(&b, "*** You are now in ");
@@ -749,7 +771,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     reply_built(c, slot, &b);
     if (c->cfg.replay > 0)
         history_effect(c, slot, r, c->cfg.replay);
-    room_notice(c, slot, slot, "join", s, r->name, r->name_len, "", 0);
+    room_notice(c, slot, slot, EV_JOIN, s, r->name, r->name_len, "", 0);
 }
 
 /* Packs "a, b, c" lists into reply lines of about CHAT_LIST_LINE bytes. */
@@ -828,8 +850,9 @@ static void cmd_who(chat *c, uint32_t slot, args a)
     lister_end(&l, r->members - shown, "people");
 }
 
-/* "<nick> text" or "* nick text" to the room except the sender, stored with body = text. */
-static void say(chat *c, uint32_t slot, const char *kind, const char *text, size_t len)
+/* "<nick> text" or "* nick text" to the room except the sender, stored with body = text.
+ * The hot path: two name copies and one formatted copy of the line. */
+static void say(chat *c, uint32_t slot, event ev, const char *text, size_t len)
 {
     session *s = &c->sessions[slot];
     const room *r = &c->rooms[s->room];
@@ -839,12 +862,13 @@ static void say(chat *c, uint32_t slot, const char *kind, const char *text, size
     size_t prefix;
     sbuf b;
     sb_open(c, &b);
-    put_event(&b, kind, s->nick, s->nick_len, NULL, 0, text, len, 0);
-    prefix = b.len - len;   /* "<nick> " or "* nick " */
+    put_event(&b, ev, s->nick, s->nick_len, NULL, 0, "", 0, 0);   /* "<nick> " or "* nick " */
+    prefix = b.len;
+    sb_put(&b, text, len);
     e = effect_add(c, CHAT_ROOM, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->except_slot = slot;
-    e->record_kind = kind;
+    e->record_kind = event_kind[ev];
     e->room = rname;
     e->nick = nick;
     e->body = e->text + prefix;   /* the text's own tail: no second copy */
@@ -857,7 +881,7 @@ static void cmd_me(chat *c, uint32_t slot, args a)
         reply_const(c, slot, "*** Usage: /me ACTION");
         return;
     }
-    say(c, slot, "me", a.p, a.n);
+    say(c, slot, EV_ME, a.p, a.n);
 }
 
 static void cmd_msg(chat *c, uint32_t slot, args a)
@@ -897,11 +921,11 @@ static void cmd_msg(chat *c, uint32_t slot, args a)
     confirm = sb_close(c, &b, &confirm_len);
 
     sb_open(c, &b);
-    put_event(&b, "msg", s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
+    put_event(&b, EV_MSG, s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
     e = effect_add(c, CHAT_PRIVATE, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->to_slot = to;
-    e->record_kind = c->cfg.log_private ? "msg" : NULL;
+    e->record_kind = c->cfg.log_private ? event_kind[EV_MSG] : NULL;
     e->room = rname;
     e->nick = nick;
     e->body = confirm + 4;
@@ -1141,7 +1165,7 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, int64_t now_ms)
     reply_const(c, slot, "*** Type /help for the commands.");
     if (c->cfg.replay > 0)
         history_effect(c, slot, lobby, c->cfg.replay);
-    room_notice(c, slot, slot, "join", s, lobby->name, lobby->name_len, "", 0);
+    room_notice(c, slot, slot, EV_JOIN, s, lobby->name, lobby->name_len, "", 0);
 }
 
 void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
@@ -1185,9 +1209,9 @@ void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
     }
     if (!is_command) {
         if (line[0] == '/')
-            say(c, slot, "say", line + 1, len - 1);
+            say(c, slot, EV_SAY, line + 1, len - 1);
         else
-            say(c, slot, "say", line, len);
+            say(c, slot, EV_SAY, line, len);
     } else if (cmd) {
         cmd->run(c, slot, rest);
     } else {
@@ -1291,7 +1315,7 @@ size_t chat_format_history(const history_record *rec, char *out, size_t cap)
         else if (rec->at)
             sb_put_clean(&b, rec->at, strlen(rec->at));
         sb_puts(&b, "] ");
-        put_event(&b, rec->kind, nick, strlen(nick), room_name, strlen(room_name), body,
+        put_event(&b, event_from_kind(rec->kind), nick, strlen(nick), room_name, strlen(room_name), body,
                   rec->body ? rec->body_len : 0, 1);
     }
     out[b.len] = '\0';
