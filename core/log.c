@@ -10,7 +10,10 @@
  * (tests and administrators read it while the relay runs).  Past max_bytes it
  * is closed, renamed to path.1 (replacing the previous copy) and reopened
  * empty: at most about 2 * max_bytes on disk.
- * Never: decides what is logged (callers do) or takes locks (see log.h).
+ * Threads: the I/O thread logs most; the service's threads log now and then
+ * (a stop request, the final status).  A tiny spin lock keeps a line, and a
+ * rotation, whole when two of them meet; it is held only while writing.
+ * Never: decides what is logged (callers do).
  * Portable C11; on Windows the path is converted to UTF-16 for _wfopen here,
  * without <windows.h>.
  */
@@ -42,6 +45,36 @@ static struct {
     log_sink_fn sink;
     log_level sink_level;
 } g_log = { 1, LOG_INFO, NULL, "", 0, 0, NULL, LOG_ERROR };
+
+/* The spin lock: compiler intrinsics (no <windows.h>, no C11 atomics, which
+ * MSVC lacks); a compiler without either gets no lock (single-threaded use). */
+static volatile long g_lock_word;
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+static void log_lock(void)
+{
+    while (_InterlockedExchange(&g_lock_word, 1) != 0)
+        _mm_pause();
+}
+static void log_unlock(void)
+{
+    _InterlockedExchange(&g_lock_word, 0);
+}
+#elif defined(__GNUC__) || defined(__clang__)
+static void log_lock(void)
+{
+    while (__atomic_exchange_n(&g_lock_word, 1, __ATOMIC_ACQUIRE) != 0)
+        ;
+}
+static void log_unlock(void)
+{
+    __atomic_store_n(&g_lock_word, 0, __ATOMIC_RELEASE);
+}
+#else
+static void log_lock(void) {}
+static void log_unlock(void) {}
+#endif
 
 static const char *level_name(log_level level)
 {
@@ -173,7 +206,18 @@ static void write_file(const char *line, size_t len)
 
 void log_to_stderr(int on)
 {
+    log_lock();
     g_log.to_stderr = on;
+    log_unlock();
+}
+
+static void close_locked(void)
+{
+    if (g_log.file != NULL)
+        fclose(g_log.file);
+    g_log.file = NULL;
+    g_log.path[0] = '\0';
+    g_log.file_bytes = 0;
 }
 
 int log_open_file(const char *path, size_t max_bytes, char *err, size_t errlen)
@@ -197,32 +241,36 @@ int log_open_file(const char *path, size_t max_bytes, char *err, size_t errlen)
     }
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0)
         size = 0;
-    log_close();
+    log_lock();
+    close_locked();
     g_log.file = f;
     memcpy(g_log.path, path, len + 1);
     g_log.max_bytes = max_bytes;
     g_log.file_bytes = (size_t)size;
+    log_unlock();
     return 0;
 }
 
 void log_set_sink(log_sink_fn fn, log_level min_level)
 {
+    log_lock();
     g_log.sink = fn;
     g_log.sink_level = min_level;
+    log_unlock();
 }
 
 void log_set_level(log_level min_level)
 {
+    log_lock();
     g_log.level = min_level;
+    log_unlock();
 }
 
 void log_close(void)
 {
-    if (g_log.file != NULL)
-        fclose(g_log.file);
-    g_log.file = NULL;
-    g_log.path[0] = '\0';
-    g_log.file_bytes = 0;
+    log_lock();
+    close_locked();
+    log_unlock();
 }
 
 /* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) for now, UTC. */
@@ -263,8 +311,14 @@ void log_msg(log_level level, const char *fmt, ...)
     va_list ap;
     int head, n;
     size_t len, i;
-    int want_main = level >= g_log.level && (g_log.to_stderr || g_log.file != NULL);
-    int want_sink = g_log.sink != NULL && level >= g_log.sink_level;
+    int want_main, want_sink;
+    log_sink_fn sink;
+
+    log_lock();
+    want_main = level >= g_log.level && (g_log.to_stderr || g_log.file != NULL);
+    sink = level >= g_log.sink_level ? g_log.sink : NULL;
+    want_sink = sink != NULL;
+    log_unlock();
 
     if (!want_main && !want_sink)
         return;
@@ -289,12 +343,14 @@ void log_msg(log_level level, const char *fmt, ...)
     }
     line[len] = '\0';
 
+    /* The sink (the Event Log: an RPC) runs outside the lock. */
     if (want_sink)
-        g_log.sink(level, line);
+        sink(level, line);
     if (!want_main)
         return;
     line[len] = '\n';
     line[len + 1] = '\0';
+    log_lock();
     if (g_log.to_stderr) {
         fwrite(line, 1, len + 1, stderr);
         fflush(stderr);
@@ -303,4 +359,5 @@ void log_msg(log_level level, const char *fmt, ...)
         rotate_if_needed(len + 1);
         write_file(line, len + 1);
     }
+    log_unlock();
 }
