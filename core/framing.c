@@ -222,8 +222,11 @@ static int telnet_byte(framer *f, unsigned char c, framer_line_fn on_line, frame
 void framer_feed(framer *f, const unsigned char *data, size_t n,
                  framer_line_fn on_line, framer_reply_fn on_reply, void *ctx)
 {
-    const unsigned char *p = data, *end = data + n;
+    const unsigned char *p, *end;
 
+    if (n == 0) return; /* data may then be NULL, and NULL + 0 is undefined in C */
+    p = data;
+    end = data + n;
     while (p < end) {
         unsigned char c;
 
