@@ -1,0 +1,221 @@
+/* bench_history: lines persisted per second by storage/history, with group
+ * commit (one transaction per batch of 100 or 1000 lines) versus one
+ * transaction per line, in the same build and the same run, each on a fresh
+ * temporary database in WAL + synchronous=NORMAL (what history_open sets).
+ * As a second per-line baseline, the cheapest thing one line can cost:
+ * one plain autocommit INSERT through the SQLite API on the same schema
+ * (no history layer, no staging); the speed-up is taken against the faster
+ * of the two per-line figures.
+ *
+ *   bench_history [folder [per_line_count [batched_count]]]
+ *
+ * The database is folder/bench_history-<time>.db (default: the current
+ * folder), deleted at the end.  A benchmark, not a test: it prints figures
+ * and fails only if the history calls fail.  Figures: docs/HISTORY.md.
+ */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "history.h"
+
+#ifdef _WIN32
+#include <windows.h>   /* QueryPerformanceCounter: the benchmark's clock only */
+#endif
+
+static double clock_ms(void)
+{
+#ifdef _WIN32
+    LARGE_INTEGER freq, t;
+    QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&t);
+    return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+#endif
+}
+
+static void remove_db(const char *path)
+{
+    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
+    char name[1100];
+    size_t i;
+    for (i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        snprintf(name, sizeof name, "%s%s", path, suffixes[i]);
+        remove(name);
+    }
+}
+
+/* Chat-like lines of 20..120 bytes from a small vocabulary (deterministic),
+ * so the FTS index does the work it does in production. */
+static uint32_t rng_state = 12345;
+
+static uint32_t rng(void)
+{
+    rng_state = rng_state * 1103515245u + 12345u;
+    return rng_state >> 8;
+}
+
+static size_t make_body(char *out, size_t cap, long n)
+{
+    static const char *const words[] = {
+        "deploy", "friday", "the", "build", "is", "green", "again", "who", "broke", "tests",
+        "lunch", "coffee", "review", "merge", "please", "ok", "thanks", "later", "ship", "it",
+        "database", "locked", "retry", "window", "service", "relay", "works", "here", "now", "why",
+    };
+    size_t len = (size_t)snprintf(out, cap, "%ld", n);
+    size_t target = 20 + rng() % 100;
+    while (len < target && len + 12 < cap) {
+        const char *w = words[rng() % (sizeof words / sizeof words[0])];
+        out[len++] = ' ';
+        memcpy(out + len, w, strlen(w));
+        len += strlen(w);
+    }
+    out[len] = '\0';
+    return len;
+}
+
+/* Appends `count` lines in transactions of `batch` lines; returns lines per
+ * second, or -1 if a history call failed. */
+static double run(const char *path, long count, long batch)
+{
+    static const char *const rooms[] = { "lobby", "dev", "ops", "random" };
+    char err[512], body[160], at[HISTORY_TIME_LEN + 1];
+    history *h = NULL;
+    double t0, elapsed;
+    long i = 0;
+    int64_t t_ms = INT64_C(1795748645123);
+
+    remove_db(path);
+    if (history_open(&h, path, NULL, err, sizeof err) != HISTORY_OK) {
+        fprintf(stderr, "bench_history: %s\n", err);
+        return -1;
+    }
+    t0 = clock_ms();
+    while (i < count) {
+        long j;
+        if (history_begin(h) != HISTORY_OK)
+            goto failed;
+        for (j = 0; j < batch && i < count; j++, i++) {
+            history_record rec;
+            history_format_time(t_ms + i, at);
+            rec.id = 0;
+            rec.at = at;
+            rec.room = rooms[i % 4];
+            rec.nick = "bench";
+            rec.kind = "say";
+            rec.body = body;
+            rec.body_len = make_body(body, sizeof body, i);
+            if (history_append(h, &rec) != HISTORY_OK) {
+                history_rollback(h);
+                goto failed;
+            }
+        }
+        if (history_commit(h) != HISTORY_OK)
+            goto failed;
+    }
+    elapsed = clock_ms() - t0;
+    history_close(h);
+    remove_db(path);
+    return elapsed > 0 ? (double)count * 1000.0 / elapsed : 0;
+
+failed:
+    fprintf(stderr, "bench_history: %s\n", history_errmsg(h));
+    history_close(h);
+    remove_db(path);
+    return -1;
+}
+
+/* The raw baseline: history_open creates the schema, then a plain
+ * connection in WAL + NORMAL inserts each line in its own implicit
+ * transaction (FTS triggers included). */
+static double run_raw(const char *path, long count)
+{
+    static const char *const rooms[] = { "lobby", "dev", "ops", "random" };
+    char err[512], body[160], at[HISTORY_TIME_LEN + 1];
+    history *h = NULL;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *ins = NULL;
+    double t0, elapsed = 0;
+    long i;
+    int rc;
+    int64_t t_ms = INT64_C(1795748645123);
+
+    remove_db(path);
+    if (history_open(&h, path, NULL, err, sizeof err) != HISTORY_OK) {
+        fprintf(stderr, "bench_history: %s\n", err);
+        return -1;
+    }
+    history_close(h);
+    rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "INSERT INTO messages(at, room, nick, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                -1, &ins, NULL);
+    t0 = clock_ms();
+    for (i = 0; i < count && rc == SQLITE_OK; i++) {
+        size_t len = make_body(body, sizeof body, i);
+        history_format_time(t_ms + i, at);
+        rc = sqlite3_bind_text(ins, 1, at, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(ins, 2, rooms[i % 4], -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(ins, 3, "bench", -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(ins, 4, "say", -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(ins, 5, body, (int)len, SQLITE_STATIC);
+        if (rc == SQLITE_OK) rc = sqlite3_step(ins) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
+        if (rc == SQLITE_OK) rc = sqlite3_reset(ins);
+    }
+    elapsed = clock_ms() - t0;
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "bench_history: raw INSERT: %s (code %d)\n", sqlite3_errmsg(db), rc);
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+    remove_db(path);
+    if (rc != SQLITE_OK)
+        return -1;
+    return elapsed > 0 ? (double)count * 1000.0 / elapsed : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *folder = argc > 1 ? argv[1] : ".";
+    long per_line = argc > 2 ? atol(argv[2]) : 3000;
+    long batched = argc > 3 ? atol(argv[3]) : 100000;
+    char path[1024];
+    double one, raw, best_one, b100, b1000;
+
+    if (per_line <= 0 || batched <= 0) {
+        fprintf(stderr, "usage: bench_history [folder [per_line_count [batched_count]]]\n");
+        return 2;
+    }
+    snprintf(path, sizeof path, "%s/bench_history-%lx.db", folder, (unsigned long)time(NULL));
+    printf("bench_history: %s, WAL + synchronous=NORMAL, FTS5 index by triggers\n", path);
+
+    one = run(path, per_line, 1);
+    if (one < 0) return 1;
+    printf("  1 line per transaction:     %7ld lines  %10.0f lines/s\n", per_line, one);
+    raw = run_raw(path, per_line);
+    if (raw < 0) return 1;
+    printf("  1 plain INSERT (autocommit):%7ld lines  %10.0f lines/s  (SQLite API, no history layer)\n",
+           per_line, raw);
+    best_one = raw > one ? raw : one;
+    b100 = run(path, batched, 100);
+    if (b100 < 0) return 1;
+    printf("  100 lines per transaction:  %7ld lines  %10.0f lines/s\n", batched, b100);
+    b1000 = run(path, batched, 1000);
+    if (b1000 < 0) return 1;
+    printf("  1000 lines per transaction: %7ld lines  %10.0f lines/s\n", batched, b1000);
+    printf("  group commit speed-up over the faster per-line figure: x%.1f (batches of 100), "
+           "x%.1f (batches of 1000)\n", b100 / best_one, b1000 / best_one);
+    return 0;
+}
