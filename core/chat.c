@@ -25,7 +25,7 @@
 
 #define CHAT_LINE_MAX TEXT_MAX_LINE
 #define CHAT_ARENA_BYTES (32u * 1024u)  /* worst single call (/msg, /who) needs under 8 KiB */
-#define CHAT_EFFECTS_MAX 48u            /* worst single call (/help) needs 14 */
+#define CHAT_EFFECTS_MAX 48u            /* worst single call (/help on a cut line) needs 13 */
 #define CHAT_LIST_SHOWN 100u            /* /who and /rooms name at most this many entries */
 #define CHAT_LIST_LINE 400u             /* list replies wrap near this many bytes */
 #define CHAT_REASON_MAX 200u            /* a /quit reason is cut here (it is logged and stored) */
