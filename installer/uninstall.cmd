@@ -14,13 +14,14 @@ if errorlevel 1 (
 )
 
 rem Stop, then wait (at most ~30 s) for STOPPED: deleting a running service
-rem only marks it for deletion.
-sc query "%SVC%" | findstr /c:"STOPPED" >nul 2>&1
-if errorlevel 1 sc stop "%SVC%" >nul 2>&1
+rem only marks it for deletion.  The state is read with for /f rather than
+rem find/findstr, whose exit codes Wine does not get right.
+call :state
+if /i not "%STATE%"=="STOPPED" sc stop "%SVC%" >nul 2>&1
 set /a TRIES=0
 :wait
-sc query "%SVC%" | findstr /c:"STOPPED" >nul 2>&1
-if not errorlevel 1 goto :delete
+call :state
+if /i "%STATE%"=="STOPPED" goto :delete
 set /a TRIES+=1
 if %TRIES% geq 30 (
     echo uninstall.cmd: warning: %SVC% did not stop within 30 s; it is removed once it stops
@@ -40,4 +41,10 @@ echo uninstall.cmd: service %SVC% removed; data kept in %ProgramData%\ChatRelay
 
 :eventsource
 reg delete "HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\%SVC%" /f >nul 2>&1
+exit /b 0
+
+rem :state sets STATE to the word after "STATE : n" in the output of sc query.
+:state
+set "STATE="
+for /f "tokens=1,3,4" %%a in ('sc query "%SVC%"') do if "%%a"=="STATE" set "STATE=%%c"
 exit /b 0
