@@ -17,6 +17,9 @@
  * Portable C11; on Windows the path is converted to UTF-16 for _wfopen here,
  * without <windows.h>.
  */
+#if defined(_MSC_VER) && !defined(_CRT_SECURE_NO_WARNINGS)
+#define _CRT_SECURE_NO_WARNINGS   /* fopen, _wfopen, strerror are the portable calls here */
+#endif
 #include "log.h"
 
 #include "clock.h"
@@ -54,8 +57,11 @@ static volatile long g_lock_word;
 #include <intrin.h>
 static void log_lock(void)
 {
-    while (_InterlockedExchange(&g_lock_word, 1) != 0)
+    while (_InterlockedExchange(&g_lock_word, 1) != 0) {
+#if defined(_M_IX86) || defined(_M_X64)
         _mm_pause();
+#endif
+    }
 }
 static void log_unlock(void)
 {

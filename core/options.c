@@ -116,7 +116,7 @@ void options_defaults(relay_options *o)
     o->max_per_ip = 16;
     o->idle_timeout = 0;
     o->log_max_bytes = (size_t)(10 * MIB);
-    strcpy(o->server_name, "chatrelay");
+    memcpy(o->server_name, "chatrelay", sizeof "chatrelay");
 }
 
 const char *options_help(void)

@@ -462,7 +462,11 @@ def exe_install():
     copy_release(folder)
     exe = os.path.join(folder, "chatrelay.exe")
     log = fresh(os.path.join(WORK, name + ".log"))
-    db = fresh(os.path.join(WORK, name + ".db"))
+    db_dir = os.path.join(WORK, "exe install test", "data dir")
+    os.makedirs(db_dir, exist_ok=True)
+    db = fresh(os.path.join(db_dir, name + ".db"))
+    # Spaces, quotes and a trailing backslash must survive install -> binPath -> service argv.
+    server_name = 'Relay "quoted" name\\'
     try:
         # Options are checked before anything is created.
         rc, out = wine(exe, "install", "--service-name", name, "--max-sessions", "0")
@@ -470,7 +474,8 @@ def exe_install():
         check(query(name) is None, "a service was created despite the bad option")
 
         rc, out = wine(exe, "install", "--service-name", name, "--listen", "127.0.0.1:%d" % port,
-                       "--db", winpath(db), "--log", winpath(log), cwd=tempfile.gettempdir())
+                       "--db", winpath(db), "--log", winpath(log), "--name", server_name,
+                       cwd=tempfile.gettempdir())
         check(rc == 0, "chatrelay.exe install failed (rc %d): %s" % (rc, out))
         rc, path = wine("reg", "query", "HKLM\\SYSTEM\\CurrentControlSet\\Services\\" + name, "/v", "ImagePath")
         check('"%s" --listen 127.0.0.1:%d' % (winpath(exe), port) in path,
@@ -488,7 +493,11 @@ def exe_install():
 
         sc("start", name)
         wait_state(name, "RUNNING")
+        c = Client(port)
+        c.expect("Welcome to %s." % server_name)
+        c.close()
         chat_works(port)
+        check(os.path.exists(db), "the service did not use --db in a folder with spaces: %s" % db)
 
         # uninstall stops the running service first, waits for STOPPED, then deletes it.
         rc, out = wine(exe, "uninstall", "--service-name", name)

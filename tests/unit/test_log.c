@@ -1,5 +1,8 @@
 /* test_log: the line format, level filtering, the extra sink, control
  * characters, over-long messages, and size-bounded rotation to name.1. */
+#if defined(_MSC_VER) && !defined(_CRT_SECURE_NO_WARNINGS)
+#define _CRT_SECURE_NO_WARNINGS
+#endif
 #include "check.h"
 #include "log.h"
 
