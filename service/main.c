@@ -118,7 +118,7 @@ static int run_console(relay_options *opt)
 
     rc = relay_start(opt, &r, no_progress, NULL);
     if (rc != RELAY_OK) {
-        log_error("could not start (error %d); see above", rc);
+        log_error("could not start: %s (error %d)", svc_start_error_text(rc), rc);
         SetEvent(g_console_done);
         return 1;
     }

@@ -139,7 +139,7 @@ static void stop_progress(void *ctx)
     LeaveCriticalSection(&g_svc.lock);
 }
 
-static const char *relay_error_text(int code)
+const char *svc_start_error_text(int code)
 {
     switch (code) {
     case RELAY_ERR_OPTIONS:  return "invalid options";
@@ -156,7 +156,7 @@ static const char *relay_error_text(int code)
 static void fail_start(int code)
 {
     char text[256];
-    snprintf(text, sizeof text, "%s (service-specific error %d)", relay_error_text(code), code);
+    snprintf(text, sizeof text, "%s (service-specific error %d)", svc_start_error_text(code), code);
     log_set_sink(NULL, LOG_ERROR);          /* this summary goes to the Event Log once, below */
     log_error("service: start failed: %s", text);
     eventlog_report(EVENTLOG_START_FAILED, text);

@@ -25,4 +25,7 @@
  * program was not started by the SCM, e.g. from a console). */
 unsigned long svc_run(const relay_options *base, const char *base_error);
 
+/* What a RELAY_ERR_* code (the service-specific exit code) means, in a few words. */
+const char *svc_start_error_text(int code);
+
 #endif
