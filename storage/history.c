@@ -21,7 +21,6 @@
  */
 #include "history.h"
 
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,12 +66,8 @@ static const char *const migrations[] = {
     "END;\n",
 };
 
-#define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
-
-#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 _Static_assert(sizeof migrations / sizeof migrations[0] == HISTORY_SCHEMA_VERSION,
                "one migration step per schema version");
-#endif
 
 static const char sql_begin[] = "BEGIN IMMEDIATE";
 static const char sql_commit[] = "COMMIT";
@@ -154,7 +149,7 @@ static void stmt_done(sqlite3_stmt *stmt)
 static int step_done(history *h, sqlite3_stmt *stmt, const char *name)
 {
     int rc = sqlite3_step(stmt);
-    char call[64];
+    char call[128];
     stmt_done(stmt);
     if (rc == SQLITE_DONE)
         return HISTORY_OK;
@@ -324,8 +319,10 @@ static int open_steps(history *h, const char *path, const history_options *opt,
      * before anything has been written to it. */
     r = query_int(h, "PRAGMA user_version", &version);
     if (r != HISTORY_OK) {
-        snprintf(err, errlen, "history \"%s\": cannot read it as an SQLite database "
-                 "(the file was left untouched): %s", path, h->errmsg);
+        snprintf(err, errlen, "history \"%s\": %s (the file was left untouched): %s", path,
+                 sqlite3_errcode(h->db) == SQLITE_NOTADB ? "not an SQLite database"
+                                                         : "cannot read the schema version",
+                 h->errmsg);
         return r;
     }
     if (version > HISTORY_SCHEMA_VERSION) {

@@ -534,6 +534,7 @@ static void test_busy(void)
     elapsed = now_ms() - t0;
     CHECK_INT(rc, HISTORY_BUSY);
     CHECK(elapsed < 100.0);
+    printf("history_begin while locked: HISTORY_BUSY after %.3f ms\n", elapsed);
     CHECK(strstr(history_errmsg(h), "sqlite3_step(BEGIN IMMEDIATE)") != NULL);
     CHECK(strstr(history_errmsg(h), "(code 5)") != NULL);
     /* Nothing is open: appends are refused, and a later begin works. */
