@@ -6,6 +6,9 @@
  * plain sqlite3 connection plays the sqlite3 CLI user: it inspects the
  * schema, holds the write lock, deletes rows and checks the FTS index.
  */
+#if defined(_MSC_VER) && !defined(_CRT_SECURE_NO_WARNINGS)
+#define _CRT_SECURE_NO_WARNINGS   /* fopen, getenv, gmtime (the test oracle) are the portable calls here */
+#endif
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
