@@ -73,6 +73,7 @@ class Relay:
         self.args = list(args)
         self.history = history
         self.proc = None
+        self.starts = 0
 
     def reset_db(self):
         for suffix in ("", "-wal", "-shm"):
@@ -88,11 +89,40 @@ class Relay:
         else:
             cmd += ["--no-history"]
         cmd += self.args + list(extra)
-        self.logf = open(self.log_path, "ab")
+        # A fresh log per test run; restarts within the test append to it.
+        self.logf = open(self.log_path, "ab" if self.starts else "wb")
+        self.starts += 1
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
                                      start_new_session=True)
-        wait_port(self.port, proc=self.proc)
+        # Wait for the log rather than probing the port: a probe would be a session.
+        deadline = time.time() + 30
+        while "relay running" not in self.log():
+            if self.proc.poll() is not None:
+                raise TestFailure("relay exited with %s before listening: %s" % (self.proc.returncode, self.log()[-500:]))
+            if time.time() > deadline:
+                raise TestFailure("relay not running after 30 s: %s" % self.log()[-500:])
+            time.sleep(0.05)
         return self
+
+    def fd_counts(self):
+        """(fds of the relay process, fds of this prefix's wineserver).
+
+        Wine keeps one Unix fd per socket in the wineserver, so the second number
+        counts the relay's open sockets and handles: a leak shows up there."""
+        prefix = os.environ.get("CHATRELAY_WINEPREFIX", os.path.join(SOURCE, "build", "windows", "wineprefix"))
+        st = os.stat(prefix)
+        server_dir = "server-%x-%x" % (st.st_dev, st.st_ino)
+        server_fds = -1
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                if os.path.basename(os.readlink("/proc/%s/cwd" % pid)) == server_dir and \
+                        "wineserver" in open("/proc/%s/cmdline" % pid).read():
+                    server_fds = len(os.listdir("/proc/%s/fd" % pid))
+            except OSError:
+                continue
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid)), server_fds
 
     def log(self):
         with open(self.log_path, "rb") as f:
@@ -152,6 +182,7 @@ class Client:
     def send(self, data):
         if isinstance(data, str):
             data = data.encode("utf-8")
+        self.sock.settimeout(30)    # reads shorten the timeout; a send may wait for the relay
         self.sock.sendall(data)
 
     def say(self, text):
