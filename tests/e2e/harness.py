@@ -89,6 +89,8 @@ class Relay:
         else:
             cmd += ["--no-history"]
         cmd += self.args + list(extra)
+        if not self.starts:
+            self.reset_db()     # every test run starts from an empty history
         # A fresh log per test run; restarts within the test append to it.
         self.logf = open(self.log_path, "ab" if self.starts else "wb")
         self.starts += 1

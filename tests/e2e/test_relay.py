@@ -158,11 +158,11 @@ def case_long_line():
         a.send("y" * 5000 + "\r\n")
         notice = a.expect("1024")
         check(notice.startswith("*** "), "the sender was not told with a notice: %r" % notice)
-        line = b.expect("<%s> yyy" % nick_a)
+        line = b.wait_for(lambda l: l.startswith("<%s> yyy" % nick_a), what="the cut line")
         body = line[len("<%s> " % nick_a):]
         check(len(body) == 1024, "delivered body has %d bytes, expected 1024" % len(body))
         a.say("short again")
-        b.expect("<%s> short again" % nick_a)
+        b.wait_for(lambda l: l == "<%s> short again" % nick_a, what="the next line")
 
 
 def case_binary_garbage():
