@@ -21,6 +21,7 @@
 #include <string.h>
 
 #define HUB_IP_MAX 48
+#define HUB_REASON_MAX 48
 
 /* Lifetime of a slot: free (conn_id 0) -> open (hub_session_open) -> closing
  * (the hub asked the shell to close it, or the shell reported it gone: input
@@ -31,7 +32,7 @@ typedef struct hub_slot {
     uint8_t closing;
     uint8_t in_flush_list;
     uint8_t in_close_list;
-    const char *close_reason;
+    char close_reason[HUB_REASON_MAX]; /* a copy: chat's strings do not live that long */
     int64_t last_input_ms;
     char ip[HUB_IP_MAX];
     sendq q;
@@ -44,7 +45,8 @@ typedef struct outbox_entry {
     uint8_t persist;            /* must be stored before delivery */
     uint8_t stored;
     uint8_t user_line;          /* say/me/msg (refused when the database is down) */
-    uint32_t from_slot, from_conn;  /* ROOM: not delivered back to the sender */
+    uint32_t from_slot, from_conn;  /* the sender (its conn_id guards against slot reuse) */
+    uint8_t skip_sender;            /* ROOM: not delivered back to the sender */
     uint32_t to_slot, to_conn;      /* PRIVATE: the recipient */
     msgbuf *wire;               /* the encoded line, shared by all recipients */
     msgbuf *record;             /* "room\0nick\0kind\0body" for storage */
@@ -86,7 +88,7 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 
 #define COMMIT_RETRY_MS 50
 #define IDLE_CHECK_MS 1000
-#define PRUNE_IDLE_MS 60000
+#define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
 #define PRUNE_BATCH 500
 
 hub *hub_create(const hub_config *cfg)
@@ -145,7 +147,7 @@ static void request_close(hub *h, uint32_t slot, const char *reason)
     if (s->conn_id == 0 || s->closing)
         return;
     s->closing = 1;
-    s->close_reason = reason;
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
     if (!s->in_close_list) {
         s->in_close_list = 1;
         h->close_list[h->close_count++] = slot;
@@ -272,6 +274,7 @@ static void outbox_add(hub *h, const chat_effect *fx)
     e->user_line = (uint8_t)user_line;
     e->from_slot = sender;
     e->from_conn = sender < h->cfg.max_sessions ? h->slots[sender].conn_id : 0;
+    e->skip_sender = fx->kind == CHAT_ROOM && fx->except_slot == sender;
     if (e->is_private) {
         e->to_slot = fx->to_slot;
         e->to_conn = fx->to_slot < h->cfg.max_sessions ? h->slots[fx->to_slot].conn_id : 0;
@@ -371,7 +374,7 @@ typedef struct deliver_ctx {
 static void deliver_member(void *ctx, uint32_t slot)
 {
     deliver_ctx *d = ctx;
-    if (slot == d->e->from_slot && d->h->slots[slot].conn_id == d->e->from_conn)
+    if (d->e->skip_sender && slot == d->e->from_slot && d->h->slots[slot].conn_id == d->e->from_conn)
         return;
     queue_to(d->h, slot, d->e->wire);
 }
@@ -492,7 +495,7 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms
     /* in_flush_list/in_close_list survive reuse: stale list entries for the
      * old session may still be queued, and the lists must never hold a slot twice. */
     s->closing = 0;
-    s->close_reason = NULL;
+    s->close_reason[0] = '\0';
     if (++h->next_conn_id == 0)
         h->next_conn_id = 1;
     s->conn_id = h->next_conn_id;

@@ -62,7 +62,7 @@ typedef struct session {
     uint8_t in_closing_list;
     DWORD recv_err, recv_bytes, recv_flags;
     DWORD send_err, send_bytes;
-    const char *close_reason;
+    char close_reason[48];        /* a copy: the hub's and chat's strings may not outlive the slot */
     int64_t linger_until;
     unsigned char recv_buf[RECV_BUF_SIZE];
 } session;
@@ -186,7 +186,7 @@ static void session_begin_close(relay *r, session *s, const char *reason, int li
     if (s->state != S_OPEN)
         return;
     s->state = S_CLOSING;
-    s->close_reason = reason;
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
     s->linger_until = linger ? now_ms() + LINGER_MS : 0;
     if (!s->in_closing_list) {
         s->in_closing_list = 1;
@@ -383,7 +383,7 @@ static void accept_all(relay *r, int li)
         }
         r->free_count--;
         s->state = S_OPEN;
-        s->close_reason = NULL;
+        s->close_reason[0] = '\0';
         log_debug("session %u: connected from %s", (unsigned)s->slot, ip);
         hub_session_open(r->hub, s->slot, ip, now_ms());
         session_post_recv(r, s);
@@ -499,17 +499,21 @@ static void close_listeners(relay *r)
 
 /* ---- the loop ----------------------------------------------------------- */
 
-/* One turn after the wait returned: steps 2-5. */
+/* One turn after the wait returned.  Reaping comes before the commit, so the
+ * leave records of sessions that just went away are stored and delivered in
+ * this turn, not whenever the next input happens to arrive. */
 static int run_turn(relay *r)
 {
+    uint32_t slot;
+    const char *reason;
     process_completions(r);
     int64_t now = now_ms();
-    int hub_wait = hub_turn(r->hub, now);
-    flush_and_close(r);
+    while (hub_next_close(r->hub, &slot, &reason))
+        session_begin_close(r, &r->sessions[slot], reason, 1);
     reap_sessions(r, now);
-    /* Flushing may have failed at once and closed sessions: reap picks them up
-     * next turn, so wake soon while any session is closing. */
-    int wait = hub_wait;
+    int wait = hub_turn(r->hub, now);
+    flush_and_close(r);
+    /* Closing sessions linger or wait for their cancelled routines: come back soon. */
     if (r->closing_count > 0 && (wait < 0 || wait > 20))
         wait = 20;
     return wait;
@@ -591,7 +595,7 @@ static void stop_sequence(relay *r)
 static DWORD WINAPI io_thread(LPVOID arg)
 {
     relay *r = arg;
-    int wait = -1;
+    int wait = run_turn(r);   /* starts the hub's timers (retention) before any client */
     for (;;) {
         int64_t now = now_ms();
         int accepting = now >= r->accept_resume_at;

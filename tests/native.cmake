@@ -15,3 +15,8 @@ foreach(src ${CHATRELAY_UNIT_TESTS})
   add_test(NAME native.${name} COMMAND ${CHATRELAY_NATIVE_DIR}/tests/${name})
   set_tests_properties(native.${name} PROPERTIES TIMEOUT 120 LABELS native)
 endforeach()
+# The libFuzzer run (framing + cleaning + the whole hub) lives in the native
+# build's own ctest; run it from here so it is part of the one summary.
+add_test(NAME native.fuzz
+         COMMAND ${CMAKE_CTEST_COMMAND} --test-dir ${CHATRELAY_NATIVE_DIR} -R "^fuzz\\." --output-on-failure)
+set_tests_properties(native.fuzz PROPERTIES TIMEOUT 300 LABELS native)

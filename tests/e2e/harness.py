@@ -97,8 +97,10 @@ class Relay:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
                                      start_new_session=True)
         # Wait for the log rather than probing the port: a probe would be a session.
+        # The log is appended to on a restart: wait for one more "relay running".
+        runs_before = self.log().count("relay running") if self.starts > 1 else 0
         deadline = time.time() + 30
-        while "relay running" not in self.log():
+        while self.log().count("relay running") <= runs_before:
             if self.proc.poll() is not None:
                 raise TestFailure("relay exited with %s before listening: %s" % (self.proc.returncode, self.log()[-500:]))
             if time.time() > deadline:
