@@ -5,14 +5,21 @@
  * cap), then every stage in `stages` runs on it.  A stage checks invariants
  * and aborts on a violation, so libFuzzer reports it like a crash.
  *
- * To fuzz a further layer (e.g. the hub: framing + cleaning + commands), write
- * `static void stage_hub(const fuzz_case *fc)` that feeds fc->stream in the
- * pieces fc->cuts describes, add its sources to tests/fuzz/CMakeLists.txt and
- * one row to `stages`.
+ * Stages: text_clean on the raw bytes; framing + text_clean per line; and the
+ * whole portable pipeline behind a socket (stage_hub: the hub with several
+ * sessions, so framing, cleaning, command parsing, chat effects, delivery and
+ * the send queues all see the fuzz input, checked at the bytes a client gets).
+ * To fuzz a further layer, write `static void stage_x(const fuzz_case *fc)`,
+ * add its sources to tests/fuzz/CMakeLists.txt and one row to `stages`.
  *
  * Input layout: [repeat] [ncuts] [ncuts x 2 bytes cut positions] [small cap] payload...
+ * Each cut's high byte doubles as an "op" byte for stage_hub (which session the
+ * next piece goes to, time passing, a reset, a stalled reader, a short send),
+ * so libFuzzer steers the session events with the same bytes that place the cuts.
  */
 #include "framing.h"
+#include "hub.h"
+#include "outbuf.h"
 #include "text.h"
 
 #include <stdint.h>
@@ -36,6 +43,7 @@ typedef struct fuzz_case {
     const unsigned char *stream; /* the bytes a client sends */
     size_t len;
     size_t cuts[MAX_CUTS];       /* ascending positions in stream where one feed ends (may repeat) */
+    unsigned char ops[MAX_CUTS]; /* the high byte of each cut as given, kept with its cut when sorted */
     size_t ncuts;
     size_t small_cap;            /* 1..32: an output capacity that truncates often */
 } fuzz_case;
@@ -66,13 +74,18 @@ static int decode_case(const uint8_t *data, size_t size, fuzz_case *fc)
     }
     fc->stream = stream_buf;
 
-    for (i = 0; i < fc->ncuts; i++)
+    for (i = 0; i < fc->ncuts; i++) {
         fc->cuts[i] = ((size_t)data[2 + 2 * i] << 8 | data[3 + 2 * i]) % (fc->len + 1);
+        fc->ops[i] = data[2 + 2 * i];
+    }
     for (i = 1; i < fc->ncuts; i++) /* insertion sort, at most 16 */
         for (j = i; j > 0 && fc->cuts[j - 1] > fc->cuts[j]; j--) {
             size_t t = fc->cuts[j];
+            unsigned char op = fc->ops[j];
             fc->cuts[j] = fc->cuts[j - 1];
             fc->cuts[j - 1] = t;
+            fc->ops[j] = fc->ops[j - 1];
+            fc->ops[j - 1] = op;
         }
     return 1;
 }
@@ -262,6 +275,281 @@ static void stage_framing(const fuzz_case *fc)
     }
 }
 
+/* ---- stage: the hub (framing + cleaning + commands + effects + delivery) -- */
+
+/* The stage plays the Win32 shell (core/relay.c): it opens sessions, feeds
+ * them the stream piece by piece, runs a turn after each piece, sends what the
+ * hub queued (gather, then a completion, sometimes short), closes what the hub
+ * asks to close, and reopens slots.  What each session would receive is
+ * checked byte by byte: telnet replies (IAC WONT/DONT x) between lines, and
+ * otherwise lines of clean UTF-8 (no control but TAB) each ended by CRLF. */
+
+#define HUB_SLOTS 4
+#define HUB_QUEUE_MAX 4096     /* the smallest --max-queue-bytes: slow consumers are common */
+#define HUB_LINE_MAX 2048      /* longer than any server line (a 1024-byte text plus its prefix) */
+#define HUB_SPANS 16
+
+/* "*** you are not reading fast enough; disconnecting (slow consumer)" + CRLF:
+ * the one notice a session may have queued past the bound. */
+#define HUB_SLOW_NOTICE_LEN (sizeof "*** you are not reading fast enough; disconnecting (slow consumer)" - 1 + 2)
+
+typedef struct client_view {
+    int open;                  /* the shell has a session in this slot */
+    int closing;               /* the hub asked to close it: closed at the end of the turn */
+    const char *reason;
+    size_t reply_len;          /* bytes of a telnet reply seen so far (0: not inside one) */
+    unsigned char reply[3];
+    size_t len;                /* bytes of the current line */
+    unsigned char line[HUB_LINE_MAX + 2];
+    size_t lines;
+} client_view;
+
+typedef struct send_in_flight {
+    sendq_span spans[HUB_SPANS];  /* valid while in flight: the queue holds the buffers */
+    size_t n, total;
+} send_in_flight;
+
+typedef struct hub_run {
+    hub *h;
+    client_view view[HUB_SLOTS];
+    send_in_flight flight[HUB_SLOTS];
+    int64_t now;
+    int stalled[HUB_SLOTS];    /* this slot's reader does not read this turn: its send stays in flight */
+    int short_send;            /* complete the next send short (half of it) */
+} hub_run;
+
+/* Shows the offending line before an invariant on it aborts. */
+static void print_line(const char *what, const unsigned char *p, size_t n)
+{
+    size_t i;
+    fprintf(stderr, "%s (%zu bytes): \"", what, n);
+    for (i = 0; i < n; i++)
+        if (p[i] >= 0x20 && p[i] < 0x7F && p[i] != '\\' && p[i] != '"') fputc(p[i], stderr);
+        else fprintf(stderr, "\\x%02x", p[i]);
+    fprintf(stderr, "\"\n");
+}
+
+/* Bytes slot's client received, in order. */
+static void client_receive(client_view *v, const unsigned char *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (v->reply_len > 0) {
+            v->reply[v->reply_len++] = c;
+            if (v->reply_len == 3) {
+                FUZZ_ASSERT(v->reply[1] == 0xFC || v->reply[1] == 0xFE); /* only WONT and DONT */
+                v->reply_len = 0;
+            }
+            continue;
+        }
+        if (v->len == 0 && c == 0xFF) { /* 0xFF never occurs in UTF-8: a telnet reply, between lines */
+            v->reply[0] = c;
+            v->reply_len = 1;
+            continue;
+        }
+        if (c == '\n') {
+            if (v->len < 2 || v->line[v->len - 1] != '\r' || !is_clean_utf8(v->line, v->len - 1))
+                print_line("a client received", v->line, v->len);
+            FUZZ_ASSERT(v->len >= 2 && v->line[v->len - 1] == '\r'); /* CRLF, after a non-empty line */
+            FUZZ_ASSERT(is_clean_utf8(v->line, v->len - 1));
+            v->len = 0;
+            v->lines++;
+            continue;
+        }
+        FUZZ_ASSERT(v->len < sizeof v->line);
+        v->line[v->len++] = c;
+    }
+}
+
+/* Every queue within its bound (plus the slow-consumer notice); the hub's
+ * session count and in-flight state agree with the shell's. */
+static void check_queue_bounds(hub_run *r)
+{
+    uint32_t slot, open = 0;
+    hub_stats st;
+    hub_get_stats(r->h, &st);
+    for (slot = 0; slot < HUB_SLOTS; slot++) open += r->view[slot].open ? 1u : 0u;
+    FUZZ_ASSERT(st.sessions == open);
+    for (slot = 0; slot < HUB_SLOTS; slot++) {
+        const sendq *q = hub_sendq(r->h, slot);
+        FUZZ_ASSERT(q->bytes <= HUB_QUEUE_MAX + HUB_SLOW_NOTICE_LEN);
+        if (!r->view[slot].open) FUZZ_ASSERT(q->count == 0 && q->bytes == 0);
+        FUZZ_ASSERT(sendq_in_flight(q) == (r->flight[slot].n > 0));
+    }
+}
+
+/* WSASend: everything queued (up to HUB_SPANS pieces) goes in flight. */
+static void send_start(hub_run *r, uint32_t slot)
+{
+    sendq *q = hub_sendq(r->h, slot);
+    send_in_flight *f = &r->flight[slot];
+    size_t i;
+    FUZZ_ASSERT(f->n == 0);
+    f->n = sendq_gather(q, f->spans, HUB_SPANS, 64 * 1024);
+    f->total = 0;
+    for (i = 0; i < f->n; i++) {
+        FUZZ_ASSERT(f->spans[i].len > 0);
+        f->total += f->spans[i].len;
+    }
+    FUZZ_ASSERT(sendq_in_flight(q) == (f->n > 0));
+}
+
+/* Its completion routine: `sent` of the bytes reached the client (0: cancelled). */
+static void send_complete(hub_run *r, uint32_t slot, size_t sent)
+{
+    send_in_flight *f = &r->flight[slot];
+    size_t i, left = sent;
+    FUZZ_ASSERT(f->n > 0 && sent <= f->total);
+    for (i = 0; i < f->n && left > 0; i++) {
+        size_t k = f->spans[i].len < left ? f->spans[i].len : left;
+        client_receive(&r->view[slot], (const unsigned char *)f->spans[i].ptr, k);
+        left -= k;
+    }
+    f->n = 0;
+    hub_session_sent(r->h, slot, sent);
+    FUZZ_ASSERT(!sendq_in_flight(hub_sendq(r->h, slot)));
+}
+
+/* A send that is not held up by a stalled reader completes at once, sometimes short. */
+static void send_now(hub_run *r, uint32_t slot)
+{
+    send_start(r, slot);
+    if (r->flight[slot].n == 0 || r->stalled[slot]) return;
+    if (r->short_send && r->flight[slot].total > 1) {
+        r->short_send = 0;
+        send_complete(r, slot, r->flight[slot].total / 2);
+    } else {
+        send_complete(r, slot, r->flight[slot].total);
+    }
+}
+
+static void open_slot(hub_run *r, uint32_t slot)
+{
+    client_view *v = &r->view[slot];
+    FUZZ_ASSERT(hub_admit(r->h, "192.0.2.7", 1) == NULL); /* --max-per-ip 0 */
+    memset(v, 0, sizeof *v);
+    v->open = 1;
+    hub_session_open(r->h, slot, "192.0.2.7", r->now);
+    FUZZ_ASSERT(hub_session_conn_id(r->h, slot) != 0);
+}
+
+/* relay.c's reap: a send still in flight is cancelled first (its routine reports 0 bytes). */
+static void close_slot(hub_run *r, uint32_t slot, const char *reason)
+{
+    if (r->flight[slot].n > 0) send_complete(r, slot, 0);
+    r->view[slot].open = 0;
+    r->view[slot].closing = 0;
+    hub_session_closed(r->h, slot, reason);
+    FUZZ_ASSERT(hub_session_conn_id(r->h, slot) == 0);
+    hub_session_closed(r->h, slot, reason); /* idempotent */
+}
+
+/* The shell's steps after input: completions of unstalled sends, commit and
+ * deliver, close requests, flush; a closing session gets its last bytes out
+ * unless its reader is stalled, then goes away. */
+static void shell_turn(hub_run *r)
+{
+    uint32_t slot;
+    const char *reason;
+    int wait;
+    for (slot = 0; slot < HUB_SLOTS; slot++)
+        if (r->flight[slot].n > 0 && !r->stalled[slot]) send_complete(r, slot, r->flight[slot].total);
+    wait = hub_turn(r->h, r->now);
+    FUZZ_ASSERT(wait >= -1);
+    check_queue_bounds(r);
+    while (hub_next_close(r->h, &slot, &reason)) {
+        FUZZ_ASSERT(slot < HUB_SLOTS && r->view[slot].open);
+        FUZZ_ASSERT(reason != NULL && reason[0] != '\0');
+        r->view[slot].closing = 1;
+        r->view[slot].reason = reason;
+    }
+    while (hub_next_flush(r->h, &slot)) {
+        FUZZ_ASSERT(slot < HUB_SLOTS);
+        if (r->view[slot].open && r->flight[slot].n == 0) send_now(r, slot);
+    }
+    check_queue_bounds(r);
+    for (slot = 0; slot < HUB_SLOTS; slot++)
+        if (r->view[slot].closing) {
+            if (!r->stalled[slot] && r->flight[slot].n == 0) send_now(r, slot);
+            close_slot(r, slot, r->view[slot].reason); /* the hub's own copy of the reason, as relay.c passes it */
+        }
+    check_queue_bounds(r);
+}
+
+static void stage_hub(const fuzz_case *fc)
+{
+    hub_config cfg;
+    hub_run r;
+    hub_stats st;
+    size_t piece, from = 0;
+    uint32_t slot;
+
+    memset(&cfg, 0, sizeof cfg);
+    cfg.chat.server_name = "fuzz.example.org";
+    cfg.chat.replay = 5;               /* with no history: the "switched off" notice */
+    cfg.chat.flood_burst = 10;
+    cfg.chat.flood_rate = 5;
+    cfg.chat.flood_kick = 20;
+    cfg.chat.log_private = (int)(fc->small_cap & 1);
+    cfg.max_sessions = HUB_SLOTS;
+    cfg.max_queue_bytes = HUB_QUEUE_MAX;
+    cfg.max_per_ip = 0;
+    cfg.idle_timeout_ms = 3000;
+    cfg.history = NULL;
+    cfg.pending_max_lines = 10000;
+    cfg.pending_max_bytes = 8u << 20;
+    cfg.pending_max_ms = 5000;
+
+    memset(&r, 0, sizeof r);
+    r.h = hub_create(&cfg);
+    FUZZ_ASSERT(r.h != NULL);
+    r.now = 1000000;
+    for (slot = 0; slot < 3; slot++) open_slot(&r, slot);
+    shell_turn(&r);
+
+    /* piece k (the bytes before cut k, or the rest) goes to the slot its op names */
+    for (piece = 0; piece <= fc->ncuts; piece++) {
+        size_t to = piece < fc->ncuts ? fc->cuts[piece] : fc->len;
+        unsigned op = piece < fc->ncuts ? fc->ops[piece] : (unsigned)fc->small_cap;
+        slot = op % HUB_SLOTS;
+        r.now += (op & 0x0C) == 0x0C ? 3500 : (int64_t)((op >> 2) & 3) * 150; /* sometimes past the idle timeout */
+        for (uint32_t s = 0; s < HUB_SLOTS; s++) r.stalled[s] = 0;
+        r.stalled[(slot + 1) % HUB_SLOTS] = (op & 0x30) == 0x30;
+        r.short_send = (op & 0x40) != 0;
+        if ((op & 0xC0) == 0xC0 && r.view[slot].open && !r.view[slot].closing)
+            close_slot(&r, slot, "connection lost");     /* the peer reset: the slot is reused below */
+        if (!r.view[slot].open) open_slot(&r, slot);
+        hub_session_input(r.h, slot, fc->stream + from, to - from, r.now);
+        check_queue_bounds(&r);
+        shell_turn(&r);
+        from = to;
+    }
+
+    /* Quiet: readers catch up; then the service stops. */
+    for (slot = 0; slot < HUB_SLOTS; slot++) r.stalled[slot] = 0;
+    r.now += 100;
+    shell_turn(&r);
+    if (fc->small_cap & 2) {
+        hub_stopping(r.h, r.now);
+        shell_turn(&r);
+    }
+    for (slot = 0; slot < HUB_SLOTS; slot++) {
+        while (r.view[slot].open && sendq_has_unsent(hub_sendq(r.h, slot))) send_now(&r, slot);
+        if (r.view[slot].open) {
+            FUZZ_ASSERT(r.view[slot].len == 0 && r.view[slot].reply_len == 0); /* everything ended cleanly */
+            FUZZ_ASSERT(r.view[slot].lines >= 4);                             /* at least the greeting */
+        }
+    }
+    for (slot = 0; slot < HUB_SLOTS; slot++)
+        if (r.view[slot].open) close_slot(&r, slot, "server stopping");
+    hub_turn(r.h, r.now);
+    hub_get_stats(r.h, &st);
+    FUZZ_ASSERT(st.sessions == 0);
+    hub_destroy(r.h);
+    msgbuf_pool_drain();
+}
+
 /* ---- driver --------------------------------------------------------------- */
 
 typedef void (*fuzz_stage)(const fuzz_case *fc);
@@ -272,6 +560,7 @@ static const struct {
 } stages[] = {
     { "text_clean on raw bytes", stage_clean_raw },
     { "framing + text_clean per line", stage_framing },
+    { "hub: sessions, commands, delivery", stage_hub },
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
