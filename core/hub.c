@@ -21,7 +21,8 @@
 #include <string.h>
 
 #define HUB_IP_MAX 48
-#define HUB_REASON_MAX 48
+/* /quit reasons are up to 200 bytes (chat cuts them), plus room for "quit: ". */
+#define HUB_REASON_MAX 256
 
 /* Lifetime of a slot: free (conn_id 0) -> open (hub_session_open) -> closing
  * (the hub asked the shell to close it, or the shell reported it gone: input
@@ -147,7 +148,11 @@ static void request_close(hub *h, uint32_t slot, const char *reason)
     if (s->conn_id == 0 || s->closing)
         return;
     s->closing = 1;
-    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
+    size_t n = strlen(reason);
+    if (n > sizeof s->close_reason - 1)
+        n = text_utf8_boundary(reason, sizeof s->close_reason - 1);
+    memcpy(s->close_reason, reason, n);
+    s->close_reason[n] = '\0';
     if (!s->in_close_list) {
         s->in_close_list = 1;
         h->close_list[h->close_count++] = slot;

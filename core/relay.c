@@ -62,7 +62,7 @@ typedef struct session {
     uint8_t in_closing_list;
     DWORD recv_err, recv_bytes, recv_flags;
     DWORD send_err, send_bytes;
-    char close_reason[48];        /* a copy: the hub's and chat's strings may not outlive the slot */
+    const char *close_reason;     /* a constant, or the hub's copy (valid until hub_session_closed) */
     int64_t linger_until;
     unsigned char recv_buf[RECV_BUF_SIZE];
 } session;
@@ -186,7 +186,7 @@ static void session_begin_close(relay *r, session *s, const char *reason, int li
     if (s->state != S_OPEN)
         return;
     s->state = S_CLOSING;
-    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
+    s->close_reason = reason;
     s->linger_until = linger ? now_ms() + LINGER_MS : 0;
     if (!s->in_closing_list) {
         s->in_closing_list = 1;
@@ -234,8 +234,8 @@ static void reap_sessions(relay *r, int64_t now)
                 session_cancel(s);
         }
         if (s->state == S_CANCELLED && !s->recv_pending && !s->send_pending && !s->on_done) {
-            hub_session_closed(r->hub, s->slot, s->close_reason);
             log_info("session %u: closed (%s)", (unsigned)s->slot, s->close_reason);
+            hub_session_closed(r->hub, s->slot, s->close_reason);
             s->state = S_FREE;
             s->in_closing_list = 0;
             r->free_slots[r->free_count++] = s->slot;
@@ -383,7 +383,7 @@ static void accept_all(relay *r, int li)
         }
         r->free_count--;
         s->state = S_OPEN;
-        s->close_reason[0] = '\0';
+        s->close_reason = NULL;
         log_debug("session %u: connected from %s", (unsigned)s->slot, ip);
         hub_session_open(r->hub, s->slot, ip, now_ms());
         session_post_recv(r, s);
