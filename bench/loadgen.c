@@ -20,7 +20,9 @@
  * queued at the relay, and a slow-consumer disconnect in a run is the relay's
  * doing, never the load generator's.  (Counting at one observer client is not
  * enough: when every client sends, the observer misses its own lines, so the
- * others can be handed more per turn than the observer and fall behind it.)
+ * others can be handed more per turn than the observer and fall behind it.
+ * `--pace observer` does exactly that, to reproduce what it shows: the relay
+ * drains at most MAX_SEND_SPANS lines per session per loop turn.)
  *
  * With --senders 0 it only holds sessions: RSS of the relay (and wineserver)
  * before connecting and after every client is greeted and the line is quiet;
@@ -75,6 +77,7 @@ typedef struct options {
     double drain_secs;
     double hold_secs;           /* idle mode: wait this long for the server to close us */
     int relay_pid, server_pid;
+    int pace_observer;          /* window counted at one observer client (diagnostic) */
     int verbose;
 } options;
 
@@ -96,6 +99,8 @@ static void usage(void)
             "  --hold SECS       senders 0: print \"ready\", wait up to SECS for the server to close us\n"
             "  --relay-pid PID   the relay process: CPU and RSS from /proc\n"
             "  --server-pid PID  its wineserver: CPU and RSS from /proc\n"
+            "  --pace observer   count the window at one observer client instead of at every\n"
+            "                    receiver (diagnostic: lets other clients fall behind)\n"
             "  --verbose         progress on stderr\n");
 }
 
@@ -171,6 +176,8 @@ static int parse_options(int argc, char **argv, options *o)
             bad = parse_num(v, 1, 1e9, &d) || ((o->relay_pid = (int)d), 0);
         else if (strcmp(a, "--server-pid") == 0)
             bad = parse_num(v, 1, 1e9, &d) || ((o->server_pid = (int)d), 0);
+        else if (strcmp(a, "--pace") == 0)
+            bad = strcmp(v, "observer") == 0 ? ((o->pace_observer = 1), 0) : strcmp(v, "all") != 0;
         else {
             fprintf(stderr, "loadgen: unknown option %s\n", a);
             return -1;
@@ -494,7 +501,12 @@ static void on_delivery(uint32_t receiver, const char *p, size_t n, int64_t now)
      * A receiver never runs more than `window` lines ahead of `acked`, so the
      * ring slot of seq is not shared with another line still in flight. */
     sender *sd = &senders[s];
-    if (seq > sd->acked && seq <= sd->acked + opt.window) {
+    if (opt.pace_observer) {
+        /* the last client observes everyone but itself; the first observes the last */
+        uint32_t observer = (s == opt.clients - 1) ? 0 : opt.clients - 1;
+        if (receiver == observer)
+            sd->acked = seq;
+    } else if (seq > sd->acked && seq <= sd->acked + opt.window) {
         sd->receipts[seq % opt.window]++;
         while (sd->acked < sd->sent && sd->receipts[(sd->acked + 1) % opt.window] == opt.clients - 1) {
             sd->receipts[(sd->acked + 1) % opt.window] = 0;
@@ -846,9 +858,10 @@ int main(int argc, char **argv)
     double span = sending && t_last_delivery > t_send_start ? secs(t_last_delivery - t_send_start) : 0;
     double cpu_relay = cpu_relay0 >= 0 ? cpu_relay2 - cpu_relay1 : -1;
     double cpu_server = cpu_server0 >= 0 ? cpu_server2 - cpu_server1 : -1;
-    printf("loadgen clients=%u senders=%u lines=%llu size=%u window=%u rate=%g"
+    printf("loadgen clients=%u senders=%u lines=%llu size=%u window=%u%s rate=%g"
            " status=%s connect_s=%.3f greeted=%u connect_failed=%u refused=%llu",
-           opt.clients, opt.senders, (unsigned long long)opt.lines, opt.size, opt.window, opt.rate, status,
+           opt.clients, opt.senders, (unsigned long long)opt.lines, opt.size, opt.window,
+           opt.pace_observer ? " pace=observer" : "", opt.rate, status,
            secs(t_connected - t_start), st.greeted, st.connect_failed, (unsigned long long)st.refused);
     if (opt.senders > 0) {
         printf(" lines_sent=%llu expected=%llu received=%llu lost=%llu dup=%llu gap=%llu kicked=%llu closed=%u"
