@@ -79,6 +79,7 @@ struct hub {
 
     uint32_t input_slot;        /* the slot whose bytes the framer callbacks belong to */
     int64_t input_now;
+    int64_t input_wall_ms;      /* wall clock for `at`, read once per input batch */
     hub_stats stats;
     char clean[TEXT_MAX_LINE + 1];
 };
@@ -300,7 +301,7 @@ static void outbox_add(hub *h, const chat_effect *fx)
         record->len = (uint32_t)(e->body_off + fx->body_len + 1);
         e->record = record;
         e->persist = 1;
-        history_format_time(clock_wall_ms(), e->at);
+        history_format_time(h->input_wall_ms, e->at);
         h->ob_unstored++;
         h->ob_unstored_bytes += fx->body_len;
     } else if (!e->is_private) {
@@ -510,6 +511,7 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms
     framer_init(&s->fr);
     h->open_count++;
     h->input_now = now_ms;
+    h->input_wall_ms = clock_wall_ms();
     chat_session_open(h->chat, slot, s->conn_id, now_ms);
     run_effects(h);
 }
@@ -547,6 +549,7 @@ void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t 
     h->slots[slot].last_input_ms = now_ms;
     h->input_slot = slot;
     h->input_now = now_ms;
+    h->input_wall_ms = clock_wall_ms();
     framer_feed(&h->slots[slot].fr, data, n, on_line, on_telnet_reply, h);
 }
 
@@ -564,6 +567,7 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason)
     if (s->conn_id == 0)
         return;
     s->closing = 1;
+    h->input_wall_ms = clock_wall_ms();
     chat_session_close(h->chat, slot, reason);
     run_effects(h);
     sendq_clear(&s->q);
