@@ -53,7 +53,6 @@ typedef struct outbox_entry {
     msgbuf *record;             /* "room\0nick\0kind\0body" for storage */
     uint32_t nick_off, kind_off, body_off, body_len;
     char at[HISTORY_TIME_LEN + 1];
-    int64_t queued_ms;
 } outbox_entry;
 
 struct hub {
@@ -247,15 +246,19 @@ static int is_user_kind(const char *kind)
     return kind && (strcmp(kind, "say") == 0 || strcmp(kind, "me") == 0 || strcmp(kind, "msg") == 0);
 }
 
-static void outbox_add(hub *h, const chat_effect *fx)
+/* Queues a ROOM/PRIVATE effect.  Returns 0, or -1 if the line was refused
+ * (the sender has been told). */
+static int outbox_add(hub *h, const chat_effect *fx)
 {
     uint32_t sender = fx->slot;
     int persist = fx->record_kind != NULL && h->cfg.history != NULL;
-    int user_line = is_user_kind(fx->record_kind) || fx->kind == CHAT_PRIVATE;
+    /* Stored chat is refused while the database is down past the bound; an
+     * unstored /msg (no --log-private) still waits in order but needs no database. */
+    int user_line = is_user_kind(fx->record_kind) && persist;
     if (user_line && outbox_over_bound(h, h->input_now)) {
         h->stats.refused_lines++;
         reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
-        return;
+        return -1;
     }
     msgbuf *wire = msgbuf_line(fx->text, fx->text_len);
     msgbuf *record = NULL;
@@ -274,7 +277,7 @@ static void outbox_add(hub *h, const chat_effect *fx)
             msgbuf_release(record);
         log_error("hub: out of memory queueing a line from session %u", (unsigned)sender);
         reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
-        return;
+        return -1;
     }
     e->is_private = fx->kind == CHAT_PRIVATE;
     e->user_line = (uint8_t)user_line;
@@ -286,7 +289,6 @@ static void outbox_add(hub *h, const chat_effect *fx)
         e->to_conn = fx->to_slot < h->cfg.max_sessions ? h->slots[fx->to_slot].conn_id : 0;
     }
     e->wire = wire;
-    e->queued_ms = h->input_now;
     if (persist) {
         char *p = record->data;
         memcpy(p, fx->room, room_len + 1);
@@ -303,7 +305,8 @@ static void outbox_add(hub *h, const chat_effect *fx)
         e->persist = 1;
         history_format_time(h->input_wall_ms, e->at);
         h->ob_unstored++;
-        h->ob_unstored_bytes += fx->body_len;
+        /* what the held line really costs while it waits */
+        h->ob_unstored_bytes += sizeof *e + wire->len + record->len;
     } else if (!e->is_private) {
         /* Not stored, but still ordered after the stored lines before it. The
          * room name is needed at delivery: keep it in the record buffer. */
@@ -314,6 +317,7 @@ static void outbox_add(hub *h, const chat_effect *fx)
             e->record->len = (uint32_t)rl + 1;
         }
     }
+    return 0;
 }
 
 /* One transaction for every unstored entry.  Returns 1 if everything in the
@@ -449,14 +453,32 @@ static void run_effects(hub *h)
 {
     const chat_effect *fx;
     size_t n = chat_effects(h->chat, &fx);
+    /* A reply right after a /msg (its confirmation) travels with the message:
+     * queued behind it in the outbox (so the sender is told only once the
+     * message is stored and delivered), or dropped if the message was refused. */
+    int after_private = 0;   /* 1: a private message was queued, -1: refused */
+    uint32_t private_from = CHAT_NO_SLOT;
     for (size_t i = 0; i < n; i++) {
         switch (fx[i].kind) {
         case CHAT_REPLY:
+            if (after_private != 0 && fx[i].slot == private_from) {
+                if (after_private > 0) {
+                    chat_effect follow = fx[i];
+                    follow.kind = CHAT_PRIVATE;
+                    follow.to_slot = fx[i].slot;
+                    follow.record_kind = NULL;
+                    outbox_add(h, &follow);
+                }
+                break;
+            }
             reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
             break;
         case CHAT_ROOM:
-        case CHAT_PRIVATE:
             outbox_add(h, &fx[i]);
+            break;
+        case CHAT_PRIVATE:
+            after_private = outbox_add(h, &fx[i]) == 0 ? 1 : -1;
+            private_from = fx[i].slot;
             break;
         case CHAT_HISTORY:
         case CHAT_SEARCH:
@@ -640,6 +662,16 @@ void hub_stopping(hub *h, int64_t now_ms)
             reply_text(h, i, msg, sizeof msg - 1);
     h->db_failing = 0;   /* one last attempt now, whatever the retry timer says */
     hub_turn(h, now_ms);
+}
+
+int hub_final_commit(hub *h, int64_t now_ms)
+{
+    h->db_failing = 0;
+    hub_turn(h, now_ms);
+    if (h->ob_count > 0)
+        log_error("history: %u line(s) could not be stored before the stop and were not delivered (%s)",
+                  (unsigned)h->ob_count, h->cfg.history ? history_errmsg(h->cfg.history) : "no history");
+    return (int)h->ob_count;
 }
 
 int hub_next_flush(hub *h, uint32_t *slot)

@@ -65,6 +65,10 @@ int hub_turn(hub *h, int64_t now_ms);
 
 /* Sends the server-stopping notice to every session and tries a last commit. */
 void hub_stopping(hub *h, int64_t now_ms);
+/* The very last commit (after every session is gone: their leave records),
+ * tried whatever the retry timer says.  Returns the number of lines that could
+ * not be stored (and so were never delivered), after logging it. */
+int hub_final_commit(hub *h, int64_t now_ms);
 
 /* Work for the shell, each slot reported once until it is reported again. */
 int hub_next_flush(hub *h, uint32_t *slot);            /* has unsent data */

@@ -48,6 +48,10 @@
 #define STOP_DRAIN_MS 500         /* on stop: time given to queued sends */
 #define STOP_REAP_MS 3000         /* on stop: bound on waiting for cancelled routines */
 #define ACCEPT_BACKOFF_MS 100
+#define ACCEPT_PER_TURN 64        /* bounded, so a connection storm cannot monopolise the thread */
+#define WARN_REPEAT_MS 60000      /* a repeated warning is logged once a minute */
+#define STUCK_WARN_MS 5000
+#define WAIT_FAILURES_MAX 100
 #define MAX_LISTENERS 4
 
 typedef enum session_state { S_FREE, S_OPEN, S_CLOSING, S_CANCELLED } session_state;
@@ -67,6 +71,8 @@ typedef struct session {
     DWORD send_err, send_bytes;
     const char *close_reason;     /* a constant, or the hub's copy (valid until hub_session_closed) */
     int64_t linger_until;
+    int64_t cancelled_at;         /* when CancelIoEx + closesocket ran (stuck-routine watchdog) */
+    uint8_t stuck_logged;
     unsigned char recv_buf[RECV_BUF_SIZE];
 } session;
 
@@ -84,10 +90,15 @@ struct relay {
     WSAEVENT listen_events[MAX_LISTENERS];
     int listener_count;
     int64_t accept_resume_at;     /* backoff after accept failures */
+    int accept_more;              /* the per-turn accept cap was hit: accept again at once */
+    int64_t accept_warned_at;     /* rate limit of the accept-failure warning */
+    uint32_t accept_failures;
+    int wait_failures;            /* consecutive WaitForMultipleObjectsEx failures */
     HANDLE stop_event;
     HANDLE thread;
     int stopping;
-    int exit_status;
+    int exit_status;              /* the I/O thread's result: 0, or 1 if it had to give up */
+    int io_outstanding;           /* stop gave up waiting for routines: memory must not be freed */
     /* Counters for the stop log and the benchmark: syscalls per delivery. */
     uint64_t n_wsasend, n_wsarecv, n_turns, bytes_sent;
 };
@@ -183,6 +194,7 @@ static void session_flush(relay *r, session *s)
             sendq_complete(q, 0);
             log_info("session %u: WSASend failed (error %d); closing", (unsigned)s->slot, err);
             session_begin_close(r, s, "connection lost", 0);
+            s->linger_until = 0;   /* already closing: the socket is dead, stop lingering */
         }
     }
 }
@@ -215,6 +227,8 @@ static void session_cancel(session *s)
         log_warn("session %u: closesocket failed (error %d)", (unsigned)s->slot, WSAGetLastError());
     s->sock = INVALID_SOCKET;
     s->state = S_CANCELLED;
+    s->cancelled_at = now_ms();
+    s->stuck_logged = 0;
 }
 
 /* Logs the process handle count: tests watch it to prove sessions leak nothing. */
@@ -238,6 +252,13 @@ static void reap_sessions(relay *r, int64_t now)
             int drained = !s->send_pending && !sendq_has_unsent(hub_sendq(r->hub, s->slot));
             if (drained || now >= s->linger_until)
                 session_cancel(s);
+        }
+        if (s->state == S_CANCELLED && (s->recv_pending || s->send_pending) && !s->stuck_logged &&
+            now - s->cancelled_at > STUCK_WARN_MS) {
+            /* Its slot stays reserved: reusing it before the routine ran would corrupt memory. */
+            log_error("session %u: I/O still outstanding %d ms after CancelIoEx (recv %d, send %d); slot held",
+                      (unsigned)s->slot, STUCK_WARN_MS, s->recv_pending, s->send_pending);
+            s->stuck_logged = 1;
         }
         if (s->state == S_CANCELLED && !s->recv_pending && !s->send_pending && !s->on_done) {
             log_info("session %u: closed (%s)", (unsigned)s->slot, s->close_reason);
@@ -282,6 +303,7 @@ static void process_completions(relay *r)
             if (s->state != S_OPEN) {
                 /* closing: the data (if any) is dropped; the routine has run */
             } else if (s->recv_err != 0) {
+                log_info("session %u: receive failed (error %lu)", (unsigned)s->slot, (unsigned long)s->recv_err);
                 session_begin_close(r, s, "connection lost", 0);
             } else if (s->recv_bytes == 0) {
                 session_begin_close(r, s, "connection closed", 0);
@@ -333,7 +355,8 @@ static void refuse_connection(SOCKET c, const char *notice)
     /* The socket is still non-blocking here: best effort, never waits. */
     if (send(c, line, n, 0) == SOCKET_ERROR)
         log_debug("refusal notice not sent (error %d)", WSAGetLastError());
-    closesocket(c);
+    if (closesocket(c) != 0)
+        log_warn("closesocket failed (error %d)", WSAGetLastError());
 }
 
 static int session_setup_socket(session *s, SOCKET c)
@@ -352,6 +375,11 @@ static int session_setup_socket(session *s, SOCKET c)
     /* Without it Nagle + delayed ACK adds ~40 ms to every chat line. */
     if (setsockopt(c, IPPROTO_TCP, TCP_NODELAY, (const char *)&nodelay, sizeof nodelay) != 0)
         log_warn("setsockopt(TCP_NODELAY) failed (error %d)", WSAGetLastError());
+    /* A peer that vanishes without FIN or RST (NAT timeout, pulled cable)
+     * must not hold its slot forever when --idle-timeout is off. */
+    BOOL keepalive = TRUE;
+    if (setsockopt(c, SOL_SOCKET, SO_KEEPALIVE, (const char *)&keepalive, sizeof keepalive) != 0)
+        log_warn("setsockopt(SO_KEEPALIVE) failed (error %d)", WSAGetLastError());
     s->sock = c;
     return 0;
 }
@@ -361,7 +389,12 @@ static void accept_all(relay *r, int li)
     WSANETWORKEVENTS ne;
     if (WSAEnumNetworkEvents(r->listeners[li], r->listen_events[li], &ne) != 0)
         log_warn("WSAEnumNetworkEvents failed (error %d)", WSAGetLastError());
-    for (;;) {
+    r->accept_more &= ~(1 << li);
+    for (int accepted = 0;; accepted++) {
+        if (accepted == ACCEPT_PER_TURN) {
+            r->accept_more |= 1 << li;   /* the loop comes back without waiting */
+            return;
+        }
         struct sockaddr_storage ss;
         int sslen = sizeof ss;
         SOCKET c = accept(r->listeners[li], (struct sockaddr *)&ss, &sslen);
@@ -370,22 +403,30 @@ static void accept_all(relay *r, int li)
             if (err != WSAEWOULDBLOCK) {
                 /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
                  * stays signalled, so back off instead of spinning. */
-                log_warn("accept failed (error %d); pausing accepts for %d ms", err, ACCEPT_BACKOFF_MS);
-                r->accept_resume_at = now_ms() + ACCEPT_BACKOFF_MS;
+                int64_t now = now_ms();
+                r->accept_failures++;
+                if (r->accept_warned_at == 0 || now - r->accept_warned_at >= WARN_REPEAT_MS) {
+                    log_warn("accept failed (error %d); pausing accepts for %d ms (%u failure(s) since the last warning)",
+                             err, ACCEPT_BACKOFF_MS, (unsigned)r->accept_failures);
+                    r->accept_warned_at = now;
+                    r->accept_failures = 0;
+                }
+                r->accept_resume_at = now + ACCEPT_BACKOFF_MS;
             }
             return;
         }
         char ip[64];
         peer_ip_string(&ss, ip, sizeof ip);
         const char *refusal = hub_admit(r->hub, ip, r->free_count > 0);
-        if (refusal || r->stopping) {
-            log_info("refused connection from %s: %s", ip, refusal ? refusal : "stopping");
-            refuse_connection(c, refusal ? refusal : "*** server is stopping");
+        if (refusal) {
+            log_info("refused connection from %s: %s", ip, refusal);
+            refuse_connection(c, refusal);
             continue;
         }
         session *s = &r->sessions[r->free_slots[r->free_count - 1]];
         if (session_setup_socket(s, c) != 0) {
-            closesocket(c);
+            if (closesocket(c) != 0)
+                log_warn("closesocket failed (error %d)", WSAGetLastError());
             continue;
         }
         r->free_count--;
@@ -499,7 +540,8 @@ static void close_listeners(relay *r)
     for (int i = 0; i < r->listener_count; i++) {
         if (closesocket(r->listeners[i]) != 0)
             log_warn("closesocket(listener) failed (error %d)", WSAGetLastError());
-        WSACloseEvent(r->listen_events[i]);
+        if (!WSACloseEvent(r->listen_events[i]))
+            log_warn("WSACloseEvent(listener) failed (error %d)", WSAGetLastError());
     }
     r->listener_count = 0;
 }
@@ -521,9 +563,17 @@ static int run_turn(relay *r)
     reap_sessions(r, now);
     int wait = hub_turn(r->hub, now);
     flush_and_close(r);
-    /* Closing sessions linger or wait for their cancelled routines: come back soon. */
-    if (r->closing_count > 0 && (wait < 0 || wait > 20))
-        wait = 20;
+    /* Lingering sessions need a timer; cancelled ones are woken by their routines,
+     * but the stuck-routine watchdog wants an occasional look. */
+    for (uint32_t i = 0; i < r->closing_count; i++) {
+        const session *s = &r->sessions[r->closing[i]];
+        int64_t due = s->state == S_CLOSING ? s->linger_until : s->cancelled_at + STUCK_WARN_MS + 1;
+        int until = due <= now ? 0 : (int)(due - now);
+        if (wait < 0 || until < wait)
+            wait = until;
+    }
+    if (r->accept_more)
+        wait = 0;
     return wait;
 }
 
@@ -542,9 +592,16 @@ static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, in
         return;   /* the wait itself ran every queued routine */
     if (rc == WAIT_FAILED) {
         log_error("WaitForMultipleObjectsEx failed (error %lu)", (unsigned long)GetLastError());
-        Sleep(10);
+        if (++r->wait_failures >= WAIT_FAILURES_MAX) {
+            log_error("the I/O loop cannot wait any more; stopping the relay");
+            r->exit_status = 1;
+            *stop = 1;
+            return;
+        }
+        SleepEx(10, TRUE);
         return;
     }
+    r->wait_failures = 0;
     DWORD idx = rc - WAIT_OBJECT_0;
     if (idx == 0)
         *stop = 1;
@@ -588,19 +645,25 @@ static void stop_sequence(relay *r)
         process_completions(r);
         reap_sessions(r, now_ms());
     }
-    if (r->closing_count > 0)
-        log_error("stopping: %u session(s) still had I/O outstanding after %d ms", (unsigned)r->closing_count,
-                  STOP_REAP_MS);
-    hub_turn(r->hub, now_ms());   /* store the leave records */
+    if (r->closing_count > 0) {
+        /* Their OVERLAPPEDs and the buffers being sent still belong to the
+         * kernel: keep that memory (the process is ending) rather than free it. */
+        log_error("stopping: %u session(s) still had I/O outstanding after %d ms; their memory is kept",
+                  (unsigned)r->closing_count, STOP_REAP_MS);
+        r->io_outstanding = 1;
+        r->exit_status = 1;
+    }
+    hub_final_commit(r->hub, now_ms());   /* the leave records, and anything still held */
     hub_stats st;
     hub_get_stats(r->hub, &st);
     log_info("stopped in %lld ms (lines in %llu, stored %llu, deliveries %llu, commits %llu, "
-             "wsasend %llu, wsarecv %llu, turns %llu, bytes sent %llu)",
+             "wsasend %llu, wsarecv %llu, turns %llu, bytes sent %llu, commits retried %llu, lines refused %llu)",
              (long long)(now_ms() - start), (unsigned long long)st.lines_in,
              (unsigned long long)st.lines_stored, (unsigned long long)st.deliveries,
              (unsigned long long)st.commits, (unsigned long long)r->n_wsasend,
              (unsigned long long)r->n_wsarecv, (unsigned long long)r->n_turns,
-             (unsigned long long)r->bytes_sent);
+             (unsigned long long)r->bytes_sent, (unsigned long long)st.commit_busy,
+             (unsigned long long)st.refused_lines);
 }
 
 static DWORD WINAPI io_thread(LPVOID arg)
@@ -621,13 +684,15 @@ static DWORD WINAPI io_thread(LPVOID arg)
         if (stop)
             break;
         wait = run_turn(r);
-        if (ready >= 0) {
-            accept_all(r, ready);
+        if (accepting && (ready >= 0 || r->accept_more)) {
+            for (int i = 0; i < r->listener_count; i++)
+                if (i == ready || (r->accept_more & (1 << i)))
+                    accept_all(r, i);
             wait = run_turn(r);   /* greetings and replays go out now */
         }
     }
     stop_sequence(r);
-    return 0;
+    return (DWORD)r->exit_status;
 }
 
 /* ---- start / stop ------------------------------------------------------- */
@@ -636,19 +701,25 @@ static void relay_free(relay *r)
 {
     if (!r)
         return;
+    if (r->io_outstanding) {
+        /* Deliberately leaked: see stop_sequence.  Only the listeners go. */
+        close_listeners(r);
+        return;
+    }
     close_listeners(r);
     if (r->hub)
         hub_destroy(r->hub);
     if (r->db)
         history_close(r->db);
-    if (r->stop_event)
-        CloseHandle(r->stop_event);
+    if (r->stop_event && !CloseHandle(r->stop_event))
+        log_warn("CloseHandle(stop event) failed (error %lu)", (unsigned long)GetLastError());
     free(r->sessions);
     free(r->free_slots);
     free(r->closing);
     free(r);
     msgbuf_pool_drain();
-    WSACleanup();
+    if (WSACleanup() != 0)
+        log_warn("WSACleanup failed (error %d)", WSAGetLastError());
 }
 
 static int open_history(relay *r)
@@ -777,14 +848,19 @@ int relay_wait(relay *r, relay_progress_fn progress, void *ctx)
         if (rc == WAIT_OBJECT_0)
             break;
         if (rc == WAIT_FAILED) {
-            log_error("WaitForSingleObject(io thread) failed (error %lu)", (unsigned long)GetLastError());
-            break;
+            /* The thread may still run: freeing now would pull memory from under it. */
+            log_error("WaitForSingleObject(io thread) failed (error %lu); relay memory kept",
+                      (unsigned long)GetLastError());
+            return 1;
         }
         if (progress)
             progress(ctx);
     }
-    CloseHandle(r->thread);
-    int status = r->exit_status;
+    DWORD code = 0;
+    if (!GetExitCodeThread(r->thread, &code))
+        log_warn("GetExitCodeThread failed (error %lu)", (unsigned long)GetLastError());
+    if (!CloseHandle(r->thread))
+        log_warn("CloseHandle(io thread) failed (error %lu)", (unsigned long)GetLastError());
     relay_free(r);
-    return status;
+    return (int)code;
 }

@@ -31,10 +31,14 @@ typedef void (*relay_progress_fn)(void *ctx);
  * Returns RELAY_OK with *out set, or an error (already logged with the failing
  * call and its error code).  Does not return until the relay is listening. */
 int relay_start(const relay_options *opt, relay **out, relay_progress_fn progress, void *ctx);
-/* Asks the I/O thread to stop (safe from any thread, e.g. a control handler). */
+/* Asks the I/O thread to stop (safe from any thread, e.g. a control handler).
+ * The I/O thread ends only after this call (or after giving up on a broken
+ * wait), so a caller that still holds r may call it until relay_wait returns. */
 void relay_request_stop(relay *r);
 /* Waits until the I/O thread has finished its stop sequence (calling progress
- * every ~200 ms), then frees everything.  Returns the thread's exit status. */
+ * every ~200 ms), then frees everything (except memory the kernel may still
+ * own, if some I/O never completed).  Returns the thread's exit status: 0, or
+ * 1 if the loop failed or I/O was left outstanding. */
 int relay_wait(relay *r, relay_progress_fn progress, void *ctx);
 
 #endif

@@ -172,6 +172,37 @@ static void test_busy_database_holds_then_delivers_in_order(void)
     history_close(db);
 }
 
+/* The /msg confirmation travels with the message: while the message waits
+ * behind held lines, so does "*** to ...". */
+static void test_private_confirmation_waits_for_the_message(void)
+{
+    const char *path = "test_hub_d.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    cfg.chat.log_private = 1;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+
+    sqlite3 *locker;
+    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    say(h, 0, "/msg guest2 psst\r\n", 10);
+    hub_turn(h, 10);
+    CHECK_STR(take_output(h, 0), "");                     /* not confirmed before it is stored */
+    CHECK_STR(take_output(h, 1), "");
+    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(locker);
+    hub_turn(h, 100);
+    CHECK_STR(take_output(h, 1), "*guest1* psst\r\n");
+    CHECK(strstr(take_output(h, 0), "to guest2: psst") != NULL);
+    CHECK_INT(count_rows(path, "kind='msg'"), 1);
+    hub_destroy(h);
+    history_close(db);
+}
+
 static void test_slow_consumer_is_closed(void)
 {
     hub_config cfg = base_config(NULL);
@@ -290,6 +321,7 @@ int main(void)
     log_to_stderr(0);
     test_broadcast_not_echoed_and_ordered();
     test_busy_database_holds_then_delivers_in_order();
+    test_private_confirmation_waits_for_the_message();
     test_slow_consumer_is_closed();
     test_admission_limits();
     test_idle_timeout_and_telnet_reply();
