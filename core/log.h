@@ -4,9 +4,8 @@
  * (stderr in console mode; a size-bounded file with one rotated copy,
  * name.log -> name.log.1, in service mode; an optional extra sink such as the
  * Windows Event Log, set by service/).  Never: decides policy.
- * Single writer (the I/O thread) plus rare calls from the service thread;
- * calls are serialized by the caller's design, not by locks, except that
- * each line is written with one fwrite.
+ * Called from the I/O thread and, rarely, from the service thread: a small
+ * spin lock in log.c keeps each line (and a rotation) whole.
  */
 #ifndef CHATRELAY_LOG_H
 #define CHATRELAY_LOG_H
