@@ -10,12 +10,13 @@
  *      session on the `done` list; now, outside any routine, received bytes go
  *      to the hub (framing, chat) and the WSARecv is re-armed, and finished
  *      sends are accounted.
- *   3. hub_turn: one SQLite transaction for the turn, then delivery.
- *   4. close requests from the hub; flush: each session with unsent data and no
- *      send in flight gets ONE WSASend gathering its queue.
- *   5. reap: a closing session whose recv and send routines have both run is
- *      handed back to the hub and its slot freed.
- *   6. accept, when a listener is signalled.
+ *   3. close requests from the hub; reap: a closing session is cancelled when
+ *      its linger ends, and handed back to the hub (leave record) and freed
+ *      once its recv and send routines have both run.
+ *   4. hub_turn: one SQLite transaction for the turn, then delivery.
+ *   5. flush: each session with unsent data and no send in flight gets ONE
+ *      WSASend gathering its queue.
+ *   6. accept, when a listener is signalled (at most ACCEPT_PER_TURN).
  *
  * Session lifetime: FREE -> OPEN (accepted, first WSARecv posted) -> CLOSING
  * (no new I/O is posted except the final flush; lingers up to LINGER_MS for
