@@ -237,7 +237,9 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
     else if (log_open_file(opt.log_path, opt.log_max_bytes, log_err, sizeof log_err) == 0)
         log_err[0] = '\0';
     eventlog_open(name);
-    log_set_sink(eventlog_sink, LOG_WARN);
+    /* Errors only: ReportEventW is a synchronous RPC, and warnings (a refused
+     * client, a failed send) come from the I/O thread, sometimes in bursts. */
+    log_set_sink(eventlog_sink, LOG_ERROR);
 
     name8 = win_utf8_from_wide(name);
     log_info("chatrelay %s starting as service %s (pid %lu)", CHATRELAY_VERSION, name8 ? name8 : "?",
