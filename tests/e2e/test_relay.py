@@ -203,7 +203,32 @@ def case_stop_with_100_connected():
 
 import random  # noqa: E402  (used by case_binary_garbage)
 
+def case_command_line():
+    """--help lists every option; a bad option is one clear line and a non-zero exit."""
+    from harness import EXE, WINE
+    import subprocess
+
+    def run(*args):
+        p = subprocess.run([WINE, EXE] + list(args), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
+
+    rc, out = run("--help")
+    check(rc == 0, "--help exited %d" % rc)
+    for opt in ("--console", "--listen", "--max-sessions", "--max-queue-bytes", "--db", "--no-history",
+                "--replay", "--retain-days", "--retain-messages", "--flood-burst", "--flood-rate",
+                "--flood-kick", "--max-per-ip", "--idle-timeout", "--log-private", "--log"):
+        check(opt in out, "--help does not mention %s" % opt)
+    rc, out = run("--console", "--max-sessions", "x")
+    check(rc == 2, "a bad --max-sessions exited %d, expected 2" % rc)
+    check("--max-sessions" in out and "'x'" in out, "the error does not name the option and value: %r" % out)
+    rc, out = run("--console", "--no-such-option")
+    check(rc == 2 and "--no-such-option" in out, "an unknown option: rc %d, %r" % (rc, out))
+    rc, out = run("--console", "--listen", "127.0.0.1:99999")
+    check(rc == 2 and "--listen" in out, "a bad port: rc %d, %r" % (rc, out))
+
+
 CASES = {
+    "command_line": case_command_line,
     "three_clients_chat": case_three_clients_chat,
     "disconnect_mid_line": case_disconnect_mid_line,
     "slow_consumer_is_cut": case_slow_consumer_is_cut,
