@@ -64,10 +64,11 @@ def wait_port(port, timeout=30.0, proc=None):
 class Relay:
     """chatrelay.exe --console under Wine, stderr captured to a log file."""
 
-    def __init__(self, name, args=(), history=True, port=None):
+    def __init__(self, name, args=(), history=True, port=None, listen=None):
         os.makedirs(WORK, exist_ok=True)
         self.name = name
         self.port = port or free_port()
+        self.listen = listen or "127.0.0.1:%d" % self.port
         self.db = os.path.join(WORK, name + ".db")
         self.log_path = os.path.join(WORK, name + ".log")
         self.args = list(args)
@@ -83,7 +84,7 @@ class Relay:
                 pass
 
     def start(self, extra=()):
-        cmd = [WINE, EXE, "--console", "--listen", "127.0.0.1:%d" % self.port]
+        cmd = [WINE, EXE, "--console", "--listen", self.listen]
         if self.history:
             cmd += ["--db", winpath(self.db)]
         else:

@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from harness import Client, Relay, TestFailure, check, raise_fd_limit, run_cases
+from harness import Client, Relay, TestFailure, check, free_port, raise_fd_limit, run_cases
 
 # Load tests switch off the per-IP limit and flood control (all clients are 127.0.0.1).
 OPEN_LIMITS = ["--max-per-ip", "0", "--flood-burst", "0", "--flood-rate", "0"]
@@ -227,7 +227,23 @@ def case_command_line():
     check(rc == 2 and "--listen" in out, "a bad port: rc %d, %r" % (rc, out))
 
 
+def case_ipv4_and_ipv6():
+    """Listening on all interfaces serves IPv4 and IPv6 clients alike."""
+    port = free_port()
+    with Relay("dual_stack", OPEN_LIMITS, port=port, listen=":%d" % port) as relay:
+        check("[::]:%d" % port in relay.log(), "no IPv6 listener in the log: %s" % relay.log()[-400:])
+        v4 = Client(port, host="127.0.0.1")
+        v4_nick = nick_of(v4)
+        v6 = Client(port, host="::1")
+        nick_of(v6)
+        v6.say("hello over IPv6")
+        v4.wait_for(lambda l: l.endswith("> hello over IPv6"), what="the IPv6 client's line")
+        v4.say("hello over IPv4")
+        v6.wait_for(lambda l: l == "<%s> hello over IPv4" % v4_nick, what="the IPv4 client's line")
+
+
 CASES = {
+    "ipv4_and_ipv6": case_ipv4_and_ipv6,
     "command_line": case_command_line,
     "three_clients_chat": case_three_clients_chat,
     "disconnect_mid_line": case_disconnect_mid_line,
