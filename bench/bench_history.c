@@ -1,15 +1,20 @@
-/* bench_history: lines persisted per second by storage/history, with group
- * commit (one transaction per batch of 100 or 1000 lines) versus one
- * transaction per line, in the same build and the same run, in 5
- * interleaved rounds, each on a fresh temporary database in WAL +
- * synchronous=NORMAL (what history_open sets).  Times cover the writes
- * only, not opening or the checkpoint at close (which favours per-line).
+/* bench_history: the cost of storing a line through storage/history, in
+ * microseconds per line and lines per second, for transactions of 1, 10,
+ * 100 and 1000 lines, in the same build and the same run, in 5 interleaved
+ * rounds, each on a fresh temporary database in WAL + synchronous=NORMAL
+ * (what history_open sets); each figure is the median of the rounds.
+ * Times cover the writes (including any automatic checkpoint), not opening
+ * or the checkpoint at close (which favours per-line).
  * As a second per-line baseline, the cheapest thing one line can cost:
  * one plain autocommit INSERT through the SQLite API on the same schema
  * (no history layer, no staging); the speed-up is taken against the faster
  * of the two per-line figures.
  *
- *   bench_history [folder [per_line_count [batched_count]]]
+ *   bench_history [folder [per_line_count [batched_count [only_batch]]]]
+ *
+ * per_line_count lines (default 3000) go one per transaction, batched_count
+ * lines (default 100000) through each batch size.  With only_batch, a
+ * single run of batched_count lines in batches of only_batch, for profilers.
  *
  * The database is folder/bench_history-<time>.db (default: the current
  * folder), deleted at the end.  A benchmark, not a test: it prints figures
@@ -90,8 +95,10 @@ static size_t make_body(char *out, size_t cap, long n)
 }
 
 /* Appends `count` lines in transactions of `batch` lines; returns the time
- * taken in ms, or -1 if a history call failed. */
-static double run(const char *path, long count, long batch)
+ * taken in ms, or -1 if a history call failed.  *slowest: the longest
+ * batch (begin, appends, commit) in ms: what one loop turn of the relay
+ * would wait for, merges and checkpoints included. */
+static double run(const char *path, long count, long batch, double *slowest)
 {
     static const char *const rooms[] = { "lobby", "dev", "ops", "random" };
     char err[512], body[160], at[HISTORY_TIME_LEN + 1];
@@ -105,8 +112,10 @@ static double run(const char *path, long count, long batch)
         fprintf(stderr, "bench_history: %s\n", err);
         return -1;
     }
+    *slowest = 0;
     t0 = clock_ms();
     while (i < count) {
+        double t_batch = clock_ms();
         long j;
         if (history_begin(h) != HISTORY_OK)
             goto failed;
@@ -127,6 +136,9 @@ static double run(const char *path, long count, long batch)
         }
         if (history_commit(h) != HISTORY_OK)
             goto failed;
+        t_batch = clock_ms() - t_batch;
+        if (t_batch > *slowest)
+            *slowest = t_batch;
     }
     elapsed = clock_ms() - t0;
     history_close(h);
@@ -188,54 +200,91 @@ static double run_raw(const char *path, long count)
     return rc == SQLITE_OK ? elapsed : -1;
 }
 
-/* The four ways of writing, in the order printed. */
-enum { WAY_HISTORY_1, WAY_RAW_1, WAY_BATCH_100, WAY_BATCH_1000, WAYS };
+/* The ways of writing, in the order printed: one raw autocommit INSERT per
+ * line, then history batches of these sizes. */
+static const long batch_sizes[] = { 1, 10, 100, 1000 };
+#define BATCH_WAYS ((int)(sizeof batch_sizes / sizeof batch_sizes[0]))
+#define WAYS (1 + BATCH_WAYS)
+#define WAY_RAW 0
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(const double *v, int n)
+{
+    double sorted[ROUNDS];
+    memcpy(sorted, v, (size_t)n * sizeof *v);
+    qsort(sorted, (size_t)n, sizeof *sorted, compare_double);
+    return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
 
 int main(int argc, char **argv)
 {
     const char *folder = argc > 1 ? argv[1] : ".";
     long per_line = argc > 2 ? atol(argv[2]) : 3000;
     long batched = argc > 3 ? atol(argv[3]) : 100000;
+    long only_batch = argc > 4 ? atol(argv[4]) : 0;
     char path[1024];
-    double ms[WAYS] = { 0 }, rate[WAYS], best_one;
-    long lines[WAYS];
+    double us[WAYS][ROUNDS], med[WAYS], slowest[WAYS] = { 0 }, per_line_best;
+    long lines[WAYS], size[WAYS];
     int round, way;
 
-    if (per_line < ROUNDS || batched < ROUNDS) {
-        fprintf(stderr, "usage: bench_history [folder [per_line_count [batched_count]]] (counts >= %d)\n",
-                ROUNDS);
+    if (per_line < ROUNDS || batched < ROUNDS || only_batch < 0) {
+        fprintf(stderr, "usage: bench_history [folder [per_line_count [batched_count [only_batch]]]]"
+                " (counts >= %d)\n", ROUNDS);
         return 2;
     }
     snprintf(path, sizeof path, "%s/bench_history-%lx.db", folder, (unsigned long)time(NULL));
-    printf("bench_history: %s, WAL + synchronous=NORMAL, FTS5 index by triggers, %d interleaved rounds\n",
-           path, ROUNDS);
+    if (only_batch > 0) {
+        /* One way only, one run: for profilers (perf, callgrind). */
+        double slow;
+        double t = run(path, batched, only_batch, &slow);
+        if (t < 0)
+            return 1;
+        printf("bench_history: %ld lines in batches of %ld: %.3f us/line, slowest batch %.2f ms\n",
+               batched, only_batch, t * 1000.0 / (double)batched, slow);
+        return 0;
+    }
+    printf("bench_history: %s, sqlite %s, WAL + synchronous=NORMAL, FTS5 index by triggers,"
+           " %d interleaved rounds\n", path, sqlite3_libversion(), ROUNDS);
 
+    size[WAY_RAW] = 1;
+    lines[WAY_RAW] = per_line / ROUNDS;
+    for (way = 1; way < WAYS; way++) {
+        size[way] = batch_sizes[way - 1];
+        lines[way] = size[way] == 1 ? per_line / ROUNDS : batched / ROUNDS;
+    }
     /* Interleaved rounds, each on a fresh database: a load change on the
-     * (shared) machine then hits every way of writing alike. */
-    lines[WAY_HISTORY_1] = lines[WAY_RAW_1] = per_line / ROUNDS;
-    lines[WAY_BATCH_100] = lines[WAY_BATCH_1000] = batched / ROUNDS;
+     * (shared) machine then hits every way of writing alike; the median of
+     * the rounds leaves out a round that a burst of other work slowed. */
     for (round = 0; round < ROUNDS; round++) {
         for (way = 0; way < WAYS; way++) {
-            double t = way == WAY_HISTORY_1  ? run(path, lines[way], 1)
-                     : way == WAY_RAW_1      ? run_raw(path, lines[way])
-                     : way == WAY_BATCH_100  ? run(path, lines[way], 100)
-                                             : run(path, lines[way], 1000);
+            double slow = 0;
+            double t = way == WAY_RAW ? run_raw(path, lines[way]) : run(path, lines[way], size[way], &slow);
             if (t < 0)
                 return 1;
-            ms[way] += t;
+            if (slow > slowest[way])
+                slowest[way] = slow;
+            us[way][round] = t * 1000.0 / (double)lines[way];
         }
     }
-    for (way = 0; way < WAYS; way++) {
-        lines[way] *= ROUNDS;
-        rate[way] = ms[way] > 0 ? (double)lines[way] * 1000.0 / ms[way] : 0;
+    for (way = 0; way < WAYS; way++)
+        med[way] = median_of(us[way], ROUNDS);
+    printf("  %-34s %8s %10s %12s %14s\n", "", "lines", "us/line", "lines/s", "slowest batch");
+    printf("  %-34s %8ld %10.2f %12.0f  (SQLite API, no history layer)\n", "1 plain INSERT (autocommit)",
+           lines[WAY_RAW] * ROUNDS, med[WAY_RAW], 1e6 / med[WAY_RAW]);
+    for (way = 1; way < WAYS; way++) {
+        char label[64];
+        snprintf(label, sizeof label, "%ld line%s per transaction", size[way], size[way] == 1 ? "" : "s");
+        printf("  %-34s %8ld %10.2f %12.0f %11.1f ms\n", label, lines[way] * ROUNDS, med[way], 1e6 / med[way],
+               slowest[way]);
     }
-    printf("  1 line per transaction:     %7ld lines  %10.0f lines/s\n", lines[0], rate[0]);
-    printf("  1 plain INSERT (autocommit):%7ld lines  %10.0f lines/s  (SQLite API, no history layer)\n",
-           lines[1], rate[1]);
-    printf("  100 lines per transaction:  %7ld lines  %10.0f lines/s\n", lines[2], rate[2]);
-    printf("  1000 lines per transaction: %7ld lines  %10.0f lines/s\n", lines[3], rate[3]);
-    best_one = rate[WAY_RAW_1] > rate[WAY_HISTORY_1] ? rate[WAY_RAW_1] : rate[WAY_HISTORY_1];
-    printf("  group commit speed-up over the faster per-line figure: x%.1f (batches of 100), "
-           "x%.1f (batches of 1000)\n", rate[WAY_BATCH_100] / best_one, rate[WAY_BATCH_1000] / best_one);
+    per_line_best = med[WAY_RAW] < med[1] ? med[WAY_RAW] : med[1];
+    printf("  group commit speed-up over the faster per-line figure:");
+    for (way = 2; way < WAYS; way++)
+        printf(" x%.1f (batches of %ld)%s", per_line_best / med[way], size[way], way + 1 < WAYS ? "," : "\n");
     return 0;
 }
