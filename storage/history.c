@@ -6,13 +6,18 @@
  * is poisoned and history_commit rolls it back and returns that failure, so
  * the caller keeps every line of it pending and retries the same batch later.
  *
- * history_append stages the row in an in-memory TEMP table of the same
- * transaction; history_commit moves the batch into messages with one
- * INSERT ... SELECT and commits.  Why: FTS5 writes its pending index data
- * out as a new segment at every statement savepoint, and an INSERT that
- * fires a trigger opens one, so one INSERT per line costs a segment (and
- * merge work) per line: ~4x slower than one statement per batch (27k vs
- * 120k lines/s in batches of 1000, bench/bench_history.c).
+ * history_append copies the row into the handle's batch, plain memory;
+ * history_commit moves the whole batch into messages with one INSERT ...
+ * SELECT from history_batch, an eponymous virtual table that reads that
+ * memory, and commits.  Why one statement: FTS5 writes its pending index
+ * data out as a new segment at every statement savepoint, and an INSERT
+ * that fires a trigger opens one, so one INSERT per line costs a segment
+ * (and merge work) per line: ~4x slower than one statement per batch (27k
+ * vs 120k lines/s in batches of 1000, bench/bench_history.c).  Why memory
+ * rather than a TEMP table: staging a row in a b-tree, reading it back and
+ * deleting it cost a tenth of a batched line's instructions.  The rows
+ * reach SQLite only inside the transaction history_begin opened, so
+ * nothing is visible before the commit, and a rollback just forgets them.
  *
  * Opening reads PRAGMA user_version before writing anything, so a file that
  * is not a database or carries a newer schema is refused untouched.  Forward
@@ -35,6 +40,13 @@
 #define HISTORY_OPEN_BUSY_TIMEOUT_MS 1000
 
 #define HISTORY_ERRMSG_LEN 512
+
+/* The eponymous virtual table that shows the open batch to SQL.  Named
+ * with the temp schema in sql_flush, so that a table of the same name in
+ * the file (a CLI user's) can never stand in for it. */
+#define BATCH_TABLE "history_batch"
+/* After a batch that needed more, the batch memory is given back. */
+#define BATCH_KEEP_BYTES (1u << 20)
 
 /* Forward migrations: migrations[v] takes a database from user_version v to
  * v + 1.  Version 0 is "no chatrelay schema yet" (a new or empty file, or a
@@ -73,17 +85,11 @@ _Static_assert(sizeof migrations / sizeof migrations[0] == HISTORY_SCHEMA_VERSIO
 static const char sql_begin[] = "BEGIN IMMEDIATE";
 static const char sql_commit[] = "COMMIT";
 static const char sql_rollback[] = "ROLLBACK";
-/* The staging table: lives in the connection's temp database, in memory,
- * and its rows belong to the open transaction (a rollback empties it). */
-static const char sql_create_staging[] =
-    "PRAGMA temp_store = MEMORY;"
-    "CREATE TEMP TABLE history_staging(seq INTEGER PRIMARY KEY, at, room, nick, kind, body)";
-static const char sql_stage[] =
-    "INSERT INTO temp.history_staging(at, room, nick, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+/* The batch, read through the virtual table registered on our connection
+ * only (see "the batch as a table" below), in the order it was appended. */
 static const char sql_flush[] =
     "INSERT INTO main.messages(at, room, nick, kind, body)"
-    " SELECT at, room, nick, kind, body FROM temp.history_staging ORDER BY seq";
-static const char sql_clear[] = "DELETE FROM temp.history_staging";
+    " SELECT at, room, nick, kind, body FROM temp." BATCH_TABLE " ORDER BY rowid";
 /* The newest `limit` rows through messages_room_id, then re-sorted oldest first. */
 static const char sql_recent[] =
     "SELECT id, at, room, nick, kind, body FROM ("
@@ -106,12 +112,27 @@ static const char sql_prune[] =
     " SELECT id FROM (SELECT id, at FROM messages ORDER BY id LIMIT ?3)"
     " WHERE id <= ?1 OR at < ?2)";
 
+/* The fields of a batch row, in the column order of the virtual table. */
+enum { FIELD_AT, FIELD_ROOM, FIELD_NICK, FIELD_KIND, FIELD_BODY, FIELDS };
+
+/* One appended row: where its fields are in batch_text, and their lengths. */
+typedef struct batch_row {
+    size_t off[FIELDS];
+    size_t len[FIELDS];
+} batch_row;
+
 struct history {
     sqlite3 *db;
-    sqlite3_stmt *begin, *commit, *rollback, *stage, *flush, *clear, *recent, *search, *max_id, *prune;
+    sqlite3_stmt *begin, *commit, *rollback, *flush, *recent, *search, *max_id, *prune;
     history_options opt;
     int in_batch;        /* history_begin succeeded, no commit/rollback yet */
     int batch_failed;    /* HISTORY_OK, or the code of the first failed append */
+    /* The open batch: rows[0..nrows) with their text in batch_text (offsets,
+     * not pointers, so that growing the buffer moves nothing). */
+    batch_row *rows;
+    size_t nrows, rows_cap;
+    char *batch_text;
+    size_t text_len, text_cap;
     char errmsg[HISTORY_ERRMSG_LEN];
 };
 
@@ -173,6 +194,183 @@ static void rollback_keep_error(history *h)
         snprintf(h->errmsg + used, sizeof h->errmsg - used,
                  "; then sqlite3_step(ROLLBACK): %s (code %d)", sqlite3_errmsg(h->db), rc);
     }
+}
+
+/* ---- the batch as a table --------------------------------------------- */
+
+/* history_batch(at, room, nick, kind, body): the rows of the open batch, in
+ * append order (rowid = position).  Eponymous (no CREATE VIRTUAL TABLE, no
+ * trace in the file), read-only, and only on our own connection: the
+ * sqlite3 CLI never sees it.  Its text is handed to SQLite as SQLITE_STATIC:
+ * the batch does not change while the one statement that reads it runs. */
+typedef struct batch_vtab {
+    sqlite3_vtab base;
+    const history *h;
+} batch_vtab;
+
+typedef struct batch_cursor {
+    sqlite3_vtab_cursor base;
+    size_t row;
+} batch_cursor;
+
+static int batch_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                         sqlite3_vtab **out, char **err)
+{
+    batch_vtab *vt;
+    int rc;
+    (void)argc;
+    (void)argv;
+    (void)err;
+    rc = sqlite3_declare_vtab(db, "CREATE TABLE x(at TEXT, room TEXT, nick TEXT, kind TEXT, body TEXT)");
+    if (rc != SQLITE_OK)
+        return rc;
+    vt = sqlite3_malloc(sizeof *vt);
+    if (!vt)
+        return SQLITE_NOMEM;
+    memset(vt, 0, sizeof *vt);
+    vt->h = aux;
+    *out = &vt->base;
+    return SQLITE_OK;
+}
+
+static int batch_disconnect(sqlite3_vtab *vt)
+{
+    sqlite3_free(vt);
+    return SQLITE_OK;
+}
+
+/* A plain scan; it already delivers rows in rowid order, so an ORDER BY
+ * rowid costs no sort. */
+static int batch_best_index(sqlite3_vtab *vt, sqlite3_index_info *info)
+{
+    (void)vt;
+    if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn < 0 && !info->aOrderBy[0].desc)
+        info->orderByConsumed = 1;
+    info->estimatedCost = 1000.0;
+    info->estimatedRows = 1000;
+    return SQLITE_OK;
+}
+
+static int batch_open(sqlite3_vtab *vt, sqlite3_vtab_cursor **out)
+{
+    batch_cursor *c = sqlite3_malloc(sizeof *c);
+    (void)vt;
+    if (!c)
+        return SQLITE_NOMEM;
+    memset(c, 0, sizeof *c);
+    *out = &c->base;
+    return SQLITE_OK;
+}
+
+static int batch_close(sqlite3_vtab_cursor *cur)
+{
+    sqlite3_free(cur);
+    return SQLITE_OK;
+}
+
+static int batch_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str,
+                        int argc, sqlite3_value **argv)
+{
+    (void)idx_num;
+    (void)idx_str;
+    (void)argc;
+    (void)argv;
+    ((batch_cursor *)cur)->row = 0;
+    return SQLITE_OK;
+}
+
+static int batch_next(sqlite3_vtab_cursor *cur)
+{
+    ((batch_cursor *)cur)->row++;
+    return SQLITE_OK;
+}
+
+static int batch_eof(sqlite3_vtab_cursor *cur)
+{
+    const batch_vtab *vt = (const batch_vtab *)cur->pVtab;
+    return ((batch_cursor *)cur)->row >= vt->h->nrows;
+}
+
+static int batch_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
+{
+    const history *h = ((const batch_vtab *)cur->pVtab)->h;
+    const batch_row *row = &h->rows[((batch_cursor *)cur)->row];
+    if (col < 0 || col >= FIELDS) {
+        sqlite3_result_null(ctx);
+        return SQLITE_OK;
+    }
+    /* The explicit length keeps an embedded NUL or an invalid byte of a
+     * body as it is, never cut short. */
+    sqlite3_result_text64(ctx, h->batch_text + row->off[col], (sqlite3_uint64)row->len[col],
+                          SQLITE_STATIC, SQLITE_UTF8);
+    return SQLITE_OK;
+}
+
+static int batch_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *rowid)
+{
+    *rowid = (sqlite3_int64)((batch_cursor *)cur)->row + 1;
+    return SQLITE_OK;
+}
+
+/* xCreate NULL: eponymous only, CREATE VIRTUAL TABLE ... USING history_batch fails. */
+static const sqlite3_module batch_module = {
+    .iVersion = 0,
+    .xCreate = NULL,
+    .xConnect = batch_connect,
+    .xBestIndex = batch_best_index,
+    .xDisconnect = batch_disconnect,
+    .xDestroy = batch_disconnect,
+    .xOpen = batch_open,
+    .xClose = batch_close,
+    .xFilter = batch_filter,
+    .xNext = batch_next,
+    .xEof = batch_eof,
+    .xColumn = batch_column,
+    .xRowid = batch_rowid,
+};
+
+/* Forgets the batch; gives its memory back after an unusually large one. */
+static void batch_reset(history *h)
+{
+    h->nrows = 0;
+    h->text_len = 0;
+    if (h->text_cap + h->rows_cap * sizeof *h->rows > BATCH_KEEP_BYTES) {
+        free(h->rows);
+        free(h->batch_text);
+        h->rows = NULL;
+        h->batch_text = NULL;
+        h->rows_cap = h->text_cap = 0;
+    }
+}
+
+/* Makes room for one more row of `text` bytes; 0 when out of memory. */
+static int batch_reserve(history *h, size_t text)
+{
+    if (h->nrows == h->rows_cap) {
+        size_t cap = h->rows_cap ? 2 * h->rows_cap : 64;
+        batch_row *rows;
+        if (cap > SIZE_MAX / sizeof *rows)
+            return 0;
+        rows = realloc(h->rows, cap * sizeof *rows);
+        if (!rows)
+            return 0;
+        h->rows = rows;
+        h->rows_cap = cap;
+    }
+    if (text > h->text_cap - h->text_len) {
+        size_t cap = h->text_cap ? h->text_cap : 8192;
+        char *buf;
+        if (text > SIZE_MAX / 2 - h->text_len)
+            return 0;
+        while (cap - h->text_len < text)
+            cap *= 2;
+        buf = realloc(h->batch_text, cap);
+        if (!buf)
+            return 0;
+        h->batch_text = buf;
+        h->text_cap = cap;
+    }
+    return 1;
 }
 
 /* ---- opening ---------------------------------------------------------- */
@@ -286,10 +484,11 @@ static int prepare_transactions(history *h)
 
 static int prepare_queries(history *h)
 {
-    int r = exec_sql(h, sql_create_staging, "CREATE TEMP TABLE history_staging");
-    if (r == HISTORY_OK) r = prepare(h, &h->stage, sql_stage);
+    int r = HISTORY_OK;
+    int rc = sqlite3_create_module_v2(h->db, BATCH_TABLE, &batch_module, h, NULL);
+    if (rc != SQLITE_OK)
+        r = fail(h, "sqlite3_create_module_v2(" BATCH_TABLE ")", rc);
     if (r == HISTORY_OK) r = prepare(h, &h->flush, sql_flush);
-    if (r == HISTORY_OK) r = prepare(h, &h->clear, sql_clear);
     if (r == HISTORY_OK) r = prepare(h, &h->recent, sql_recent);
     if (r == HISTORY_OK) r = prepare(h, &h->search, sql_search);
     if (r == HISTORY_OK) r = prepare(h, &h->max_id, sql_max_id);
@@ -416,15 +615,14 @@ int history_open(history **out, const char *path, const history_options *opt,
 
 void history_close(history *h)
 {
-    sqlite3_stmt **stmts[10];
+    sqlite3_stmt **stmts[8];
     size_t i;
     if (!h)
         return;
     if (h->in_batch)
         history_rollback(h);
-    stmts[0] = &h->begin; stmts[1] = &h->commit; stmts[2] = &h->rollback; stmts[3] = &h->stage;
-    stmts[4] = &h->flush; stmts[5] = &h->clear; stmts[6] = &h->recent; stmts[7] = &h->search;
-    stmts[8] = &h->max_id; stmts[9] = &h->prune;
+    stmts[0] = &h->begin; stmts[1] = &h->commit; stmts[2] = &h->rollback; stmts[3] = &h->flush;
+    stmts[4] = &h->recent; stmts[5] = &h->search; stmts[6] = &h->max_id; stmts[7] = &h->prune;
     for (i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
         /* finalize returns the last step's error, already reported */
         (void)sqlite3_finalize(*stmts[i]);
@@ -435,6 +633,8 @@ void history_close(history *h)
          * finalized; sqlite3_close_v2 still frees the connection once they go. */
         (void)sqlite3_close_v2(h->db);
     }
+    free(h->rows);
+    free(h->batch_text);
     free(h);
 }
 
@@ -493,29 +693,52 @@ static int check_record(history *h, const history_record *rec)
 
 static int append_row(history *h, const history_record *rec)
 {
-    int rc;
+    size_t len[FIELDS], total = 0, max_len;
+    const char *src[FIELDS];
+    batch_row *row;
+    int i;
     if (!h->in_batch) {
         set_errmsg(h, "history_append: no batch open (call history_begin first)");
         return HISTORY_ERROR;
     }
     if (check_record(h, rec) != HISTORY_OK)
         return HISTORY_ERROR;
-    /* SQLITE_STATIC: the strings outlive the step, and the bindings are cleared right after. */
-    rc = sqlite3_bind_text(h->stage, 1, rec->at, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->stage, 2, rec->room, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->stage, 3, rec->nick, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->stage, 4, rec->kind, -1, SQLITE_STATIC);
-    /* The body goes in with its explicit length, so an embedded NUL or a
-     * stray invalid byte is stored as is, never cut short. */
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_text64(h->stage, 5, rec->body ? rec->body : "", (sqlite3_uint64)rec->body_len,
-                                 SQLITE_STATIC, SQLITE_UTF8);
-    if (rc != SQLITE_OK) {
-        int r = fail(h, "sqlite3_bind_text(INSERT INTO temp.history_staging)", rc);
-        stmt_done(h->stage);
-        return r;
+    src[FIELD_AT] = rec->at;
+    src[FIELD_ROOM] = rec->room;
+    src[FIELD_NICK] = rec->nick;
+    src[FIELD_KIND] = rec->kind;
+    src[FIELD_BODY] = rec->body ? rec->body : "";
+    len[FIELD_AT] = HISTORY_TIME_LEN;
+    len[FIELD_ROOM] = strlen(rec->room);
+    len[FIELD_NICK] = strlen(rec->nick);
+    len[FIELD_KIND] = strlen(rec->kind);
+    len[FIELD_BODY] = rec->body_len;
+    /* What SQLite would refuse at the commit is refused here, naming the
+     * line, while the caller still knows which one it is. */
+    max_len = (size_t)sqlite3_limit(h->db, SQLITE_LIMIT_LENGTH, -1);
+    for (i = 0; i < FIELDS; i++) {
+        if (len[i] > max_len) {
+            set_errmsg(h, "history_append: a field of %llu bytes is longer than SQLite's limit of %llu",
+                       (unsigned long long)len[i], (unsigned long long)max_len);
+            return HISTORY_ERROR;
+        }
+        total += len[i];
     }
-    return step_done(h, h->stage, "INSERT INTO temp.history_staging");
+    if (!batch_reserve(h, total)) {
+        set_errmsg(h, "history_append: out of memory for a batch of %llu lines",
+                   (unsigned long long)h->nrows + 1);
+        return HISTORY_ERROR;
+    }
+    row = &h->rows[h->nrows];
+    for (i = 0; i < FIELDS; i++) {
+        row->off[i] = h->text_len;
+        row->len[i] = len[i];
+        if (len[i])
+            memcpy(h->batch_text + h->text_len, src[i], len[i]);
+        h->text_len += len[i];
+    }
+    h->nrows++;
+    return HISTORY_OK;
 }
 
 int history_append(history *h, const history_record *rec)
@@ -538,12 +761,14 @@ int history_commit(history *h)
     }
     h->in_batch = 0;
     if (h->batch_failed != HISTORY_OK) {
+        batch_reset(h);
         rollback_keep_error(h);
         return h->batch_failed;
     }
-    r = step_done(h, h->flush, "INSERT INTO messages SELECT ... FROM temp.history_staging");
-    if (r == HISTORY_OK)
-        r = step_done(h, h->clear, sql_clear);
+    r = HISTORY_OK;
+    if (h->nrows > 0)
+        r = step_done(h, h->flush, "INSERT INTO messages SELECT ... FROM " BATCH_TABLE);
+    batch_reset(h);
     if (r == HISTORY_OK)
         r = step_done(h, h->commit, sql_commit);
     if (r != HISTORY_OK)
@@ -557,6 +782,7 @@ void history_rollback(history *h)
         return;
     h->in_batch = 0;
     h->batch_failed = HISTORY_OK;
+    batch_reset(h);
     rollback_keep_error(h);
 }
 

@@ -471,6 +471,8 @@ static void test_batch_commit(void)
     CHECK_INT(history_commit(h), HISTORY_OK);
     CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 5000);
     CHECK_INT(cli_int(db, "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH '4999'"), 1);
+    /* ids follow the order of the appends, line for line */
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE body <> 'line ' || (id - 1)"), 0);
     cli_close(db);
     CHECK_INT(count_recent(h, "lobby"), 5000);
 
@@ -513,6 +515,79 @@ static void test_batch_commit(void)
     CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "after"), HISTORY_OK);
     CHECK_INT(count_recent(h, "lobby"), 5001);
     history_close(h);
+    remove_db(path);
+}
+
+/* The batch lives in the handle's memory until history_commit: the strings
+ * passed to history_append may change right after the call, a table of the
+ * same name in the file never stands in for it, and batches far larger
+ * than usual come and go whole. */
+static void test_batch_memory(void)
+{
+    const char *path = db_path("batchmem");
+    const size_t big = 700000;
+    history *h = open_ok(path, NULL);
+    history_record r;
+    char *body = malloc(big + 1);
+    char small[32];
+    sqlite3 *db;
+    int i;
+
+    CHECK(body != NULL);
+    if (!body || !h) {
+        free(body);
+        history_close(h);
+        return;
+    }
+    db = cli_open(path);
+    CHECK_INT(cli_exec(db, "CREATE TABLE history_batch(at, room, nick, kind, body);"
+                           "INSERT INTO history_batch VALUES ('2026-11-27T03:04:05.123Z', 'lobby', 'x', 'say', 'intruder')"),
+              SQLITE_OK);
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 3; i++) {
+        snprintf(small, sizeof small, "reused %d", i);
+        r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", small);
+        CHECK_INT(history_append(h, &r), HISTORY_OK);
+        memset(small, '#', sizeof small - 1);   /* the caller's buffer changes at once */
+    }
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 3);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE body = 'reused ' || (id - 1)"), 3);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE body = 'intruder'"), 0);
+    CHECK_INT(count_search(h, "lobby", "intruder"), 0);
+
+    /* Three lines of 700 kB (2 MB of batch), rolled back, then committed. */
+    memset(body, 'x', big);
+    body[big] = '\0';
+    memcpy(body + big / 2, " needle ", 8);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 3; i++) {
+        r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "bob", "say", body);
+        CHECK_INT(history_append(h, &r), HISTORY_OK);
+    }
+    history_rollback(h);
+    CHECK_INT(count_search(h, "lobby", "needle"), 0);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 3; i++) {
+        body[0] = (char)('a' + i);
+        r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "bob", "say", body);
+        CHECK_INT(history_append(h, &r), HISTORY_OK);
+    }
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(count_search(h, "lobby", "needle"), 3);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE length(body) = 700000"), 3);
+    CHECK_INT(cli_int(db, "SELECT group_concat(substr(body, 1, 1), '') = 'abc' FROM"
+                          " (SELECT body FROM messages WHERE nick = 'bob' ORDER BY id)"), 1);
+
+    /* And a small batch after the big one. */
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.124Z", "lobby", "cyd", "say", "small again"), HISTORY_OK);
+    CHECK_INT(count_recent(h, "lobby"), 7);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM history_batch"), 1);   /* theirs, untouched */
+    cli_close(db);
+    history_close(h);
+    check_fts_consistent(path);
+    free(body);
     remove_db(path);
 }
 
@@ -942,6 +1017,7 @@ int main(int argc, char **argv)
     test_refuse_newer();
     test_not_a_database();
     test_batch_commit();
+    test_batch_memory();
     test_busy();
 #ifndef _WIN32
     test_disk_full();
