@@ -68,7 +68,7 @@ class Relay:
         os.makedirs(WORK, exist_ok=True)
         self.name = name
         self.port = port or free_port()
-        self.listen = listen or "127.0.0.1:%d" % self.port
+        self.listen = listen        # None: 127.0.0.1 on self.port (which a test may change between runs)
         self.db = os.path.join(WORK, name + ".db")
         self.log_path = os.path.join(WORK, name + ".log")
         self.args = list(args)
@@ -84,7 +84,7 @@ class Relay:
                 pass
 
     def start(self, extra=()):
-        cmd = [WINE, EXE, "--console", "--listen", self.listen]
+        cmd = [WINE, EXE, "--console", "--listen", self.listen or "127.0.0.1:%d" % self.port]
         if self.history:
             cmd += ["--db", winpath(self.db)]
         else:
