@@ -48,6 +48,7 @@ typedef struct outbox_entry {
     uint8_t user_line;          /* say/me/msg (refused when the database is down) */
     uint32_t from_slot, from_conn;  /* the sender (its conn_id guards against slot reuse) */
     uint8_t skip_sender;            /* ROOM: not delivered back to the sender */
+    uint32_t last_conn;             /* ROOM: connections newer than this came after the line */
     uint32_t to_slot, to_conn;      /* PRIVATE: the recipient */
     msgbuf *wire;               /* the encoded line, shared by all recipients */
     msgbuf *record;             /* "room\0nick\0kind\0body" for storage */
@@ -284,6 +285,7 @@ static int outbox_add(hub *h, const chat_effect *fx)
     e->from_slot = sender;
     e->from_conn = sender < h->cfg.max_sessions ? h->slots[sender].conn_id : 0;
     e->skip_sender = fx->kind == CHAT_ROOM && fx->except_slot == sender;
+    e->last_conn = h->next_conn_id;
     if (e->is_private) {
         e->to_slot = fx->to_slot;
         e->to_conn = fx->to_slot < h->cfg.max_sessions ? h->slots[fx->to_slot].conn_id : 0;
@@ -384,7 +386,13 @@ typedef struct deliver_ctx {
 static void deliver_member(void *ctx, uint32_t slot)
 {
     deliver_ctx *d = ctx;
-    if (d->e->skip_sender && slot == d->e->from_slot && d->h->slots[slot].conn_id == d->e->from_conn)
+    uint32_t conn = d->h->slots[slot].conn_id;
+    if (d->e->skip_sender && slot == d->e->from_slot && conn == d->e->from_conn)
+        return;
+    /* A session that connected after the line was said (while it waited for
+     * its commit) was already counted in its greeting, or never saw it said.
+     * (conn ids only grow; after 2^32 connections a wrap merely loosens this.) */
+    if (conn > d->e->last_conn)
         return;
     queue_to(d->h, slot, d->e->wire);
 }
