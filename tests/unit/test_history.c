@@ -29,6 +29,8 @@
 #else
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #endif
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -643,6 +645,63 @@ static void test_busy(void)
 /* The disk fills up mid-commit (a file size limit stands in for a full
  * disk): the commit fails with a message naming the call, nothing of the
  * batch is stored, and the same batch commits once there is room again. */
+/* What history_commit returned as stored is in the files at that moment,
+ * not in some buffer of the process: a child commits batches of 1, 100
+ * and 3000 lines (the last larger than the WAL write buffer), says so
+ * through a pipe and is killed with SIGKILL before it can close anything. */
+static void test_killed_after_commit(void)
+{
+    const char *path = db_path("killed");
+    int fds[2], status = 0;
+    char said = 0;
+    pid_t pid;
+    sqlite3 *db;
+
+    CHECK_INT(pipe(fds), 0);
+    fflush(NULL);
+    pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        static const int sizes[] = { 1, 100, 3000 };
+        char err[512], body[64];
+        history *h = NULL;
+        size_t b;
+        int i, rc;
+        close(fds[0]);
+        if (history_open(&h, path, NULL, err, sizeof err) != HISTORY_OK)
+            _exit(1);
+        for (b = 0; b < sizeof sizes / sizeof sizes[0]; b++) {
+            rc = history_begin(h);
+            for (i = 0; i < sizes[b] && rc == HISTORY_OK; i++) {
+                history_record r;
+                snprintf(body, sizeof body, "batch%d line %d of the killed writer", (int)b, i);
+                r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", body);
+                rc = history_append(h, &r);
+            }
+            if (rc != HISTORY_OK || history_commit(h) != HISTORY_OK)
+                _exit(2);
+        }
+        if (write(fds[1], "c", 1) != 1)
+            _exit(3);
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    CHECK_INT(read(fds[0], &said, 1), 1);
+    close(fds[0]);
+    CHECK_INT(kill(pid, SIGKILL), 0);
+    CHECK_INT(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 3101);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'batch2 AND killed'"), 3000);
+    CHECK_INT(cli_int(db, "SELECT max(id) FROM messages WHERE body = 'batch2 line 2999 of the killed writer'"), 3101);
+    cli_close(db);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
 static void test_disk_full(void)
 {
     const char *path = db_path("full");
@@ -1020,6 +1079,7 @@ int main(int argc, char **argv)
     test_batch_memory();
     test_busy();
 #ifndef _WIN32
+    test_killed_after_commit();
     test_disk_full();
 #endif
     test_recent();
