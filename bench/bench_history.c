@@ -16,7 +16,7 @@
  * lines (default 100000) through each batch size.  With only_batch, a
  * single run of batched_count lines in batches of only_batch, for profilers.
  *
- * The database is folder/bench_history-<time>.db (default: the current
+ * The database is folder/bench_history-<time>-<n>.db (default: the current
  * folder), deleted at the end.  A benchmark, not a test: it prints figures
  * and fails only if the history calls fail.  Figures: docs/HISTORY.md.
  */
@@ -237,7 +237,10 @@ int main(int argc, char **argv)
                 " (counts >= %d)\n", ROUNDS);
         return 2;
     }
-    snprintf(path, sizeof path, "%s/bench_history-%lx.db", folder, (unsigned long)time(NULL));
+    /* The time and a stack address (randomised by ASLR): two runs in one
+     * folder in the same second do not share a database. */
+    snprintf(path, sizeof path, "%s/bench_history-%lx-%lx.db", folder, (unsigned long)time(NULL),
+             (unsigned long)(((uintptr_t)&round >> 4) & 0xfffff));
     if (only_batch > 0) {
         /* One way only, one run: for profilers (perf, callgrind). */
         double slow;
