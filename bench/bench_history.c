@@ -97,8 +97,10 @@ static size_t make_body(char *out, size_t cap, long n)
 /* Appends `count` lines in transactions of `batch` lines; returns the time
  * taken in ms, or -1 if a history call failed.  *slowest: the longest
  * batch (begin, appends, commit) in ms: what one loop turn of the relay
- * would wait for, merges and checkpoints included. */
-static double run(const char *path, long count, long batch, double *slowest)
+ * would wait for, merges and checkpoints included.  *idle: the time of one
+ * history_idle_step after the last batch (the upkeep the relay does when
+ * it has nothing else to do), in ms. */
+static double run(const char *path, long count, long batch, double *slowest, double *idle)
 {
     static const char *const rooms[] = { "lobby", "dev", "ops", "random" };
     char err[512], body[160], at[HISTORY_TIME_LEN + 1];
@@ -141,6 +143,10 @@ static double run(const char *path, long count, long batch, double *slowest)
             *slowest = t_batch;
     }
     elapsed = clock_ms() - t0;
+    t0 = clock_ms();
+    if (history_idle_step(h) < 0)
+        goto failed;
+    *idle = clock_ms() - t0;
     history_close(h);
     remove_db(path);
     return elapsed;
@@ -228,7 +234,7 @@ int main(int argc, char **argv)
     long batched = argc > 3 ? atol(argv[3]) : 100000;
     long only_batch = argc > 4 ? atol(argv[4]) : 0;
     char path[1024];
-    double us[WAYS][ROUNDS], med[WAYS], slowest[WAYS] = { 0 }, per_line_best;
+    double us[WAYS][ROUNDS], idle[WAYS][ROUNDS], med[WAYS], slowest[WAYS] = { 0 }, per_line_best;
     long lines[WAYS], size[WAYS];
     int round, way;
 
@@ -243,12 +249,12 @@ int main(int argc, char **argv)
              (unsigned long)(((uintptr_t)&round >> 4) & 0xfffff));
     if (only_batch > 0) {
         /* One way only, one run: for profilers (perf, callgrind). */
-        double slow;
-        double t = run(path, batched, only_batch, &slow);
+        double slow, idle_ms;
+        double t = run(path, batched, only_batch, &slow, &idle_ms);
         if (t < 0)
             return 1;
-        printf("bench_history: %ld lines in batches of %ld: %.3f us/line, slowest batch %.2f ms\n",
-               batched, only_batch, t * 1000.0 / (double)batched, slow);
+        printf("bench_history: %ld lines in batches of %ld: %.3f us/line, slowest batch %.2f ms,"
+               " then history_idle_step %.2f ms\n", batched, only_batch, t * 1000.0 / (double)batched, slow, idle_ms);
         return 0;
     }
     printf("bench_history: %s, sqlite %s, WAL + synchronous=NORMAL, FTS5 index by triggers,"
@@ -266,7 +272,8 @@ int main(int argc, char **argv)
     for (round = 0; round < ROUNDS; round++) {
         for (way = 0; way < WAYS; way++) {
             double slow = 0;
-            double t = way == WAY_RAW ? run_raw(path, lines[way]) : run(path, lines[way], size[way], &slow);
+            double t = way == WAY_RAW ? run_raw(path, lines[way])
+                                      : run(path, lines[way], size[way], &slow, &idle[way][round]);
             if (t < 0)
                 return 1;
             if (slow > slowest[way])
@@ -276,14 +283,15 @@ int main(int argc, char **argv)
     }
     for (way = 0; way < WAYS; way++)
         med[way] = median_of(us[way], ROUNDS);
-    printf("  %-34s %8s %10s %12s %14s\n", "", "lines", "us/line", "lines/s", "slowest batch");
+    printf("  %-34s %8s %10s %12s %14s %12s\n", "", "lines", "us/line", "lines/s", "slowest batch",
+           "idle step");
     printf("  %-34s %8ld %10.2f %12.0f  (SQLite API, no history layer)\n", "1 plain INSERT (autocommit)",
            lines[WAY_RAW] * ROUNDS, med[WAY_RAW], 1e6 / med[WAY_RAW]);
     for (way = 1; way < WAYS; way++) {
         char label[64];
         snprintf(label, sizeof label, "%ld line%s per transaction", size[way], size[way] == 1 ? "" : "s");
-        printf("  %-34s %8ld %10.2f %12.0f %11.1f ms\n", label, lines[way] * ROUNDS, med[way], 1e6 / med[way],
-               slowest[way]);
+        printf("  %-34s %8ld %10.2f %12.0f %11.1f ms %9.1f ms\n", label, lines[way] * ROUNDS, med[way],
+               1e6 / med[way], slowest[way], median_of(idle[way], ROUNDS));
     }
     per_line_best = med[WAY_RAW] < med[1] ? med[WAY_RAW] : med[1];
     printf("  group commit speed-up over the faster per-line figure:");

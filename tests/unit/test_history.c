@@ -1035,6 +1035,97 @@ static void test_prune_by_days(void)
     remove_db(path);
 }
 
+static long file_size(const char *path)
+{
+    long n = -1;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        if (fseek(f, 0, SEEK_END) == 0)
+            n = ftell(f);
+        fclose(f);
+    }
+    return n;
+}
+
+/* Appends `batches` batches of 20 lines of 2000 bytes (about 12 WAL pages a batch). */
+static void append_bulk(history *h, int batches, const char *word)
+{
+    char body[2001];
+    int b, i, rc = HISTORY_OK;
+    memset(body, 'x', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    memcpy(body, word, strlen(word));
+    body[strlen(word)] = ' ';
+    for (b = 0; b < batches && rc == HISTORY_OK; b++) {
+        rc = history_begin(h);
+        for (i = 0; i < 20 && rc == HISTORY_OK; i++) {
+            history_record r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", body);
+            rc = history_append(h, &r);
+        }
+        if (rc == HISTORY_OK)
+            rc = history_commit(h);
+    }
+    CHECK_INT(rc, HISTORY_OK);
+}
+
+/* Checkpoints: history_idle_step copies the WAL back into the database file
+ * once a megabyte has gathered; without it, commits do so at 16 MiB. */
+static void test_idle_checkpoint(void)
+{
+    const char *path = db_path("idle");
+    char wal[320];
+    history *h = open_ok(path, NULL);
+    long db_before, wal_before;
+    history_record r;
+
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    CHECK_INT(history_idle_step(h), 0);                 /* nothing written yet */
+    append_bulk(h, 2, "first");
+    CHECK_INT(history_idle_step(h), 0);                 /* ~25 pages: not worth two fsyncs */
+    db_before = file_size(path);
+    append_bulk(h, 30, "second");                       /* ~1.5 MB more */
+    CHECK_INT(file_size(path), db_before);              /* no commit checkpointed */
+    CHECK_INT(history_idle_step(h), 1);
+    CHECK(file_size(path) > db_before + 1000000);        /* copied back */
+    CHECK_INT(history_idle_step(h), 0);                 /* and nothing more is due */
+    CHECK_INT(count_search(h, "lobby", "second"), 600);
+
+    /* A reader in the middle of a read does not make it fail or wait. */
+    {
+        sqlite3 *db = cli_open(path);
+        CHECK_INT(cli_exec(db, "BEGIN; SELECT count(*) FROM messages"), SQLITE_OK);
+        append_bulk(h, 30, "third");
+        CHECK_INT(history_idle_step(h), 1);
+        CHECK_INT(cli_exec(db, "COMMIT"), SQLITE_OK);
+        cli_close(db);
+    }
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "open batch");
+    CHECK_INT(history_append(h, &r), HISTORY_OK);
+    CHECK_INT(history_idle_step(h), -1);
+    CHECK(strstr(history_errmsg(h), "batch is open") != NULL);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    history_close(h);
+
+    /* Never idle: the commits keep the WAL bounded by themselves (16 MiB of
+     * pages, plus one batch); 50 MB go through it. */
+    h = open_ok(path, NULL);
+    wal_before = file_size(wal);
+    append_bulk(h, 1200, "never idle");
+    CHECK(file_size(wal) < 18L * 1024 * 1024);
+    CHECK(file_size(wal) > wal_before);
+    history_close(h);
+    {
+        sqlite3 *db = cli_open(path);
+        CHECK_INT(cli_int(db, "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'never idle'"), 24000);
+        CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 24000 + 1240 + 1);
+        cli_close(db);
+    }
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
 /* Deletes and updates made by hand in the sqlite3 CLI keep the FTS index in step. */
 static void test_cli_edits(void)
 {
@@ -1088,5 +1179,6 @@ int main(int argc, char **argv)
     test_prune_by_count();
     test_prune_by_days();
     test_cli_edits();
+    test_idle_checkpoint();
     return check_done();
 }
