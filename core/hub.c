@@ -75,6 +75,7 @@ struct hub {
     int64_t next_commit_try;
 
     int64_t next_idle_check;
+    int upkeep_due;             /* commits happened since history_idle_step last said "nothing due" */
     int64_t next_prune;
 
     uint32_t input_slot;        /* the slot whose bytes the framer callbacks belong to */
@@ -92,6 +93,7 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 #define IDLE_CHECK_MS 1000
 #define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
 #define PRUNE_BATCH 500
+#define UPKEEP_DELAY_MS 200     /* quiet time after the last commit before checkpointing */
 
 hub *hub_create(const hub_config *cfg)
 {
@@ -370,6 +372,7 @@ static int outbox_commit(hub *h, int64_t now)
         h->db_failing = 0;
     }
     h->stats.commits++;
+    h->upkeep_due = 1;
     h->stats.lines_stored += h->ob_unstored;
     for (uint32_t i = 0; i < h->ob_count; i++)
         h->outbox[(h->ob_head + i) & (h->ob_cap - 1)].stored = 1;
@@ -658,7 +661,20 @@ int hub_turn(hub *h, int64_t now_ms)
     outbox_deliver(h);
     wait = earliest(wait, idle_check(h, now_ms));
     wait = earliest(wait, prune_step(h, now_ms));
+    if (h->upkeep_due)
+        wait = earliest(wait, UPKEEP_DELAY_MS);   /* so that a quiet moment is noticed */
     return wait;
+}
+
+void hub_idle(hub *h)
+{
+    if (!h->upkeep_due || !h->cfg.history || h->ob_count > 0)
+        return;
+    int rc = history_idle_step(h->cfg.history);
+    if (rc == 0)
+        h->upkeep_due = 0;
+    else if (rc < 0)
+        log_debug("history: idle upkeep deferred: %s", history_errmsg(h->cfg.history));
 }
 
 void hub_stopping(hub *h, int64_t now_ms)

@@ -63,6 +63,11 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason);
  * number of milliseconds until it needs another turn without input (-1 = none). */
 int hub_turn(hub *h, int64_t now_ms);
 
+/* The loop found nothing to do for a while (its wait timed out): database
+ * upkeep (the WAL checkpoint) that commits should not pay for.  One bounded
+ * step; hub_turn asks for another quiet moment while more is due. */
+void hub_idle(hub *h);
+
 /* Sends the server-stopping notice to every session and tries a last commit. */
 void hub_stopping(hub *h, int64_t now_ms);
 /* The very last commit (after every session is gone: their leave records),

@@ -578,7 +578,7 @@ static int run_turn(relay *r)
     return wait;
 }
 
-static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, int *accept_ready)
+static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, int *accept_ready, int *timed_out)
 {
     HANDLE handles[1 + MAX_LISTENERS];
     DWORD n = 0;
@@ -589,6 +589,7 @@ static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, in
     DWORD rc = WaitForMultipleObjectsEx(n, handles, FALSE, timeout, TRUE);
     *stop = 0;
     *accept_ready = -1;
+    *timed_out = rc == WAIT_TIMEOUT;
     if (rc == WAIT_IO_COMPLETION || rc == WAIT_TIMEOUT)
         return;   /* the wait itself ran every queued routine */
     if (rc == WAIT_FAILED) {
@@ -680,10 +681,12 @@ static DWORD WINAPI io_thread(LPVOID arg)
             if (timeout == INFINITE || until < timeout)
                 timeout = until;
         }
-        int stop, ready;
-        alertable_wait(r, timeout, accepting, &stop, &ready);
+        int stop, ready, timed_out;
+        alertable_wait(r, timeout, accepting, &stop, &ready, &timed_out);
         if (stop)
             break;
+        if (timed_out && r->closing_count == 0 && !r->accept_more)
+            hub_idle(r->hub);   /* a quiet moment: database upkeep */
         wait = run_turn(r);
         if (accepting && (ready >= 0 || r->accept_more)) {
             for (int i = 0; i < r->listener_count; i++)
