@@ -1047,6 +1047,25 @@ static long file_size(const char *path)
     return n;
 }
 
+/* Calls history_idle_step until it has nothing left to do; returns how many
+ * steps did some work (1000 if it never stops). */
+static int idle_until_done(history *h)
+{
+    int steps = 0, r;
+    while (steps < 1000 && (r = history_idle_step(h)) == 1)
+        steps++;
+    CHECK_INT(history_idle_step(h), 0);
+    return steps;
+}
+
+static long long segments(const char *path)
+{
+    sqlite3 *db = cli_open(path);
+    long long n = cli_int(db, "SELECT count(DISTINCT segid) FROM messages_fts_idx");
+    cli_close(db);
+    return n;
+}
+
 /* Appends `batches` batches of 20 lines of 2000 bytes (about 12 WAL pages a batch). */
 static void append_bulk(history *h, int batches, const char *word)
 {
@@ -1087,7 +1106,8 @@ static void test_idle_checkpoint(void)
     CHECK_INT(file_size(path), db_before);              /* no commit checkpointed */
     CHECK_INT(history_idle_step(h), 1);
     CHECK(file_size(path) > db_before + 1000000);        /* copied back */
-    CHECK_INT(history_idle_step(h), 0);                 /* and nothing more is due */
+    CHECK(idle_until_done(h) < 100);                    /* then index merges, then nothing is due */
+    CHECK_INT(history_idle_step(h), 0);
     CHECK_INT(count_search(h, "lobby", "second"), 600);
 
     /* A reader in the middle of a read does not make it fail or wait. */
@@ -1123,6 +1143,67 @@ static void test_idle_checkpoint(void)
         cli_close(db);
     }
     check_fts_consistent(path);
+    remove_db(path);
+}
+
+/* The FTS5 merge settings are stored in the file at open, and the idle
+ * steps merge the index segments back down; neither changes what is found. */
+static void test_idle_merge(void)
+{
+    const char *path = db_path("merge");
+    history *h = open_ok(path, NULL);
+    char body[64];
+    long long before;
+    int b, i, rc = HISTORY_OK;
+    sqlite3 *db;
+
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT v FROM messages_fts_config WHERE k = 'automerge'"), 16);
+    CHECK_INT(cli_int(db, "SELECT v FROM messages_fts_config WHERE k = 'crisismerge'"), 64);
+    cli_close(db);
+
+    for (b = 0; b < 60 && rc == HISTORY_OK; b++) {     /* one index segment per commit */
+        rc = history_begin(h);
+        for (i = 0; i < 10 && rc == HISTORY_OK; i++) {
+            history_record r;
+            snprintf(body, sizeof body, "merge%d word%d common", b, i);
+            r = rec_of("2026-11-27T03:04:05.123Z", "lobby", "ann", "say", body);
+            rc = history_append(h, &r);
+        }
+        if (rc == HISTORY_OK)
+            rc = history_commit(h);
+    }
+    CHECK_INT(rc, HISTORY_OK);
+    before = segments(path);
+    CHECK(before >= 16);
+    CHECK(idle_until_done(h) > 0);
+    CHECK(segments(path) <= 8);
+    CHECK(segments(path) < before);
+    CHECK_INT(count_search(h, "lobby", "common"), 600);
+    CHECK_INT(count_search(h, "lobby", "merge59"), 10);
+    CHECK_INT(count_search(h, "lobby", "word7 merge0"), 1);
+    CHECK_INT(history_idle_step(h), 0);                 /* nothing new: no transaction at all */
+    history_close(h);
+    check_fts_consistent(path);
+
+    /* A setting changed by hand is put back at the next open ... */
+    db = cli_open(path);
+    CHECK_INT(cli_exec(db, "INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 4)"), SQLITE_OK);
+    cli_close(db);
+    h = open_ok(path, NULL);
+    history_close(h);
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT v FROM messages_fts_config WHERE k = 'automerge'"), 16);
+    /* ... unless the file cannot be written then: opening still works. */
+    CHECK_INT(cli_exec(db, "INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', 4)"), SQLITE_OK);
+    CHECK_INT(cli_exec(db, "BEGIN IMMEDIATE"), SQLITE_OK);
+    h = open_ok(path, NULL);
+    CHECK_STR(history_errmsg(h), "no error");
+    CHECK_INT(count_search(h, "lobby", "merge59"), 10);
+    CHECK_INT(cli_exec(db, "COMMIT"), SQLITE_OK);
+    CHECK_INT(cli_int(db, "SELECT v FROM messages_fts_config WHERE k = 'automerge'"), 4);
+    cli_close(db);
+    history_close(h);
     remove_db(path);
 }
 
@@ -1180,5 +1261,6 @@ int main(int argc, char **argv)
     test_prune_by_days();
     test_cli_edits();
     test_idle_checkpoint();
+    test_idle_merge();
     return check_done();
 }
