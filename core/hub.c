@@ -449,7 +449,10 @@ static void answer_query(hub *h, const chat_effect *fx)
         rc = history_recent(h->cfg.history, fx->room, fx->limit, send_history_row, &q);
     else
         rc = history_search(h->cfg.history, fx->room, fx->words, fx->limit, send_history_row, &q);
-    if (rc != HISTORY_OK) {
+    if (rc == HISTORY_LIMIT) {
+        static const char msg[] = "*** search stopped: too many matches elsewhere to scan; try more specific words";
+        reply_text(h, fx->slot, msg, sizeof msg - 1);
+    } else if (rc != HISTORY_OK) {
         log_warn("history: %s query failed: %s", fx->kind == CHAT_HISTORY ? "replay" : "search",
                  history_errmsg(h->cfg.history));
         static const char msg[] = "*** history is unavailable right now";

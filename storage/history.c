@@ -1321,9 +1321,24 @@ static char *fts_query(const char *words)
     return q;
 }
 
+/* The search's work budget: FTS5 walks every match newest first and the room
+ * filter comes after, so a common word searched from a quiet room could scan
+ * the whole history on the relay's only thread.  The progress handler stops
+ * the statement after SEARCH_BUDGET_CALLS * SEARCH_BUDGET_OPS VM steps (a few
+ * tens of milliseconds). */
+#define SEARCH_BUDGET_OPS 1000
+#define SEARCH_BUDGET_CALLS 1000
+
+static int search_budget(void *arg)
+{
+    int *calls = arg;
+    return ++*calls > SEARCH_BUDGET_CALLS;
+}
+
 int history_search(history *h, const char *room, const char *words, int limit,
                    history_row_fn fn, void *ctx)
 {
+    int budget_calls = 0;
     char *query;
     int rc, r;
     if (!room || !words || !fn) {
@@ -1348,7 +1363,13 @@ int history_search(history *h, const char *room, const char *words, int limit,
         r = fail(h, "sqlite3_bind(search)", rc);
         stmt_done(h->search);
     } else {
+        sqlite3_progress_handler(h->db, SEARCH_BUDGET_OPS, search_budget, &budget_calls);
         r = each_row(h, h->search, "search", fn, ctx);
+        sqlite3_progress_handler(h->db, 0, NULL, NULL);
+        if (r != HISTORY_OK && budget_calls > SEARCH_BUDGET_CALLS) {
+            set_errmsg(h, "history_search: stopped at its work budget (too many matches outside the room)");
+            r = HISTORY_LIMIT;
+        }
     }
     free(query);
     return r;

@@ -24,7 +24,8 @@ enum {
     HISTORY_OK = 0,
     HISTORY_BUSY = 1,    /* locked by another connection: nothing written, retry later */
     HISTORY_ERROR = 2,   /* I/O error, disk full, ...: nothing written, retry later; see history_errmsg */
-    HISTORY_TOO_NEW = 3  /* history_open: the file's schema is newer than this program; untouched */
+    HISTORY_TOO_NEW = 3, /* history_open: the file's schema is newer than this program; untouched */
+    HISTORY_LIMIT = 4    /* history_search: stopped at its work budget (rows so far were delivered) */
 };
 
 #define HISTORY_SCHEMA_VERSION 1
@@ -74,7 +75,8 @@ typedef int (*history_row_fn)(void *ctx, const history_record *rec);
 /* The last `limit` rows of room (kind 'msg' excluded), oldest first. */
 int history_recent(history *h, const char *room, int limit, history_row_fn fn, void *ctx);
 /* Full-text search of room (kind 'msg' excluded): words are matched as plain
- * terms (any FTS5 syntax in them is quoted away), newest first, at most limit. */
+ * terms (any FTS5 syntax in them is quoted away), newest first, at most limit.
+ * Bounded work: a search that would scan too much returns HISTORY_LIMIT. */
 int history_search(history *h, const char *room, const char *words, int limit,
                    history_row_fn fn, void *ctx);
 

@@ -1231,6 +1231,35 @@ static void test_cli_edits(void)
     remove_db(path);
 }
 
+/* A common word searched from a quiet room must not scan the whole history
+ * on the relay's only thread: the search stops at its budget. */
+static void test_search_budget(void)
+{
+    const char *path = db_path("budget");
+    history *h = open_ok(path, NULL);
+    char body[64];
+    rows got;
+    int i;
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    for (i = 0; i < 300000; i++) {
+        snprintf(body, sizeof body, "hello number %d", i);
+        history_record r = rec_of("2026-11-27T01:00:00.000Z", "busy", "ann", "say", body);
+        if (history_append(h, &r) != HISTORY_OK)
+            break;
+    }
+    CHECK_INT(i, 300000);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_search(h, "quiet", "hello", 20, collect, &got), HISTORY_LIMIT);
+    CHECK_INT(got.n, 0);
+    memset(&got, 0, sizeof got);
+    CHECK_INT(history_search(h, "busy", "hello", 20, collect, &got), HISTORY_OK);   /* bounded by LIMIT */
+    CHECK_INT(got.n, 20);
+    history_close(h);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = getenv("CHATRELAY_TEST_DIR");
@@ -1256,6 +1285,7 @@ int main(int argc, char **argv)
 #endif
     test_recent();
     test_search();
+    test_search_budget();
     test_odd_bodies();
     test_prune_by_count();
     test_prune_by_days();
