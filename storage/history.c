@@ -19,6 +19,11 @@
  * reach SQLite only inside the transaction history_begin opened, so
  * nothing is visible before the commit, and a rollback just forgets them.
  *
+ * The connection runs on a VFS of its own that writes each commit's WAL
+ * frames in one piece ("WAL frames in one write"), and leaves checkpoints
+ * and FTS5 index merges to history_idle_step as far as it can (the WAL hook
+ * and FTS_AUTOMERGE below).
+ *
  * Opening reads PRAGMA user_version before writing anything, so a file that
  * is not a database or carries a newer schema is refused untouched.  Forward
  * migrations are an ordered array of SQL steps, run in one BEGIN IMMEDIATE

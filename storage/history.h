@@ -4,7 +4,8 @@
  * busy_timeout so the I/O thread never sleeps long), the schema and its
  * forward migrations (PRAGMA user_version), prepared statements, batched
  * appends (one transaction per loop turn: history_begin, history_append...,
- * history_commit), replay/search queries and retention pruning.
+ * history_commit), replay/search queries, retention pruning, and the upkeep
+ * that waits for idle moments (WAL checkpoints, full-text index merges).
  * Never: runs inside a completion routine, retries by sleeping, or decides
  * what to do when the database is busy (the caller keeps the batch pending).
  * Portable C11 over the SQLite C API; the schema is documented in docs/HISTORY.md.
