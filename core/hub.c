@@ -639,8 +639,12 @@ static int prune_step(hub *h, int64_t now)
         return -1;
     if (now >= h->next_prune) {
         int n = history_prune_step(h->cfg.history, clock_wall_ms(), PRUNE_BATCH);
-        if (n > 0)
+        if (n > 0) {
             log_info("history: retention removed %d old line(s)", n);
+            h->upkeep_due = 1;   /* the index can be merged down in a quiet moment */
+        } else if (n < 0) {
+            log_warn("history: retention step failed: %s", history_errmsg(h->cfg.history));
+        }
         h->next_prune = now + (n == PRUNE_BATCH ? 10 : PRUNE_IDLE_MS);
     }
     return (int)(h->next_prune - now);

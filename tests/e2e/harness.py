@@ -183,6 +183,7 @@ class Client:
         self.buf = b""
         self.lines = []
         self.closed = False
+        self.raw = None             # a bytearray here keeps every byte received, for byte-level checks
 
     def send(self, data):
         if isinstance(data, str):
@@ -204,6 +205,8 @@ class Client:
         if not chunk:
             self.closed = True
             return False
+        if self.raw is not None:
+            self.raw += chunk
         self.buf += chunk
         while b"\r\n" in self.buf:
             line, self.buf = self.buf.split(b"\r\n", 1)

@@ -48,24 +48,6 @@ class RawClient(Client):
         Client.__init__(self, port)
         self.raw = bytearray()
 
-    def _fill(self, timeout):
-        self.sock.settimeout(timeout)
-        try:
-            chunk = self.sock.recv(65536)
-        except socket.timeout:
-            return False
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            self.closed = True
-            return False
-        self.raw += chunk
-        self.buf += chunk
-        while b"\r\n" in self.buf:
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            self.lines.append(line.decode("utf-8", "replace"))
-        return True
-
 
 def read_through(client, pred, timeout=10.0, what=None):
     """Every line up to and including the first one matching pred (removed from client.lines)."""
