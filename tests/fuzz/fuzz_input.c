@@ -21,6 +21,7 @@
 #include "hub.h"
 #include "outbuf.h"
 #include "text.h"
+#include "../unit/utf8_check.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -92,32 +93,6 @@ static int decode_case(const uint8_t *data, size_t size, fuzz_case *fc)
 
 /* ---- shared checks -------------------------------------------------------- */
 
-/* Independent strict UTF-8 decoder (code point arithmetic, not text.c's tables),
- * plus text.h's promise: no control character except TAB.  Returns 1 if s is clean. */
-static int is_clean_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned long cp;
-        size_t len, k;
-        unsigned char c = s[i];
-        if (c < 0x80) { cp = c; len = 1; }
-        else if ((c & 0xE0) == 0xC0) { cp = c & 0x1F; len = 2; }
-        else if ((c & 0xF0) == 0xE0) { cp = c & 0x0F; len = 3; }
-        else if ((c & 0xF8) == 0xF0) { cp = c & 0x07; len = 4; }
-        else return 0;
-        if (i + len > n) return 0;
-        for (k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return 0;
-        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        if ((cp < 0x20 && cp != '\t') || (cp >= 0x7F && cp <= 0x9F)) return 0;
-        i += len;
-    }
-    return 1;
-}
 
 static size_t char_len(unsigned char lead)
 {
