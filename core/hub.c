@@ -93,7 +93,8 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 #define IDLE_CHECK_MS 1000
 #define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
 #define PRUNE_BATCH 500
-#define UPKEEP_DELAY_MS 200     /* quiet time after the last commit before checkpointing */
+#define UPKEEP_DELAY_MS 200
+#define OUTBOX_HARD_FACTOR 4    /* bound on held announcements, in units of pending_max_lines */     /* quiet time after the last commit before checkpointing */
 
 hub *hub_create(const hub_config *cfg)
 {
@@ -263,6 +264,16 @@ static int outbox_add(hub *h, const chat_effect *fx)
         reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
         return -1;
     }
+    /* Joins, leaves and nick changes are never refused to anyone, but during a
+     * long outage with reconnect churn they must not grow memory without end:
+     * past OUTBOX_HARD_FACTOR times the line bound they are dropped (neither
+     * stored nor shown: nothing is ever shown unrecorded), and counted. */
+    if (persist && !user_line && h->db_failing &&
+        h->ob_count >= h->cfg.pending_max_lines * OUTBOX_HARD_FACTOR) {
+        if (h->stats.dropped_notices++ == 0)
+            log_warn("history: unavailable for long; join/leave/nick announcements are dropped until it returns");
+        return -1;
+    }
     msgbuf *wire = msgbuf_line(fx->text, fx->text_len);
     msgbuf *record = NULL;
     size_t room_len = 0, nick_len = 0, kind_len = 0;
@@ -367,8 +378,10 @@ static int outbox_commit(hub *h, int64_t now)
         return 0;
     }
     if (h->db_failing) {
-        log_info("history: writable again after %lld ms; stored %u held line(s)",
-                 (long long)(now - h->db_failing_since), (unsigned)h->ob_unstored);
+        log_info("history: writable again after %lld ms; stored %u held line(s); %llu announcement(s) dropped",
+                 (long long)(now - h->db_failing_since), (unsigned)h->ob_unstored,
+                 (unsigned long long)h->stats.dropped_notices);
+        h->stats.dropped_notices = 0;
         h->db_failing = 0;
     }
     h->stats.commits++;

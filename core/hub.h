@@ -39,6 +39,7 @@ typedef struct hub hub;
 /* Counters for logs and the benchmark. */
 typedef struct hub_stats {
     uint64_t lines_in, lines_stored, deliveries, commits, commit_busy, refused_lines;
+    uint64_t dropped_notices;    /* announcements dropped during the current database outage */
     uint32_t sessions;
 } hub_stats;
 
