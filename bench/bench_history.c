@@ -35,37 +35,9 @@
 #include <sqlite3.h>
 
 #include "history.h"
-
-#ifdef _WIN32
-#include <windows.h>   /* QueryPerformanceCounter: the benchmark's clock only */
-#endif
+#include "../tests/unit/db_support.h"   /* remove_db, monotonic_ms: shared with the storage tests */
 
 #define ROUNDS 5
-
-static double clock_ms(void)
-{
-#ifdef _WIN32
-    LARGE_INTEGER freq, t;
-    QueryPerformanceFrequency(&freq);
-    QueryPerformanceCounter(&t);
-    return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
-#else
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-#endif
-}
-
-static void remove_db(const char *path)
-{
-    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
-    char name[1100];
-    size_t i;
-    for (i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-        snprintf(name, sizeof name, "%s%s", path, suffixes[i]);
-        remove(name);
-    }
-}
 
 /* Chat-like lines of 20..120 bytes from a small vocabulary (deterministic),
  * so the FTS index does the work it does in production. */
@@ -119,9 +91,9 @@ static double run(const char *path, long count, long batch, double *slowest, dou
         return -1;
     }
     *slowest = 0;
-    t0 = clock_ms();
+    t0 = monotonic_ms();
     while (i < count) {
-        double t_batch = clock_ms();
+        double t_batch = monotonic_ms();
         long j;
         if (history_begin(h) != HISTORY_OK)
             goto failed;
@@ -142,21 +114,21 @@ static double run(const char *path, long count, long batch, double *slowest, dou
         }
         if (history_commit(h) != HISTORY_OK)
             goto failed;
-        t_batch = clock_ms() - t_batch;
+        t_batch = monotonic_ms() - t_batch;
         if (t_batch > *slowest)
             *slowest = t_batch;
         if (idle_between_batches) {
-            double t_idle = clock_ms();
+            double t_idle = monotonic_ms();
             while (history_idle_step(h) == 1)
                 ;
-            t0 += clock_ms() - t_idle;   /* not part of storing */
+            t0 += monotonic_ms() - t_idle;   /* not part of storing */
         }
     }
-    elapsed = clock_ms() - t0;
-    t0 = clock_ms();
+    elapsed = monotonic_ms() - t0;
+    t0 = monotonic_ms();
     if (history_idle_step(h) < 0)
         goto failed;
-    *idle = clock_ms() - t0;
+    *idle = monotonic_ms() - t0;
     history_close(h);
     remove_db(path);
     return elapsed;
@@ -195,7 +167,7 @@ static double run_raw(const char *path, long count)
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(db, "INSERT INTO messages(at, room, nick, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                                 -1, &ins, NULL);
-    t0 = clock_ms();
+    t0 = monotonic_ms();
     for (i = 0; i < count && rc == SQLITE_OK; i++) {
         size_t len = make_body(body, sizeof body, i);
         history_format_time(t_ms + i, at);
@@ -207,7 +179,7 @@ static double run_raw(const char *path, long count)
         if (rc == SQLITE_OK) rc = sqlite3_step(ins) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
         if (rc == SQLITE_OK) rc = sqlite3_reset(ins);
     }
-    elapsed = clock_ms() - t0;
+    elapsed = monotonic_ms() - t0;
     if (rc != SQLITE_OK)
         fprintf(stderr, "bench_history: raw INSERT: %s (code %d)\n", sqlite3_errmsg(db), rc);
     sqlite3_finalize(ins);

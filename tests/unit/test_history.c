@@ -22,11 +22,10 @@
 #include <sqlite3.h>
 
 #include "check.h"
+#include "db_support.h"
 #include "history.h"
 
-#ifdef _WIN32
-#include <windows.h>   /* QueryPerformanceCounter: the test's clock only */
-#else
+#ifndef _WIN32
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -36,31 +35,6 @@
 /* ---- helpers ---------------------------------------------------------- */
 
 static char file_prefix[256];
-
-static double now_ms(void)
-{
-#ifdef _WIN32
-    LARGE_INTEGER freq, t;
-    QueryPerformanceFrequency(&freq);
-    QueryPerformanceCounter(&t);
-    return (double)t.QuadPart * 1000.0 / (double)freq.QuadPart;
-#else
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-#endif
-}
-
-static void remove_db(const char *path)
-{
-    static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
-    char name[300];
-    size_t i;
-    for (i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-        snprintf(name, sizeof name, "%s%s", path, suffixes[i]);
-        remove(name);
-    }
-}
 
 /* A fresh path for one test case (any old file of that name removed). */
 static const char *db_path(const char *tag)
@@ -609,9 +583,9 @@ static void test_busy(void)
 
     CHECK_INT(cli_exec(db, "BEGIN IMMEDIATE; INSERT INTO messages(at, room, nick, kind, body)"
                            " VALUES ('2026-11-27T03:04:05.000Z', 'lobby', 'cli', 'say', 'zeroth')"), SQLITE_OK);
-    t0 = now_ms();
+    t0 = monotonic_ms();
     rc = history_begin(h);
-    elapsed = now_ms() - t0;
+    elapsed = monotonic_ms() - t0;
     CHECK_INT(rc, HISTORY_BUSY);
     CHECK(elapsed < 100.0);
     printf("history_begin while locked: HISTORY_BUSY after %.3f ms\n", elapsed);

@@ -1,6 +1,10 @@
 /* Unit tests of the hub: sessions driven with bytes, output read from their send
  * queues, a real SQLite history (store-then-forward, busy database, bounds). */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L   /* clock_gettime, for db_support.h */
+#endif
 #include "check.h"
+#include "db_support.h"
 #include "hub.h"
 #include "log.h"
 
@@ -67,12 +71,7 @@ static hub_config base_config(history *db)
 
 static history *open_db(const char *path)
 {
-    remove(path);
-    char wal[256], shm[256];
-    snprintf(wal, sizeof wal, "%s-wal", path);
-    snprintf(shm, sizeof shm, "%s-shm", path);
-    remove(wal);
-    remove(shm);
+    remove_db(path);
     history *db = NULL;
     history_options ho;
     memset(&ho, 0, sizeof ho);
