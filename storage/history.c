@@ -19,10 +19,10 @@
  * reach SQLite only inside the transaction history_begin opened, so
  * nothing is visible before the commit, and a rollback just forgets them.
  *
- * The connection runs on a VFS of its own that writes each commit's WAL
- * frames in one piece ("WAL frames in one write"), and leaves checkpoints
- * and FTS5 index merges to history_idle_step as far as it can (the WAL hook
- * and FTS_AUTOMERGE below).
+ * The connection runs on SQLite's default VFS, unwrapped: durability is
+ * SQLite's own (docs/HISTORY.md, "Durability", says why an earlier write
+ * buffer was removed).  Checkpoints and FTS5 index merges are left to
+ * history_idle_step as far as possible (the WAL hook and FTS_AUTOMERGE below).
  *
  * Opening reads PRAGMA user_version before writing anything, so a file that
  * is not a database or carries a newer schema is refused untouched.  Forward
@@ -412,333 +412,6 @@ static int batch_reserve(history *h, size_t text)
     return 1;
 }
 
-/* ---- WAL frames in one write ------------------------------------------- */
-
-/* SQLite writes every WAL frame with two writes, its 24-byte header and then
- * the page, and a commit is tens of frames (~30 for 100 lines).  Under Wine
- * each write is a SetFilePointer and a WriteFile, ~5 us each, so a commit of
- * 100 lines spent ~300 us on 60 writes.  This VFS wraps the default one and,
- * for WAL files only, gathers consecutive writes in memory and hands them to
- * the real file as one write:
- *  - when the write that completes a commit frame arrives (the frame whose
- *    header carries the database size, the last one of every commit): that
- *    write returns the real write's result, so a failed write fails the
- *    commit as before, and the whole commit is in the file before SQLite
- *    goes on to publish it in the -shm index (durable against a killed
- *    process, visible to readers only once complete);
- *  - before every other call on the file (read, sync, truncate, size,
- *    locks, file controls, close), so SQLite never sees a difference;
- *  - when a write does not follow the previous one, or would not fit in
- *    WALBUF_MAX bytes (SQLite's own writes are at most a page and a header,
- *    and its Unix VFS silently writes at most 128 KiB per call).
- * Other files pass straight through.  Registered once, under its own name
- * and not as the default: only history's connection uses it; the file
- * format, the locking and every other connection are unaffected. */
-#define WALBUF_VFS_NAME "chatrelay-history"
-#define WALBUF_MAX (64u * 1024)
-#define WAL_FRAME_HEADER_SIZE 24
-
-typedef struct walbuf_file {
-    sqlite3_file base;
-    sqlite3_file *real;           /* the default VFS's file, allocated right after this struct */
-    int is_wal;
-    int commit_header_written;    /* the last write was the header of a commit frame */
-    unsigned char *buf;           /* WALBUF_MAX bytes: gathered writes, file bytes [start, start + len) */
-    size_t len;
-    sqlite3_int64 start;
-} walbuf_file;
-
-static int walbuf_flush(walbuf_file *f)
-{
-    int rc;
-    if (f->len == 0)
-        return SQLITE_OK;
-    rc = f->real->pMethods->xWrite(f->real, f->buf, (int)f->len, f->start);
-    f->len = 0;   /* written, or failed: SQLite sees the error and abandons the transaction */
-    return rc;
-}
-
-#define REAL(file) (((walbuf_file *)(file))->real)
-#define FLUSH_OR_RETURN(file)                                  \
-    do {                                                       \
-        int flush_rc_ = walbuf_flush((walbuf_file *)(file));   \
-        if (flush_rc_ != SQLITE_OK)                            \
-            return flush_rc_;                                  \
-    } while (0)
-
-static int walbuf_close(sqlite3_file *file)
-{
-    walbuf_file *f = (walbuf_file *)file;
-    int rc = walbuf_flush(f);
-    int close_rc = f->real->pMethods->xClose(f->real);
-    sqlite3_free(f->buf);
-    f->buf = NULL;
-    return rc != SQLITE_OK ? rc : close_rc;
-}
-
-static int walbuf_read(sqlite3_file *file, void *data, int amt, sqlite3_int64 off)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xRead(REAL(file), data, amt, off);
-}
-
-/* Appends to the gathered bytes (which must have room: see walbuf_write). */
-static void walbuf_append(walbuf_file *f, const void *data, int amt, sqlite3_int64 off)
-{
-    if (f->len == 0)
-        f->start = off;
-    memcpy(f->buf + f->len, data, (size_t)amt);
-    f->len += (size_t)amt;
-}
-
-static int walbuf_write(sqlite3_file *file, const void *data, int amt, sqlite3_int64 off)
-{
-    walbuf_file *f = (walbuf_file *)file;
-    const unsigned char *bytes = data;
-    int ends_commit;
-    if (!f->is_wal)
-        return f->real->pMethods->xWrite(f->real, data, amt, off);
-    /* A frame header holds the page number, then the database size in pages
-     * after the commit for a commit frame, 0 for any other frame. */
-    ends_commit = f->commit_header_written;
-    f->commit_header_written = amt == WAL_FRAME_HEADER_SIZE && (bytes[4] | bytes[5] | bytes[6] | bytes[7]) != 0;
-    if (f->len > 0 && (off != f->start + (sqlite3_int64)f->len || (size_t)amt > WALBUF_MAX - f->len))
-        FLUSH_OR_RETURN(f);
-    if (!f->buf)   /* first write: the buffer lives as long as the file */
-        f->buf = sqlite3_malloc64(WALBUF_MAX);
-    if (!f->buf || amt <= 0 || (size_t)amt > WALBUF_MAX)
-        return f->real->pMethods->xWrite(f->real, data, amt, off);
-    walbuf_append(f, data, amt, off);
-    return ends_commit ? walbuf_flush(f) : SQLITE_OK;
-}
-
-static int walbuf_truncate(sqlite3_file *file, sqlite3_int64 size)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xTruncate(REAL(file), size);
-}
-
-static int walbuf_sync(sqlite3_file *file, int flags)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xSync(REAL(file), flags);
-}
-
-static int walbuf_file_size(sqlite3_file *file, sqlite3_int64 *size)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xFileSize(REAL(file), size);
-}
-
-static int walbuf_lock(sqlite3_file *file, int level)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xLock(REAL(file), level);
-}
-
-static int walbuf_unlock(sqlite3_file *file, int level)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xUnlock(REAL(file), level);
-}
-
-static int walbuf_check_reserved_lock(sqlite3_file *file, int *out)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xCheckReservedLock(REAL(file), out);
-}
-
-static int walbuf_file_control(sqlite3_file *file, int op, void *arg)
-{
-    FLUSH_OR_RETURN(file);
-    return REAL(file)->pMethods->xFileControl(REAL(file), op, arg);
-}
-
-static int walbuf_sector_size(sqlite3_file *file)
-{
-    return REAL(file)->pMethods->xSectorSize(REAL(file));
-}
-
-static int walbuf_device_characteristics(sqlite3_file *file)
-{
-    return REAL(file)->pMethods->xDeviceCharacteristics(REAL(file));
-}
-
-/* The -shm index and memory-mapped reads belong to the database file (never
- * a WAL file, which gathers nothing): straight through. */
-static int walbuf_shm_map(sqlite3_file *file, int region, int size, int extend, void volatile **out)
-{
-    return REAL(file)->pMethods->xShmMap(REAL(file), region, size, extend, out);
-}
-
-static int walbuf_shm_lock(sqlite3_file *file, int offset, int n, int flags)
-{
-    return REAL(file)->pMethods->xShmLock(REAL(file), offset, n, flags);
-}
-
-static void walbuf_shm_barrier(sqlite3_file *file)
-{
-    REAL(file)->pMethods->xShmBarrier(REAL(file));
-}
-
-static int walbuf_shm_unmap(sqlite3_file *file, int delete_flag)
-{
-    return REAL(file)->pMethods->xShmUnmap(REAL(file), delete_flag);
-}
-
-static int walbuf_fetch(sqlite3_file *file, sqlite3_int64 off, int amt, void **out)
-{
-    return REAL(file)->pMethods->xFetch(REAL(file), off, amt, out);
-}
-
-static int walbuf_unfetch(sqlite3_file *file, sqlite3_int64 off, void *p)
-{
-    return REAL(file)->pMethods->xUnfetch(REAL(file), off, p);
-}
-
-/* Version 3 methods; a real file with fewer (no such default VFS on Windows
- * or Unix) is refused at open. */
-static const sqlite3_io_methods walbuf_io = {
-    .iVersion = 3,
-    .xClose = walbuf_close,
-    .xRead = walbuf_read,
-    .xWrite = walbuf_write,
-    .xTruncate = walbuf_truncate,
-    .xSync = walbuf_sync,
-    .xFileSize = walbuf_file_size,
-    .xLock = walbuf_lock,
-    .xUnlock = walbuf_unlock,
-    .xCheckReservedLock = walbuf_check_reserved_lock,
-    .xFileControl = walbuf_file_control,
-    .xSectorSize = walbuf_sector_size,
-    .xDeviceCharacteristics = walbuf_device_characteristics,
-    .xShmMap = walbuf_shm_map,
-    .xShmLock = walbuf_shm_lock,
-    .xShmBarrier = walbuf_shm_barrier,
-    .xShmUnmap = walbuf_shm_unmap,
-    .xFetch = walbuf_fetch,
-    .xUnfetch = walbuf_unfetch,
-};
-
-#define REAL_VFS(vfs) ((sqlite3_vfs *)(vfs)->pAppData)
-
-static int walbuf_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int flags, int *out_flags)
-{
-    walbuf_file *f = (walbuf_file *)file;
-    int rc;
-    memset(f, 0, sizeof *f);
-    f->real = (sqlite3_file *)(f + 1);
-    f->is_wal = (flags & SQLITE_OPEN_WAL) != 0;
-    rc = REAL_VFS(vfs)->xOpen(REAL_VFS(vfs), name, f->real, flags, out_flags);
-    /* A real file whose pMethods is set must be closed even after a failed
-     * open: ours then forwards the close. */
-    if (f->real->pMethods)
-        f->base.pMethods = &walbuf_io;
-    if (rc == SQLITE_OK && f->real->pMethods->iVersion < 3) {
-        (void)walbuf_close(file);
-        f->base.pMethods = NULL;
-        rc = SQLITE_CANTOPEN;
-    }
-    return rc;
-}
-
-static int walbuf_delete(sqlite3_vfs *vfs, const char *name, int sync_dir)
-{
-    return REAL_VFS(vfs)->xDelete(REAL_VFS(vfs), name, sync_dir);
-}
-
-static int walbuf_access(sqlite3_vfs *vfs, const char *name, int flags, int *out)
-{
-    return REAL_VFS(vfs)->xAccess(REAL_VFS(vfs), name, flags, out);
-}
-
-static int walbuf_full_pathname(sqlite3_vfs *vfs, const char *name, int n, char *out)
-{
-    return REAL_VFS(vfs)->xFullPathname(REAL_VFS(vfs), name, n, out);
-}
-
-static void *walbuf_dl_open(sqlite3_vfs *vfs, const char *name)
-{
-    return REAL_VFS(vfs)->xDlOpen(REAL_VFS(vfs), name);
-}
-
-static void walbuf_dl_error(sqlite3_vfs *vfs, int n, char *msg)
-{
-    REAL_VFS(vfs)->xDlError(REAL_VFS(vfs), n, msg);
-}
-
-static void (*walbuf_dl_sym(sqlite3_vfs *vfs, void *lib, const char *sym))(void)
-{
-    return REAL_VFS(vfs)->xDlSym(REAL_VFS(vfs), lib, sym);
-}
-
-static void walbuf_dl_close(sqlite3_vfs *vfs, void *lib)
-{
-    REAL_VFS(vfs)->xDlClose(REAL_VFS(vfs), lib);
-}
-
-static int walbuf_randomness(sqlite3_vfs *vfs, int n, char *out)
-{
-    return REAL_VFS(vfs)->xRandomness(REAL_VFS(vfs), n, out);
-}
-
-static int walbuf_sleep(sqlite3_vfs *vfs, int us)
-{
-    return REAL_VFS(vfs)->xSleep(REAL_VFS(vfs), us);
-}
-
-static int walbuf_current_time(sqlite3_vfs *vfs, double *out)
-{
-    return REAL_VFS(vfs)->xCurrentTime(REAL_VFS(vfs), out);
-}
-
-static int walbuf_get_last_error(sqlite3_vfs *vfs, int n, char *out)
-{
-    return REAL_VFS(vfs)->xGetLastError(REAL_VFS(vfs), n, out);
-}
-
-static int walbuf_current_time_int64(sqlite3_vfs *vfs, sqlite3_int64 *out)
-{
-    return REAL_VFS(vfs)->xCurrentTimeInt64(REAL_VFS(vfs), out);
-}
-
-/* The VFS under WALBUF_VFS_NAME, registered by the first history_open (the
- * module is used from one thread, like the rest of history).  Version 2: the
- * system-call overrides of version 3 are left to the default VFS. */
-static int walbuf_register(void)
-{
-    static sqlite3_vfs vfs;
-    sqlite3_vfs *real;
-    if (sqlite3_vfs_find(WALBUF_VFS_NAME))
-        return SQLITE_OK;
-    real = sqlite3_vfs_find(NULL);
-    if (!real)
-        return SQLITE_ERROR;
-    if (real->iVersion < 2 || !real->xCurrentTimeInt64)
-        return SQLITE_ERROR;
-    memset(&vfs, 0, sizeof vfs);
-    vfs.iVersion = 2;
-    vfs.szOsFile = (int)sizeof(walbuf_file) + real->szOsFile;
-    vfs.mxPathname = real->mxPathname;
-    vfs.zName = WALBUF_VFS_NAME;
-    vfs.pAppData = real;
-    vfs.xOpen = walbuf_open;
-    vfs.xDelete = walbuf_delete;
-    vfs.xAccess = walbuf_access;
-    vfs.xFullPathname = walbuf_full_pathname;
-    /* A build without extension loading has none of these; SQLite then never calls them. */
-    vfs.xDlOpen = real->xDlOpen ? walbuf_dl_open : NULL;
-    vfs.xDlError = real->xDlError ? walbuf_dl_error : NULL;
-    vfs.xDlSym = real->xDlSym ? walbuf_dl_sym : NULL;
-    vfs.xDlClose = real->xDlClose ? walbuf_dl_close : NULL;
-    vfs.xRandomness = walbuf_randomness;
-    vfs.xSleep = walbuf_sleep;
-    vfs.xCurrentTime = walbuf_current_time;
-    vfs.xGetLastError = walbuf_get_last_error;
-    vfs.xCurrentTimeInt64 = walbuf_current_time_int64;
-    return sqlite3_vfs_register(&vfs, 0);
-}
-
 /* ---- opening ---------------------------------------------------------- */
 
 static int prepare(history *h, sqlite3_stmt **stmt, const char *sql)
@@ -932,14 +605,7 @@ static int open_steps(history *h, const char *path, const history_options *opt,
     sqlite3_int64 version = 0;
     int rc, r;
 
-    rc = walbuf_register();
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "history \"%s\": cannot open: sqlite3_vfs_register(" WALBUF_VFS_NAME "): %s (code %d)",
-                 path, sqlite3_errstr(rc), rc);
-        return HISTORY_ERROR;
-    }
-    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                         WALBUF_VFS_NAME);
+    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "history \"%s\": cannot open: sqlite3_open_v2: %s (code %d)",
                  path, h->db ? sqlite3_errmsg(h->db) : sqlite3_errstr(rc), rc);
@@ -997,6 +663,11 @@ static int open_steps(history *h, const char *path, const history_options *opt,
     r = set_wal(h);
     if (r == HISTORY_OK)
         r = exec_sql(h, "PRAGMA synchronous = NORMAL", "PRAGMA synchronous = NORMAL");
+    if (r == HISTORY_OK && opt->cache_pages > 0) {
+        char sql[48];
+        snprintf(sql, sizeof sql, "PRAGMA cache_size = %d", opt->cache_pages);
+        r = exec_sql(h, sql, sql);
+    }
     if (r == HISTORY_OK)
         (void)sqlite3_wal_hook(h->db, wal_committed, h);   /* returns the previous hook's context */
     if (r == HISTORY_OK)

@@ -46,6 +46,8 @@ typedef struct history_options {
     int busy_timeout_ms;       /* default 0 when the struct is zeroed; keep <= 5 on the I/O thread */
     int retain_days;           /* 0 = keep forever */
     int64_t retain_messages;   /* 0 = keep everything */
+    int cache_pages;           /* 0 = SQLite's default page cache; tests use a tiny one so that a
+                                * large batch spills pages into the WAL before its commit */
 } history_options;
 
 typedef struct history history;
