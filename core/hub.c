@@ -12,6 +12,7 @@
 
 #include "clock.h"
 #include "framing.h"
+#include "invariant.h"
 #include "log.h"
 #include "text.h"
 
@@ -46,6 +47,8 @@ typedef struct outbox_entry {
     uint8_t persist;            /* must be stored before delivery */
     uint8_t stored;
     uint8_t user_line;          /* say/me/msg (refused when the database is down) */
+    uint8_t rejected;           /* the database refused this record: neither stored nor delivered */
+    uint8_t confirms_previous;  /* the sender's confirmation of the private message before it */
     uint32_t from_slot, from_conn;  /* the sender (its conn_id guards against slot reuse) */
     uint8_t skip_sender;            /* ROOM: not delivered back to the sender */
     uint32_t last_conn;             /* ROOM: connections newer than this came after the line */
@@ -87,6 +90,7 @@ struct hub {
 
 static const char NOTICE_HISTORY_DOWN[] = "*** history unavailable, message not sent";
 static const char NOTICE_HISTORY_OFF[] = "*** history is switched off on this server";
+static const char NOTICE_REJECTED[] = "*** message not sent: the history database refused to store it";
 static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconnecting (slow consumer)";
 
 #define COMMIT_RETRY_MS 50
@@ -335,35 +339,111 @@ static int outbox_add(hub *h, const chat_effect *fx)
     return 0;
 }
 
-/* One transaction for every unstored entry.  Returns 1 if everything in the
- * outbox is now stored. */
+static outbox_entry *outbox_at(hub *h, uint32_t i)
+{
+    return &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
+}
+
+static size_t held_cost(const outbox_entry *e)
+{
+    return sizeof *e + e->wire->len + e->record->len;
+}
+
+/* The entry no longer waits for the database (stored, or refused by it). */
+static void entry_settled(hub *h, outbox_entry *e)
+{
+    h->ob_unstored--;
+    h->ob_unstored_bytes -= held_cost(e);
+}
+
+/* One transaction for the unstored entries among `idx` (outbox positions, in
+ * order).  On success they are marked stored. */
+static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
+{
+    history *db = h->cfg.history;
+    int rc = history_begin(db);
+    for (uint32_t k = 0; k < n && rc == HISTORY_OK; k++) {
+        const outbox_entry *e = outbox_at(h, idx[k]);
+        history_record r;
+        r.id = 0;
+        r.at = e->at;
+        r.room = e->record->data;
+        r.nick = e->record->data + e->nick_off;
+        r.kind = e->record->data + e->kind_off;
+        r.body = e->record->data + e->body_off;
+        r.body_len = e->body_len;
+        rc = history_append(db, &r);
+    }
+    if (rc == HISTORY_OK)
+        rc = history_commit(db);
+    else if (rc != HISTORY_REJECTED || n == 0)
+        history_rollback(db);
+    else
+        rc = history_commit(db);   /* rolls the poisoned batch back and says why */
+    if (rc != HISTORY_OK)
+        return rc;
+    for (uint32_t k = 0; k < n; k++) {
+        outbox_entry *e = outbox_at(h, idx[k]);
+        e->stored = 1;
+        entry_settled(h, e);
+        h->stats.lines_stored++;
+    }
+    h->stats.commits++;
+    return HISTORY_OK;
+}
+
+/* The database refused a record (see HISTORY_REJECTED): commit the entries
+ * in halves, in order, until each refused one stands alone, and drop those:
+ * their senders are told at delivery, the rest is stored and delivered as
+ * usual.  Halving costs about 2 log2(n) transactions per refused record, so
+ * a batch of 10,000 with one such line is stored in ~30 commits, in this
+ * turn.  Stops at the first commit that fails for another reason (busy,
+ * I/O), leaving the rest held as any failed commit does. */
+static int commit_isolating(hub *h, const uint32_t *idx, uint32_t n)
+{
+    int rc = commit_entries(h, idx, n);
+    if (rc != HISTORY_REJECTED)
+        return rc;
+    if (n == 1) {
+        outbox_entry *e = outbox_at(h, idx[0]);
+        e->rejected = 1;
+        e->persist = 0;
+        entry_settled(h, e);
+        h->stats.rejected_lines++;
+        log_error("history: the database refused a '%s' line of %s in %s, which is dropped, not delivered: %s",
+                  e->record->data + e->kind_off, e->record->data + e->nick_off, e->record->data,
+                  history_errmsg(h->cfg.history));
+        return HISTORY_OK;
+    }
+    rc = commit_isolating(h, idx, n / 2);
+    if (rc == HISTORY_OK)
+        rc = commit_isolating(h, idx + n / 2, n - n / 2);
+    return rc;
+}
+
+/* Every unstored entry in one transaction, in outbox order.  Returns 1 if
+ * everything in the outbox is now stored (or refused by the database). */
 static int outbox_commit(hub *h, int64_t now)
 {
     if (h->ob_unstored == 0)
         return 1;
     if (h->db_failing && now < h->next_commit_try)
         return 0;
-    history *db = h->cfg.history;
-    int rc = history_begin(db);
-    if (rc == HISTORY_OK) {
-        for (uint32_t i = 0; i < h->ob_count && rc == HISTORY_OK; i++) {
-            outbox_entry *e = &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
-            if (!e->persist || e->stored)
-                continue;
-            history_record r;
-            r.id = 0;
-            r.at = e->at;
-            r.room = e->record->data;
-            r.nick = e->record->data + e->nick_off;
-            r.kind = e->record->data + e->kind_off;
-            r.body = e->record->data + e->body_off;
-            r.body_len = e->body_len;
-            rc = history_append(db, &r);
+    uint32_t *idx = malloc(sizeof *idx * h->ob_unstored);
+    uint32_t n = 0;
+    uint64_t stored_before = h->stats.lines_stored;
+    int rc = HISTORY_ERROR;
+    if (idx) {
+        for (uint32_t i = 0; i < h->ob_count; i++) {
+            const outbox_entry *e = outbox_at(h, i);
+            if (e->persist && !e->stored)
+                idx[n++] = i;
         }
-        if (rc == HISTORY_OK)
-            rc = history_commit(db);
-        else
-            history_rollback(db);
+        CR_ASSERT(n == h->ob_unstored);
+        rc = commit_entries(h, idx, n);
+        if (rc == HISTORY_REJECTED)
+            rc = commit_isolating(h, idx, n);
+        free(idx);
     }
     if (rc != HISTORY_OK) {
         h->stats.commit_busy++;
@@ -371,7 +451,9 @@ static int outbox_commit(hub *h, int64_t now)
             h->db_failing = 1;
             h->db_failing_since = now;
             log_warn("history: cannot write (%s); %u line(s) held, retrying",
-                     rc == HISTORY_BUSY ? "database is locked by another connection" : history_errmsg(db),
+                     !idx ? "out of memory"
+                     : rc == HISTORY_BUSY ? "database is locked by another connection"
+                                          : history_errmsg(h->cfg.history),
                      (unsigned)h->ob_unstored);
         }
         h->next_commit_try = now + COMMIT_RETRY_MS;
@@ -379,18 +461,13 @@ static int outbox_commit(hub *h, int64_t now)
     }
     if (h->db_failing) {
         log_info("history: writable again after %lld ms; stored %u held line(s); %llu announcement(s) dropped",
-                 (long long)(now - h->db_failing_since), (unsigned)h->ob_unstored,
+                 (long long)(now - h->db_failing_since), (unsigned)(h->stats.lines_stored - stored_before),
                  (unsigned long long)h->stats.dropped_notices);
         h->stats.dropped_notices = 0;
         h->db_failing = 0;
     }
-    h->stats.commits++;
+    CR_ASSERT(h->ob_unstored == 0 && h->ob_unstored_bytes == 0);
     h->upkeep_due = 1;
-    h->stats.lines_stored += h->ob_unstored;
-    for (uint32_t i = 0; i < h->ob_count; i++)
-        h->outbox[(h->ob_head + i) & (h->ob_cap - 1)].stored = 1;
-    h->ob_unstored = 0;
-    h->ob_unstored_bytes = 0;
     return 1;
 }
 
@@ -415,17 +492,24 @@ static void deliver_member(void *ctx, uint32_t slot)
 
 static void outbox_deliver(hub *h)
 {
+    int drop_confirmation = 0;   /* the entry before was a refused private message */
     while (h->ob_count > 0) {
         outbox_entry *e = &h->outbox[h->ob_head];
         if (e->persist && !e->stored)
             break;
-        if (e->is_private) {
+        if (e->rejected) {
+            if (e->user_line && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
+                reply_text(h, e->from_slot, NOTICE_REJECTED, sizeof NOTICE_REJECTED - 1);
+        } else if (e->confirms_previous && drop_confirmation) {
+            /* "-> bob: ..." would claim a message that was never sent */
+        } else if (e->is_private) {
             if (slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)
                 queue_to(h, e->to_slot, e->wire);
         } else if (e->record) {
             deliver_ctx d = { h, e };
             chat_room_members(h->chat, e->record->data, deliver_member, &d);
         }
+        drop_confirmation = e->rejected && e->is_private;
         outbox_entry_free(e);
         h->ob_head = (h->ob_head + 1) & (h->ob_cap - 1);
         h->ob_count--;
@@ -494,7 +578,8 @@ static void run_effects(hub *h)
                     follow.kind = CHAT_PRIVATE;
                     follow.to_slot = fx[i].slot;
                     follow.record_kind = NULL;
-                    outbox_add(h, &follow);
+                    if (outbox_add(h, &follow) == 0)
+                        outbox_at(h, h->ob_count - 1)->confirms_previous = 1;
                 }
                 break;
             }

@@ -66,6 +66,14 @@
  * fsyncs per line. */
 #define WAL_COMMIT_CHECKPOINT_PAGES 4096
 #define WAL_IDLE_CHECKPOINT_PAGES 256
+/* The WAL file never shrinks by itself: a reader that holds a snapshot keeps
+ * the WAL from restarting, and it grows past the bound above (a reader held
+ * for 5 s under chat load made it 118 MiB).  journal_size_limit cuts the file
+ * back to the bound whenever a commit restarts the WAL; history_idle_step
+ * truncates it once it has been larger (WAL frames are a page plus a 24-byte
+ * header). */
+#define WAL_PAGE_BYTES 4096
+#define WAL_SIZE_LIMIT_BYTES ((long long)WAL_COMMIT_CHECKPOINT_PAGES * (WAL_PAGE_BYTES + 24) + 32)
 
 /* FTS5 merges its index segments (one per commit) inside the commits: about
  * a fifth of a stored line's instructions with its defaults (automerge 4,
@@ -110,6 +118,11 @@ static const char *const migrations[] = {
     "  INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.id, old.body);\n"
     "  INSERT INTO messages_fts(rowid, body) VALUES (new.id, new.body);\n"
     "END;\n",
+    /* 1 -> 2: room names are case-insensitive (ASCII letters, like nicks), so
+     * the room index compares them without case: `Games` and `games` are one
+     * room's history whoever re-created it.  The rows keep their spelling. */
+    "DROP INDEX messages_room_id;\n"
+    "CREATE INDEX messages_room_id ON messages(room COLLATE NOCASE, id);\n",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == HISTORY_SCHEMA_VERSION,
@@ -127,13 +140,13 @@ static const char sql_flush[] =
 static const char sql_recent[] =
     "SELECT id, at, room, nick, kind, body FROM ("
     " SELECT id, at, room, nick, kind, body FROM messages"
-    " WHERE room = ?1 AND kind <> 'msg' ORDER BY id DESC LIMIT ?2"
+    " WHERE room = ?1 COLLATE NOCASE AND kind <> 'msg' ORDER BY id DESC LIMIT ?2"
     ") ORDER BY id ASC";
 /* Ordering by the FTS rowid lets FTS5 walk its index newest first and stop at the limit. */
 static const char sql_search[] =
     "SELECT m.id, m.at, m.room, m.nick, m.kind, m.body"
     " FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid"
-    " WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.kind <> 'msg'"
+    " WHERE messages_fts MATCH ?1 AND m.room = ?2 COLLATE NOCASE AND m.kind <> 'msg'"
     " ORDER BY messages_fts.rowid DESC LIMIT ?3";
 static const char sql_max_id[] = "SELECT max(id) FROM messages";
 static const char sql_fts_merge[] =
@@ -169,16 +182,31 @@ struct history {
     char *batch_text;
     size_t text_len, text_cap;
     /* The WAL as of our last commit (pages in it) and last checkpoint (pages
-     * copied back), see wal_committed. */
-    int wal_pages, wal_copied;
+     * copied back), see wal_committed; wal_peak: the most pages it held since
+     * it was last truncated (its file is at least that large). */
+    int wal_pages, wal_copied, wal_peak;
     int merge_due;       /* rows changed since history_idle_step last found no merge work */
     char errmsg[HISTORY_ERRMSG_LEN];
 };
 
+/* BUSY: another connection has the lock.  REJECTED: the content itself was
+ * refused (a CHECK or a trigger a sqlite3 CLI user added, a value over a
+ * limit), so retrying the same rows cannot help.  Everything else (I/O, disk
+ * full, a missing table, out of memory) is the database's state: retry. */
 static int code_of(int rc)
 {
-    int primary = rc & 0xff;
-    return primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? HISTORY_BUSY : HISTORY_ERROR;
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return HISTORY_BUSY;
+    case SQLITE_CONSTRAINT:
+    case SQLITE_TOOBIG:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE:
+        return HISTORY_REJECTED;
+    default:
+        return HISTORY_ERROR;
+    }
 }
 
 static void set_errmsg(history *h, const char *fmt, ...)
@@ -192,7 +220,15 @@ static void set_errmsg(history *h, const char *fmt, ...)
 /* Records a failed SQLite call as "call: message (code N)" and maps it. */
 static int fail(history *h, const char *call, int rc)
 {
-    set_errmsg(h, "%s: %s (code %d)", call, sqlite3_errmsg(h->db), rc);
+    int primary = rc & 0xff;
+    /* For the errors that come from the file system, the OS's own code says
+     * which of the many causes it was (no permission, read-only, no space). */
+    int os = primary == SQLITE_CANTOPEN || primary == SQLITE_IOERR || primary == SQLITE_FULL ||
+             primary == SQLITE_READONLY || primary == SQLITE_PERM ? sqlite3_system_errno(h->db) : 0;
+    if (os != 0)
+        set_errmsg(h, "%s: %s (code %d; OS error %d)", call, sqlite3_errmsg(h->db), rc, os);
+    else
+        set_errmsg(h, "%s: %s (code %d)", call, sqlite3_errmsg(h->db), rc);
     return code_of(rc);
 }
 
@@ -591,12 +627,39 @@ static int wal_committed(void *ctx, sqlite3 *db, const char *name, int pages)
     if (pages < h->wal_pages)
         h->wal_copied = 0;
     h->wal_pages = pages;
+    if (pages > h->wal_peak)
+        h->wal_peak = pages;
     if (pages >= WAL_COMMIT_CHECKPOINT_PAGES && pages - h->wal_copied >= WAL_IDLE_CHECKPOINT_PAGES) {
         int copied = 0;
         if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, &copied) == SQLITE_OK)
             h->wal_copied = copied;
     }
     return SQLITE_OK;
+}
+
+/* One write transaction that changes nothing a reader can see (user_version
+ * set to what it is), committed through the WAL: a file, WAL or -shm this
+ * process cannot write fails here, at the start, where the service manager
+ * and the admin see it.  Another connection holding the write lock past the
+ * open's wait does not make the database unusable: accepted (the relay holds
+ * lines and retries until the lock is released). */
+static int prove_writable(history *h)
+{
+    int r = step_done(h, h->begin, sql_begin);
+    if (r == HISTORY_OK)
+        r = exec_sql(h, "PRAGMA user_version = " STRINGIFY(HISTORY_SCHEMA_VERSION), "PRAGMA user_version");
+    if (r == HISTORY_OK)
+        r = step_done(h, h->commit, sql_commit);
+    if (r != HISTORY_OK) {
+        rollback_keep_error(h);
+        if (r == HISTORY_BUSY) {
+            h->errmsg[0] = '\0';
+            return HISTORY_OK;
+        }
+        size_t used = strlen(h->errmsg);
+        snprintf(h->errmsg + used, sizeof h->errmsg - used, " (cannot write the database)");
+    }
+    return r;
 }
 
 static int open_steps(history *h, const char *path, const history_options *opt,
@@ -634,6 +697,13 @@ static int open_steps(history *h, const char *path, const history_options *opt,
                  path, (long long)version, HISTORY_SCHEMA_VERSION);
         return HISTORY_TOO_NEW;
     }
+    /* SQLite opens a file it may not write read-only, silently; every chat
+     * line would then be held and refused.  Say so now, at the start. */
+    if (sqlite3_db_readonly(h->db, "main") == 1) {
+        snprintf(err, errlen, "history \"%s\": the file is read-only (no write permission, or a "
+                 "read-only filesystem); the relay must be able to write its history", path);
+        return HISTORY_ERROR;
+    }
     if (version < 0) {
         snprintf(err, errlen, "history \"%s\": schema version %lld is not one of ours "
                  "(the file was left untouched)", path, (long long)version);
@@ -663,6 +733,11 @@ static int open_steps(history *h, const char *path, const history_options *opt,
     r = set_wal(h);
     if (r == HISTORY_OK)
         r = exec_sql(h, "PRAGMA synchronous = NORMAL", "PRAGMA synchronous = NORMAL");
+    if (r == HISTORY_OK) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld", WAL_SIZE_LIMIT_BYTES);
+        r = exec_sql(h, sql, sql);
+    }
     if (r == HISTORY_OK && opt->cache_pages > 0) {
         char sql[48];
         snprintf(sql, sizeof sql, "PRAGMA cache_size = %d", opt->cache_pages);
@@ -674,6 +749,8 @@ static int open_steps(history *h, const char *path, const history_options *opt,
         r = prepare_queries(h);
     if (r == HISTORY_OK)
         tune_fts(h);
+    if (r == HISTORY_OK)
+        r = prove_writable(h);
     h->merge_due = 1;   /* whatever earlier runs left unmerged */
     if (r == HISTORY_OK) {
         rc = sqlite3_busy_timeout(h->db, opt->busy_timeout_ms > 0 ? opt->busy_timeout_ms : 0);
@@ -792,15 +869,15 @@ static int check_record(history *h, const history_record *rec)
 {
     if (!rec || !rec->at || !rec->room || !rec->nick || !rec->kind || (!rec->body && rec->body_len)) {
         set_errmsg(h, "history_append: record with a missing field");
-        return HISTORY_ERROR;
+        return HISTORY_REJECTED;
     }
     if (strlen(rec->at) != HISTORY_TIME_LEN) {
         set_errmsg(h, "history_append: time \"%.40s\" is not in the form 2026-11-27T03:04:05.123Z", rec->at);
-        return HISTORY_ERROR;
+        return HISTORY_REJECTED;
     }
     if (!is_kind(rec->kind)) {
         set_errmsg(h, "history_append: kind \"%.20s\" is not one of say, me, join, leave, nick, msg", rec->kind);
-        return HISTORY_ERROR;
+        return HISTORY_REJECTED;
     }
     return HISTORY_OK;
 }
@@ -816,7 +893,7 @@ static int append_row(history *h, const history_record *rec)
         return HISTORY_ERROR;
     }
     if (check_record(h, rec) != HISTORY_OK)
-        return HISTORY_ERROR;
+        return HISTORY_REJECTED;
     src[FIELD_AT] = rec->at;
     src[FIELD_ROOM] = rec->room;
     src[FIELD_NICK] = rec->nick;
@@ -834,7 +911,7 @@ static int append_row(history *h, const history_record *rec)
         if (len[i] > max_len) {
             set_errmsg(h, "history_append: a field of %llu bytes is longer than SQLite's limit of %llu",
                        (unsigned long long)len[i], (unsigned long long)max_len);
-            return HISTORY_ERROR;
+            return HISTORY_REJECTED;
         }
         total += len[i];
     }
@@ -1138,6 +1215,25 @@ static int merge_step(history *h)
     return h->merge_due;
 }
 
+/* Cuts the WAL file back to nothing once no reader needs it.  TRUNCATE
+ * waits for readers and writers through the busy handler, and there is none
+ * (busy_timeout 0 on the I/O thread), so a reader still present makes it
+ * return SQLITE_BUSY at once: tried again on a later idle turn, while the
+ * merge work goes on meanwhile. */
+static int truncate_step(history *h)
+{
+    int in_wal = 0, copied = 0;
+    int rc = sqlite3_wal_checkpoint_v2(h->db, "main", SQLITE_CHECKPOINT_TRUNCATE, &in_wal, &copied);
+    if (rc == SQLITE_OK) {
+        h->wal_pages = h->wal_copied = h->wal_peak = 0;
+        return 1;
+    }
+    if ((rc & 0xff) == SQLITE_BUSY)
+        return h->merge_due ? merge_step(h) : 1;
+    fail(h, "sqlite3_wal_checkpoint_v2(TRUNCATE)", rc);
+    return -1;
+}
+
 int history_idle_step(history *h)
 {
     int rc, in_wal = 0, copied = 0;
@@ -1147,6 +1243,8 @@ int history_idle_step(history *h)
         set_errmsg(h, "history_idle_step: a batch is open");
         return -1;
     }
+    if (h->wal_peak > WAL_COMMIT_CHECKPOINT_PAGES && h->wal_pages - h->wal_copied < WAL_IDLE_CHECKPOINT_PAGES)
+        return truncate_step(h);
     if (h->wal_pages - h->wal_copied < WAL_IDLE_CHECKPOINT_PAGES)
         return h->merge_due ? merge_step(h) : 0;
     /* PASSIVE: copies what no reader still needs, never waits for a reader

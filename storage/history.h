@@ -12,7 +12,8 @@
  *
  *   messages(id INTEGER PRIMARY KEY, at TEXT NOT NULL, room TEXT NOT NULL,
  *            nick TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL)
- *   index messages_room_id ON messages(room, id)
+ *   index messages_room_id ON messages(room COLLATE NOCASE, id): room names are
+ *   case-insensitive (ASCII), so a room's past does not depend on its spelling
  *   messages_fts: FTS5 over body (external content = messages, kept by triggers)
  */
 #ifndef CHATRELAY_HISTORY_H
@@ -26,10 +27,13 @@ enum {
     HISTORY_BUSY = 1,    /* locked by another connection: nothing written, retry later */
     HISTORY_ERROR = 2,   /* I/O error, disk full, ...: nothing written, retry later; see history_errmsg */
     HISTORY_TOO_NEW = 3, /* history_open: the file's schema is newer than this program; untouched */
-    HISTORY_LIMIT = 4    /* history_search: stopped at its work budget (rows so far were delivered) */
+    HISTORY_LIMIT = 4,   /* history_search: stopped at its work budget (rows so far were delivered) */
+    HISTORY_REJECTED = 5 /* history_commit: the database refused the batch's content (a constraint or
+                          * trigger, a value too big, a malformed record): nothing written, and the same
+                          * batch would be refused again; the caller must find and drop the record */
 };
 
-#define HISTORY_SCHEMA_VERSION 1
+#define HISTORY_SCHEMA_VERSION 2
 #define HISTORY_TIME_LEN 24   /* "2026-11-27T03:04:05.123Z" */
 
 typedef struct history_record {
@@ -53,8 +57,12 @@ typedef struct history_options {
 typedef struct history history;
 
 /* Opens or creates path (UTF-8; parent folder must exist), applies the
- * pragmas, creates or migrates the schema.  On failure returns HISTORY_ERROR or
- * HISTORY_TOO_NEW with a one-line explanation (naming path and cause) in err. */
+ * pragmas, creates or migrates the schema, and proves the file writable with
+ * one small write transaction (a database this process cannot write fails
+ * here, not at the first chat line; one locked by another connection past
+ * the open's wait is accepted: writes are retried).  On failure returns
+ * HISTORY_ERROR or HISTORY_TOO_NEW with a one-line explanation (naming path
+ * and cause) in err. */
 int history_open(history **out, const char *path, const history_options *opt,
                  char *err, size_t errlen);
 void history_close(history *h);
@@ -65,7 +73,9 @@ const char *history_errmsg(const history *h);
  * HISTORY_BUSY if another connection holds the write lock.  history_append
  * inserts one row (messages + FTS in the same transaction).  history_commit
  * commits; on any non-OK result the transaction has been rolled back and
- * nothing of the batch is stored.  history_rollback abandons a batch. */
+ * nothing of the batch is stored: HISTORY_BUSY or HISTORY_ERROR (the
+ * database, retry later) or HISTORY_REJECTED (the content: retrying the same
+ * batch fails again).  history_rollback abandons a batch. */
 int history_begin(history *h);
 int history_append(history *h, const history_record *rec);
 int history_commit(history *h);
@@ -92,12 +102,17 @@ int history_prune_step(history *h, int64_t now_ms, int max_rows);
 /* Upkeep that can wait for a quiet moment, so that commits need not do it.
  * Call it when the relay is idle (no batch open; e.g. when a wait for events
  * timed out), and again on later idle turns while it returns 1.  Each call
- * does one bounded step: today, once the commits since the last checkpoint
- * have added 256 pages (1 MiB) to the WAL, it copies the WAL back into the
+ * does one bounded step: once the commits since the last checkpoint have
+ * added 256 pages (1 MiB) to the WAL, it copies the WAL back into the
  * database file (a PASSIVE checkpoint: never waits for or blocks a reader;
- * page writes and two fsyncs, a few ms, ~5-15 ms under Wine).  Without it,
- * a commit checkpoints by itself once the WAL reaches 4096 pages (16 MiB):
- * never calling this costs commit time, never data or a guarantee.
+ * page writes and two fsyncs, a few ms, ~5-15 ms under Wine); once a reader
+ * that held the WAL back has let it grow past its bound (4096 pages, 16 MiB),
+ * it truncates the WAL file back to nothing as soon as no reader needs it
+ * (a TRUNCATE checkpoint, which with no busy handler never waits: it is
+ * simply tried again on a later idle turn); else it merges the full-text
+ * index.  Without it, a commit checkpoints by itself once the WAL reaches
+ * 4096 pages and the WAL file is cut back to that size when it restarts:
+ * never calling this costs commit time and disk, never data or a guarantee.
  * Returns 1 if it did some work, 0 if nothing is due, -1 on error or when
  * another connection holds what it needs (see history_errmsg; try again on
  * a later idle turn). */

@@ -344,6 +344,73 @@ static void test_replay_on_connect(void)
     history_close(db);
 }
 
+
+/* A record the database refuses (a trigger a CLI user added) must not block
+ * the outbox: it alone is dropped and its sender told; every other line of
+ * the same turn, before and after it, is stored and delivered in order.  A
+ * refused private message takes its confirmation with it. */
+static void test_refused_record_is_isolated(void)
+{
+    const char *path = "test_hub_refused.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    cfg.chat.log_private = 1;
+    cfg.pending_max_lines = 100000;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+
+    sqlite3 *cli;
+    CHECK_INT(sqlite3_open(path, &cli), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(cli, "CREATE TRIGGER no_forbidden BEFORE INSERT ON messages"
+                                " WHEN new.body LIKE '%forbidden%' BEGIN SELECT RAISE(ABORT, 'forbidden'); END",
+                           NULL, NULL, NULL), SQLITE_OK);
+    char input[64 * 1024];
+    size_t used = 0;
+    for (int i = 0; i < 1000; i++)
+        used += (size_t)snprintf(input + used, sizeof input - used, "%sline %d\r\n",
+                                 i == 400 || i == 401 || i == 999 ? "forbidden " : "", i);
+    say(h, 0, input, 10);
+    say(h, 0, "/msg guest2 a forbidden secret\r\n/msg guest2 a fine secret\r\n", 10);
+    hub_turn(h, 10);
+
+    const char *got = take_output(h, 1);
+    char want[64 * 1024];
+    size_t wn = 0;
+    for (int i = 0; i < 1000; i++)
+        if (i != 400 && i != 401 && i != 999)
+            wn += (size_t)snprintf(want + wn, sizeof want - wn, "<guest1> line %d\r\n", i);
+    wn += (size_t)snprintf(want + wn, sizeof want - wn, "*guest1* a fine secret\r\n");
+    CHECK_STR(got, want);
+    static const char notice[] = "*** message not sent: the history database refused to store it\r\n";
+    char want0[1024];
+    snprintf(want0, sizeof want0, "%s%s%s%s*** to guest2: a fine secret\r\n", notice, notice, notice, notice);
+    CHECK_STR(take_output(h, 0), want0);
+    CHECK_INT(count_rows(path, "kind='say'"), 997);
+    CHECK_INT(count_rows(path, "body LIKE '%forbidden%'"), 0);
+    CHECK_INT(count_rows(path, "kind='msg'"), 1);
+    /* stored in the order they were said */
+    CHECK_INT(count_rows(path, "kind='say' AND id < (SELECT id FROM messages WHERE body='line 998')"
+                               " AND id > (SELECT id FROM messages WHERE body='line 402')"), 998 - 402 - 1);
+    hub_stats st;
+    hub_get_stats(h, &st);
+    CHECK_INT(st.rejected_lines, 4);
+    CHECK_INT(st.lines_stored, 2 + 997 + 1);   /* the two joins, the lines, the fine /msg */
+
+    /* Once the trigger is gone, the same words are stored again. */
+    CHECK_INT(sqlite3_exec(cli, "DROP TRIGGER no_forbidden", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(cli);
+    say(h, 0, "forbidden no more\r\n", 20);
+    hub_turn(h, 20);
+    CHECK_STR(take_output(h, 1), "<guest1> forbidden no more\r\n");
+    CHECK_INT(count_rows(path, "body = 'forbidden no more'"), 1);
+    hub_destroy(h);
+    history_close(db);
+    remove_db(path);
+}
+
 int main(void)
 {
     log_to_stderr(0);
@@ -355,6 +422,7 @@ int main(void)
     test_idle_timeout_and_telnet_reply();
     test_no_history_delivers_at_once();
     test_replay_on_connect();
+    test_refused_record_is_isolated();
     msgbuf_pool_drain();
     return check_done();
 }
