@@ -36,6 +36,10 @@
 #define CHAT_LOBBY 0u                   /* rooms[0] is the lobby, which never goes away */
 #define NONE UINT32_MAX
 #define TOKEN 1000                      /* flood buckets count thousandths of a line */
+/* A /search scans the full-text index: it costs this many lines of the flood
+ * bucket (the line itself and the rest, which may leave the bucket below
+ * zero: the next lines wait for the refill). */
+#define SEARCH_FLOOD_COST 4
 
 enum { SESSION_FREE = 0, SESSION_LIVE, SESSION_CLOSING };
 
@@ -967,6 +971,8 @@ static void cmd_search(chat *c, uint32_t slot, args a)
         reply_const(c, slot, "*** Usage: /search WORDS");
         return;
     }
+    if (flood_enabled(c))
+        c->sessions[slot].flood_tokens -= (int64_t)(SEARCH_FLOOD_COST - 1) * TOKEN;
     rname = arena_copy(c, r->name, r->name_len);
     words = arena_copy(c, a.p, a.n);
     e = effect_add(c, CHAT_SEARCH, slot);

@@ -35,9 +35,15 @@ typedef struct hub_slot {
     uint8_t in_flush_list;
     uint8_t in_close_list;
     char close_reason[HUB_REASON_MAX]; /* a copy: chat's strings do not live that long */
+    uint8_t in_later_list;
+    uint8_t sent_since_check;   /* a send completed with bytes since the last slow check */
     int64_t last_input_ms;
+    int64_t over_since;         /* when the queue was first seen over max_queue_bytes without progress; 0 = not */
     char ip[HUB_IP_MAX];
     sendq q;
+    /* Output that must wait its turn, in order: queries (tag LATER_QUERY) and
+     * everything queued for the session after one (see "the later list"). */
+    sendq later;
     framer fr;
 } hub_slot;
 
@@ -49,6 +55,7 @@ typedef struct outbox_entry {
     uint8_t user_line;          /* say/me/msg (refused when the database is down) */
     uint8_t rejected;           /* the database refused this record: neither stored nor delivered */
     uint8_t confirms_previous;  /* the sender's confirmation of the private message before it */
+    uint8_t held;               /* a commit failed while it waited: delivered as part of a backlog */
     uint32_t from_slot, from_conn;  /* the sender (its conn_id guards against slot reuse) */
     uint8_t skip_sender;            /* ROOM: not delivered back to the sender */
     uint32_t last_conn;             /* ROOM: connections newer than this came after the line */
@@ -68,6 +75,14 @@ struct hub {
 
     uint32_t *flush_list, flush_count;
     uint32_t *close_list, close_count;
+    uint32_t *later_list, later_count;  /* slots with a non-empty later list, in no order */
+    uint32_t later_next;                /* round robin: where the next turn starts */
+    int64_t next_slow_check;
+    int slow_watch;                     /* some queue may be over max_queue_bytes */
+    int later_budget_spent;             /* this turn's queries ran out with more waiting */
+    uint32_t answering;                 /* the slot whose query is being answered, or UINT32_MAX:
+                                         * its answer goes straight to the send queue, ahead of
+                                         * what waits behind the query in its later list */
 
     outbox_entry *outbox;       /* ring, capacity a power of two */
     uint32_t ob_cap, ob_head, ob_count;
@@ -98,7 +113,24 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 #define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
 #define PRUNE_BATCH 500
 #define UPKEEP_DELAY_MS 200
-#define OUTBOX_HARD_FACTOR 4    /* bound on held announcements, in units of pending_max_lines */     /* quiet time after the last commit before checkpointing */
+#define OUTBOX_HARD_FACTOR 4    /* bound on held announcements, in units of pending_max_lines */
+/* Slow consumers (see queue_to): a session whose queue pins more than
+ * max_queue_bytes is cut once it has sent nothing for SLOW_GRACE_MS (checked
+ * every SLOW_CHECK_MS), or at once when what it was sent of its own (not a
+ * burst the server made: a query's answer, the backlog after an outage)
+ * passes QUEUE_HARD_FACTOR times the bound. */
+#define SLOW_GRACE_MS 3000
+#define SLOW_CHECK_MS 250
+#define QUEUE_HARD_FACTOR 4
+/* Queries (/history, /search, replay on connect and join) answered per loop
+ * turn at most, in round robin over the sessions that asked: each is bounded
+ * (200 rows; a search's work budget), so together they add a bounded delay
+ * to everyone else's chat, however many clients ask. */
+#define QUERIES_PER_TURN 4
+#define LATER_MAX_QUERIES 16    /* per session; past it a query is refused */
+
+/* Tags of the later list's entries. */
+enum { LATER_BYTES = 0, LATER_BURST = 1, LATER_QUERY = 2 };
 
 hub *hub_create(const hub_config *cfg)
 {
@@ -106,11 +138,13 @@ hub *hub_create(const hub_config *cfg)
     if (!h)
         return NULL;
     h->cfg = *cfg;
+    h->answering = UINT32_MAX;
     h->slots = calloc(cfg->max_sessions, sizeof *h->slots);
     h->flush_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
     h->close_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
+    h->later_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
     h->chat = chat_create(&cfg->chat, cfg->max_sessions);
-    if (!h->slots || !h->flush_list || !h->close_list || !h->chat) {
+    if (!h->slots || !h->flush_list || !h->close_list || !h->later_list || !h->chat) {
         hub_destroy(h);
         return NULL;
     }
@@ -130,8 +164,10 @@ void hub_destroy(hub *h)
     if (!h)
         return;
     if (h->slots)
-        for (uint32_t i = 0; i < h->cfg.max_sessions; i++)
+        for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
             sendq_clear(&h->slots[i].q);
+            sendq_clear(&h->slots[i].later);
+        }
     for (uint32_t i = 0; i < h->ob_count; i++)
         outbox_entry_free(&h->outbox[(h->ob_head + i) & (h->ob_cap - 1)]);
     free(h->outbox);
@@ -140,6 +176,7 @@ void hub_destroy(hub *h)
     free(h->slots);
     free(h->flush_list);
     free(h->close_list);
+    free(h->later_list);
     free(h);
 }
 
@@ -176,23 +213,54 @@ static void mark_flush(hub *h, uint32_t slot)
     }
 }
 
-/* Queues m for slot.  A session whose unsent bytes would pass the bound is a
- * slow consumer: it is told (best effort: the notice is queued past the bound
- * and goes out only if its socket drains before the shell's linger ends) and
- * closed; nobody else waits for it. */
-static void queue_to(hub *h, uint32_t slot, msgbuf *m)
+static void cut_slow_consumer(hub *h, uint32_t slot)
+{
+    hub_slot *s = &h->slots[slot];
+    /* Best effort: the notice goes out only if the socket drains before the
+     * shell's linger ends.  The later list will never be sent. */
+    msgbuf *notice = msgbuf_line(NOTICE_SLOW, sizeof NOTICE_SLOW - 1);
+    if (notice) {
+        sendq_push(&s->q, notice);
+        msgbuf_release(notice);
+    }
+    sendq_clear(&s->later);
+    mark_flush(h, slot);
+    request_close(h, slot, "slow consumer");
+}
+
+static void later_list_add(hub *h, uint32_t slot)
+{
+    hub_slot *s = &h->slots[slot];
+    if (!s->in_later_list) {
+        s->in_later_list = 1;
+        h->later_list[h->later_count++] = slot;
+    }
+}
+
+/* Queues m for slot.  The slow-consumer rule judges the client, not the
+ * server's bursts: a session is never cut for what it was sent while it keeps
+ * reading, only once its queue has stayed over max_queue_bytes with no byte
+ * sent for SLOW_GRACE_MS (slow_check), or when what it pinned passes
+ * QUEUE_HARD_FACTOR times the bound through output that is not a server
+ * burst (`burst`: a query's answer, paced by the later list, or the backlog
+ * held during an outage, whose buffers are shared by every recipient).  So
+ * memory per session stays bounded and a stopped reader is cut in bounded
+ * time.  Output for a session that has a later list joins its end, in order. */
+static void queue_to_as(hub *h, uint32_t slot, msgbuf *m, int burst)
 {
     if (!slot_live(h, slot) || !m)
         return;
     hub_slot *s = &h->slots[slot];
-    if (h->cfg.max_queue_bytes && s->q.bytes + m->len > h->cfg.max_queue_bytes) {
-        msgbuf *notice = msgbuf_line(NOTICE_SLOW, sizeof NOTICE_SLOW - 1);
-        if (notice) {
-            sendq_push(&s->q, notice);
-            msgbuf_release(notice);
+    if (s->later.count > 0 && slot != h->answering) {
+        if (sendq_push_tagged(&s->later, m, burst ? LATER_BURST : LATER_BYTES) != 0) {
+            log_error("hub: out of memory queueing to session %u; closing it", (unsigned)slot);
+            request_close(h, slot, "out of memory");
         }
-        mark_flush(h, slot);
-        request_close(h, slot, "slow consumer");
+        return;
+    }
+    size_t bound = h->cfg.max_queue_bytes;
+    if (bound && !burst && s->q.pinned + s->later.pinned + sendq_cost(m) > bound * QUEUE_HARD_FACTOR) {
+        cut_slow_consumer(h, slot);
         return;
     }
     if (sendq_push(&s->q, m) != 0) {
@@ -200,8 +268,15 @@ static void queue_to(hub *h, uint32_t slot, msgbuf *m)
         request_close(h, slot, "out of memory");
         return;
     }
+    if (bound && s->q.pinned > bound)
+        h->slow_watch = 1;
     h->stats.deliveries++;
     mark_flush(h, slot);
+}
+
+static void queue_to(hub *h, uint32_t slot, msgbuf *m)
+{
+    queue_to_as(h, slot, m, 0);
 }
 
 static void reply_text(hub *h, uint32_t slot, const char *text, size_t len)
@@ -299,6 +374,7 @@ static int outbox_add(hub *h, const chat_effect *fx)
     }
     e->is_private = fx->kind == CHAT_PRIVATE;
     e->user_line = (uint8_t)user_line;
+    e->held = (uint8_t)h->db_failing;   /* it joins the backlog of an outage */
     e->from_slot = sender;
     e->from_conn = sender < h->cfg.max_sessions ? h->slots[sender].conn_id : 0;
     e->skip_sender = fx->kind == CHAT_ROOM && fx->except_slot == sender;
@@ -446,6 +522,8 @@ static int outbox_commit(hub *h, int64_t now)
         free(idx);
     }
     if (rc != HISTORY_OK) {
+        for (uint32_t i = 0; i < h->ob_count; i++)
+            outbox_at(h, i)->held = 1;
         h->stats.commit_busy++;
         if (!h->db_failing) {
             h->db_failing = 1;
@@ -474,6 +552,7 @@ static int outbox_commit(hub *h, int64_t now)
 typedef struct deliver_ctx {
     hub *h;
     const outbox_entry *e;
+    int burst;           /* the line was held during an outage: part of the backlog */
 } deliver_ctx;
 
 static void deliver_member(void *ctx, uint32_t slot)
@@ -487,7 +566,7 @@ static void deliver_member(void *ctx, uint32_t slot)
      * (conn ids only grow; after 2^32 connections a wrap merely loosens this.) */
     if (conn > d->e->last_conn)
         return;
-    queue_to(d->h, slot, d->e->wire);
+    queue_to_as(d->h, slot, d->e->wire, d->burst);
 }
 
 static void outbox_deliver(hub *h)
@@ -504,9 +583,9 @@ static void outbox_deliver(hub *h)
             /* "-> bob: ..." would claim a message that was never sent */
         } else if (e->is_private) {
             if (slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)
-                queue_to(h, e->to_slot, e->wire);
+                queue_to_as(h, e->to_slot, e->wire, e->held);
         } else if (e->record) {
-            deliver_ctx d = { h, e };
+            deliver_ctx d = { h, e, e->held };
             chat_room_members(h->chat, e->record->data, deliver_member, &d);
         }
         drop_confirmation = e->rejected && e->is_private;
@@ -518,46 +597,180 @@ static void outbox_deliver(hub *h)
 
 /* ---- effects ----------------------------------------------------------- */
 
+/* ---- the later list: queries answered in turn ---------------------------
+ *
+ * A query (/history, /search, the replay on connect and on /join) is not
+ * answered where it is asked: it joins the end of the session's later list,
+ * an ordered list of msgbufs (sendq used as a list, never sent), together
+ * with everything queued for that session after it, so the session's output
+ * keeps the order of its commands.  Each turn, drain_later moves a session's
+ * list into its send queue while the queue pins at most max_queue_bytes, and
+ * answers at most QUERIES_PER_TURN queries over all sessions, round robin:
+ * an answer is sent only as fast as the client reads it, and no number of
+ * queries from any number of clients can hold the thread for long.  A query
+ * is answered from what was stored when it was asked (max_id), so a line
+ * delivered live in between is never replayed after it, nor twice. */
+
 typedef struct query_ctx {
     hub *h;
     uint32_t slot;
     int rows;
 } query_ctx;
 
+/* The query as kept in its msgbuf: fixed fields, then "room\0words\0". */
+typedef struct later_query {
+    int64_t max_id;
+    int32_t limit;
+    uint8_t is_search;
+} later_query;
+
 static int send_history_row(void *ctx, const history_record *rec)
 {
     query_ctx *q = ctx;
     char line[TEXT_MAX_LINE + 128];
     size_t n = chat_format_history(rec, line, sizeof line);
-    reply_text(q->h, q->slot, line, n);
+    msgbuf *m = msgbuf_line(line, n);
+    if (!m) {
+        request_close(q->h, q->slot, "out of memory");
+        return 1;
+    }
+    queue_to_as(q->h, q->slot, m, 1);
+    msgbuf_release(m);
     q->rows++;
     return 0;
 }
 
-static void answer_query(hub *h, const chat_effect *fx)
+static void defer_query(hub *h, const chat_effect *fx)
 {
+    if (!slot_live(h, fx->slot))
+        return;
+    hub_slot *s = &h->slots[fx->slot];
     if (!h->cfg.history) {
         reply_text(h, fx->slot, NOTICE_HISTORY_OFF, sizeof NOTICE_HISTORY_OFF - 1);
         return;
     }
-    query_ctx q = { h, fx->slot, 0 };
-    int rc;
-    if (fx->kind == CHAT_HISTORY)
-        rc = history_recent(h->cfg.history, fx->room, fx->limit, send_history_row, &q);
+    uint32_t queries = 0;
+    for (uint32_t i = 0; i < s->later.count; i++)
+        queries += s->later.ring[(s->later.head + i) & (s->later.cap - 1)].tag == LATER_QUERY;
+    if (queries >= LATER_MAX_QUERIES) {
+        static const char msg[] = "*** too many requests waiting for their answers; try again later";
+        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        return;
+    }
+    const char *words = fx->kind == CHAT_SEARCH ? fx->words : "";
+    size_t room_len = strlen(fx->room), words_len = strlen(words);
+    msgbuf *m = msgbuf_alloc(sizeof(later_query) + room_len + words_len + 2);
+    if (!m) {
+        request_close(h, fx->slot, "out of memory");
+        return;
+    }
+    later_query lq;
+    memset(&lq, 0, sizeof lq);
+    lq.max_id = history_last_id(h->cfg.history);
+    lq.limit = fx->limit;
+    lq.is_search = fx->kind == CHAT_SEARCH;
+    memcpy(m->data, &lq, sizeof lq);
+    memcpy(m->data + sizeof lq, fx->room, room_len + 1);
+    memcpy(m->data + sizeof lq + room_len + 1, words, words_len + 1);
+    m->len = (uint32_t)(sizeof lq + room_len + words_len + 2);
+    if (sendq_push_tagged(&s->later, m, LATER_QUERY) != 0)
+        request_close(h, fx->slot, "out of memory");
     else
-        rc = history_search(h->cfg.history, fx->room, fx->words, fx->limit, send_history_row, &q);
+        later_list_add(h, fx->slot);
+    msgbuf_release(m);
+}
+
+static void answer_query(hub *h, uint32_t slot, const msgbuf *m)
+{
+    later_query lq;
+    memcpy(&lq, m->data, sizeof lq);
+    const char *room = m->data + sizeof lq;
+    const char *words = room + strlen(room) + 1;
+    query_ctx q = { h, slot, 0 };
+    int rc;
+    if (!lq.is_search)
+        rc = history_recent_upto(h->cfg.history, room, lq.limit, lq.max_id, send_history_row, &q);
+    else
+        rc = history_search_upto(h->cfg.history, room, words, lq.limit, lq.max_id, send_history_row, &q);
     if (rc == HISTORY_LIMIT) {
         static const char msg[] = "*** search stopped: too many matches elsewhere to scan; try more specific words";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        reply_text(h, slot, msg, sizeof msg - 1);
     } else if (rc != HISTORY_OK) {
-        log_warn("history: %s query failed: %s", fx->kind == CHAT_HISTORY ? "replay" : "search",
+        log_warn("history: %s query failed: %s", lq.is_search ? "search" : "replay",
                  history_errmsg(h->cfg.history));
         static const char msg[] = "*** history is unavailable right now";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
-    } else if (fx->kind == CHAT_SEARCH && q.rows == 0) {
+        reply_text(h, slot, msg, sizeof msg - 1);
+    } else if (lq.is_search && q.rows == 0) {
         static const char msg[] = "*** no matches";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        reply_text(h, slot, msg, sizeof msg - 1);
     }
+}
+
+/* Moves slot's later list into its send queue, in order, while the queue
+ * pins at most max_queue_bytes; a query is answered only while *budget lasts.
+ * Returns 1 when the list is empty. */
+static int drain_later(hub *h, uint32_t slot, int *budget)
+{
+    hub_slot *s = &h->slots[slot];
+    size_t bound = h->cfg.max_queue_bytes;
+    uint32_t tag;
+    msgbuf *m;
+    while (slot_live(h, slot) && (m = sendq_peek(&s->later, &tag)) != NULL) {
+        if (bound && s->q.pinned > bound)
+            return 0;   /* sent as the client reads: hub_session_sent brings us back */
+        if (tag == LATER_QUERY) {
+            if (*budget <= 0) {
+                h->later_budget_spent = 1;
+                return 0;
+            }
+            --*budget;
+            msgbuf_retain(m);
+            sendq_drop_first(&s->later);
+            h->answering = slot;
+            answer_query(h, slot, m);
+            h->answering = UINT32_MAX;
+            msgbuf_release(m);
+            continue;
+        }
+        msgbuf_retain(m);
+        sendq_drop_first(&s->later);
+        if (sendq_push(&s->q, m) == 0) {
+            h->stats.deliveries++;
+            mark_flush(h, slot);
+        } else {
+            request_close(h, slot, "out of memory");
+        }
+        msgbuf_release(m);
+    }
+    if (!slot_live(h, slot))
+        sendq_clear(&s->later);
+    return s->later.count == 0;
+}
+
+static void drain_later_lists(hub *h)
+{
+    int budget = QUERIES_PER_TURN;
+    uint32_t n = h->later_count;
+    h->later_budget_spent = 0;
+    if (n == 0)
+        return;
+    uint32_t start = h->later_next % n;
+    /* One pass in round-robin order; slots emptied are removed afterwards
+     * (drain_later never adds to the list: queries are deferred from input). */
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t slot = h->later_list[(start + k) % n];
+        (void)drain_later(h, slot, &budget);
+    }
+    h->later_next = start + 1;
+    uint32_t kept = 0;
+    for (uint32_t k = 0; k < h->later_count; k++) {
+        uint32_t slot = h->later_list[k];
+        if (h->slots[slot].later.count > 0 && slot_live(h, slot))
+            h->later_list[kept++] = slot;
+        else
+            h->slots[slot].in_later_list = 0;
+    }
+    h->later_count = kept;
 }
 
 static void run_effects(hub *h)
@@ -594,7 +807,7 @@ static void run_effects(hub *h)
             break;
         case CHAT_HISTORY:
         case CHAT_SEARCH:
-            answer_query(h, &fx[i]);
+            defer_query(h, &fx[i]);
             break;
         case CHAT_CLOSE:
             if (fx[i].text)
@@ -636,12 +849,15 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms
      * old session may still be queued, and the lists must never hold a slot twice. */
     s->closing = 0;
     s->close_reason[0] = '\0';
+    s->over_since = 0;
+    s->sent_since_check = 0;
     if (++h->next_conn_id == 0)
         h->next_conn_id = 1;
     s->conn_id = h->next_conn_id;
     s->last_input_ms = now_ms;
     snprintf(s->ip, sizeof s->ip, "%s", peer_ip);
     sendq_init(&s->q);
+    sendq_init(&s->later);
     framer_init(&s->fr);
     h->open_count++;
     h->input_now = now_ms;
@@ -669,6 +885,15 @@ static void on_line(void *ctx, const char *line, size_t len, unsigned flags)
 static void on_telnet_reply(void *ctx, const unsigned char *bytes, size_t len)
 {
     hub *h = ctx;
+    hub_slot *s = &h->slots[h->input_slot];
+    if (!slot_live(h, h->input_slot))
+        return;
+    /* Replies to a negotiation flood would each cost a buffer: appended to
+     * the last queued one when it has room (see sendq_append). */
+    if (s->later.count == 0 && sendq_append(&s->q, bytes, len)) {
+        mark_flush(h, h->input_slot);
+        return;
+    }
     msgbuf *m = msgbuf_bytes(bytes, len);
     if (m) {
         queue_to(h, h->input_slot, m);
@@ -690,6 +915,8 @@ void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t 
 void hub_session_sent(hub *h, uint32_t slot, size_t transferred)
 {
     hub_slot *s = &h->slots[slot];
+    if (transferred > 0)
+        s->sent_since_check = 1;
     sendq_complete(&s->q, transferred);
     if (sendq_has_unsent(&s->q))
         mark_flush(h, slot);
@@ -705,6 +932,7 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason)
     chat_session_close(h->chat, slot, reason);
     run_effects(h);
     sendq_clear(&s->q);
+    sendq_clear(&s->later);
     s->conn_id = 0;
     h->open_count--;
 }
@@ -729,6 +957,35 @@ static int idle_check(hub *h, int64_t now)
         h->next_idle_check = now + IDLE_CHECK_MS;
     }
     return (int)(h->next_idle_check - now);
+}
+
+/* The slow-consumer rule's clock (see queue_to_as). */
+static int slow_check(hub *h, int64_t now)
+{
+    size_t bound = h->cfg.max_queue_bytes;
+    if (!bound || !h->slow_watch)
+        return -1;
+    if (now >= h->next_slow_check) {
+        int any_over = 0;
+        for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
+            hub_slot *s = &h->slots[i];
+            if (!slot_live(h, i))
+                continue;
+            any_over |= s->q.pinned > bound;
+            if (s->q.pinned <= bound || s->sent_since_check)
+                s->over_since = s->q.pinned <= bound ? 0 : now;
+            else if (s->over_since == 0)
+                s->over_since = now;
+            else if (now - s->over_since >= SLOW_GRACE_MS)
+                cut_slow_consumer(h, i);
+            s->sent_since_check = 0;
+        }
+        h->next_slow_check = now + SLOW_CHECK_MS;
+        h->slow_watch = any_over;
+        if (!any_over)
+            return -1;
+    }
+    return (int)(h->next_slow_check - now);
 }
 
 static int prune_step(hub *h, int64_t now)
@@ -764,6 +1021,10 @@ int hub_turn(hub *h, int64_t now_ms)
     if (h->cfg.history && !outbox_commit(h, now_ms))
         wait = COMMIT_RETRY_MS;
     outbox_deliver(h);
+    drain_later_lists(h);
+    if (h->later_budget_spent)
+        wait = 0;   /* more queries wait for the next turn, not for input */
+    wait = earliest(wait, slow_check(h, now_ms));
     wait = earliest(wait, idle_check(h, now_ms));
     wait = earliest(wait, prune_step(h, now_ms));
     if (h->upkeep_due)

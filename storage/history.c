@@ -140,13 +140,14 @@ static const char sql_flush[] =
 static const char sql_recent[] =
     "SELECT id, at, room, nick, kind, body FROM ("
     " SELECT id, at, room, nick, kind, body FROM messages"
-    " WHERE room = ?1 COLLATE NOCASE AND kind <> 'msg' ORDER BY id DESC LIMIT ?2"
+    " WHERE room = ?1 COLLATE NOCASE AND kind <> 'msg' AND id <= ?3 ORDER BY id DESC LIMIT ?2"
     ") ORDER BY id ASC";
 /* Ordering by the FTS rowid lets FTS5 walk its index newest first and stop at the limit. */
 static const char sql_search[] =
     "SELECT m.id, m.at, m.room, m.nick, m.kind, m.body"
     " FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid"
-    " WHERE messages_fts MATCH ?1 AND m.room = ?2 COLLATE NOCASE AND m.kind <> 'msg'"
+    " WHERE messages_fts MATCH ?1 AND messages_fts.rowid <= ?4 AND m.room = ?2 COLLATE NOCASE"
+    " AND m.kind <> 'msg'"
     " ORDER BY messages_fts.rowid DESC LIMIT ?3";
 static const char sql_max_id[] = "SELECT max(id) FROM messages";
 static const char sql_fts_merge[] =
@@ -186,6 +187,7 @@ struct history {
      * it was last truncated (its file is at least that large). */
     int wal_pages, wal_copied, wal_peak;
     int merge_due;       /* rows changed since history_idle_step last found no merge work */
+    int64_t last_id;     /* the id of the last row stored through this handle */
     char errmsg[HISTORY_ERRMSG_LEN];
 };
 
@@ -662,6 +664,16 @@ static int prove_writable(history *h)
     return r;
 }
 
+/* history_last_id starts at the newest row already in the file. */
+static int read_last_id(history *h)
+{
+    int rc = sqlite3_step(h->max_id);
+    if (rc == SQLITE_ROW)
+        h->last_id = sqlite3_column_int64(h->max_id, 0);
+    stmt_done(h->max_id);
+    return rc == SQLITE_ROW ? HISTORY_OK : fail(h, "sqlite3_step(SELECT max(id) FROM messages)", rc);
+}
+
 static int open_steps(history *h, const char *path, const history_options *opt,
                       char *err, size_t errlen)
 {
@@ -751,6 +763,8 @@ static int open_steps(history *h, const char *path, const history_options *opt,
         tune_fts(h);
     if (r == HISTORY_OK)
         r = prove_writable(h);
+    if (r == HISTORY_OK)
+        r = read_last_id(h);
     h->merge_due = 1;   /* whatever earlier runs left unmerged */
     if (r == HISTORY_OK) {
         rc = sqlite3_busy_timeout(h->db, opt->busy_timeout_ms > 0 ? opt->busy_timeout_ms : 0);
@@ -945,7 +959,8 @@ int history_append(history *h, const history_record *rec)
 
 int history_commit(history *h)
 {
-    int r;
+    sqlite3_int64 last_id;
+    int r, flushed;
     if (!h->in_batch) {
         set_errmsg(h, "history_commit: no batch open");
         return HISTORY_ERROR;
@@ -957,15 +972,19 @@ int history_commit(history *h)
         return h->batch_failed;
     }
     r = HISTORY_OK;
-    if (h->nrows > 0)
+    flushed = h->nrows > 0;
+    if (flushed)
         r = step_done(h, h->flush, "INSERT INTO messages SELECT ... FROM " BATCH_TABLE);
     if (r == HISTORY_OK && h->nrows > 0)
         h->merge_due = 1;
     batch_reset(h);
+    last_id = sqlite3_last_insert_rowid(h->db);
     if (r == HISTORY_OK)
         r = step_done(h, h->commit, sql_commit);
     if (r != HISTORY_OK)
         rollback_keep_error(h);
+    else if (flushed)
+        h->last_id = last_id;
     return r;
 }
 
@@ -1014,6 +1033,12 @@ static int each_row(history *h, sqlite3_stmt *stmt, const char *name, history_ro
 
 int history_recent(history *h, const char *room, int limit, history_row_fn fn, void *ctx)
 {
+    return history_recent_upto(h, room, limit, INT64_MAX, fn, ctx);
+}
+
+int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
+                        history_row_fn fn, void *ctx)
+{
     int rc;
     if (!room || !fn) {
         set_errmsg(h, "history_recent: no room or no callback");
@@ -1024,6 +1049,8 @@ int history_recent(history *h, const char *room, int limit, history_row_fn fn, v
     rc = sqlite3_bind_text(h->recent, 1, room, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int(h->recent, 2, limit);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(h->recent, 3, max_id);
     if (rc != SQLITE_OK) {
         int r = fail(h, "sqlite3_bind(recent)", rc);
         stmt_done(h->recent);
@@ -1077,10 +1104,11 @@ static char *fts_query(const char *words)
 /* The search's work budget: FTS5 walks every match newest first and the room
  * filter comes after, so a common word searched from a quiet room could scan
  * the whole history on the relay's only thread.  The progress handler stops
- * the statement after SEARCH_BUDGET_CALLS * SEARCH_BUDGET_OPS VM steps (a few
- * tens of milliseconds). */
+ * the statement after SEARCH_BUDGET_CALLS * SEARCH_BUDGET_OPS VM steps: ~10 ms
+ * under Wine, a few natively.  The hub answers a few queries per loop turn at
+ * most, so what queries add to everyone's latency stays in tens of ms. */
 #define SEARCH_BUDGET_OPS 1000
-#define SEARCH_BUDGET_CALLS 1000
+#define SEARCH_BUDGET_CALLS 150
 
 static int search_budget(void *arg)
 {
@@ -1090,6 +1118,17 @@ static int search_budget(void *arg)
 
 int history_search(history *h, const char *room, const char *words, int limit,
                    history_row_fn fn, void *ctx)
+{
+    return history_search_upto(h, room, words, limit, INT64_MAX, fn, ctx);
+}
+
+int64_t history_last_id(const history *h)
+{
+    return h->last_id;
+}
+
+int history_search_upto(history *h, const char *room, const char *words, int limit, int64_t max_id,
+                        history_row_fn fn, void *ctx)
 {
     int budget_calls = 0;
     char *query;
@@ -1112,6 +1151,7 @@ int history_search(history *h, const char *room, const char *words, int limit,
     rc = sqlite3_bind_text(h->search, 1, query, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_text(h->search, 2, room, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(h->search, 3, limit);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(h->search, 4, max_id);
     if (rc != SQLITE_OK) {
         r = fail(h, "sqlite3_bind(search)", rc);
         stmt_done(h->search);

@@ -87,11 +87,20 @@ typedef int (*history_row_fn)(void *ctx, const history_record *rec);
 
 /* The last `limit` rows of room (kind 'msg' excluded), oldest first. */
 int history_recent(history *h, const char *room, int limit, history_row_fn fn, void *ctx);
+/* The same among the rows with id <= max_id (INT64_MAX: no bound): what was
+ * stored when a query was asked, for a caller that answers it later. */
+int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
+                        history_row_fn fn, void *ctx);
 /* Full-text search of room (kind 'msg' excluded): words are matched as plain
  * terms (any FTS5 syntax in them is quoted away), newest first, at most limit.
  * Bounded work: a search that would scan too much returns HISTORY_LIMIT. */
 int history_search(history *h, const char *room, const char *words, int limit,
                    history_row_fn fn, void *ctx);
+int history_search_upto(history *h, const char *room, const char *words, int limit, int64_t max_id,
+                        history_row_fn fn, void *ctx);
+/* The newest id this handle has seen: the file's max(id) at open, then the
+ * last row each of its commits stored. */
+int64_t history_last_id(const history *h);
 
 /* One bounded retention step (deletes at most max_rows rows that fall outside
  * retain_days/retain_messages, FTS kept consistent).  now_ms is Unix time in

@@ -231,6 +231,9 @@ static void test_private_confirmation_waits_for_the_message(void)
     history_close(db);
 }
 
+/* A session that stops reading is cut once its queue has stayed over the
+ * bound with nothing sent for the grace time; one that reads is never cut,
+ * and nobody else waits for the stopped one. */
 static void test_slow_consumer_is_closed(void)
 {
     hub_config cfg = base_config(NULL);
@@ -242,19 +245,159 @@ static void test_slow_consumer_is_closed(void)
     hub_turn(h, 0);
     drain_all(h);
     char line[120];
-    for (int i = 0; i < 100; i++) {
-        int n = snprintf(line, sizeof line, "line %03d padding padding padding padding padding padding\r\n", i);
-        hub_session_input(h, 0, (const unsigned char *)line, (size_t)n, 1);
-        hub_turn(h, 1);
-        take_output(h, 2);                                /* slot 2 reads, slot 1 never does */
-    }
     uint32_t slot = 99;
     const char *reason = NULL;
+    int lines = 0;
+    /* 25 lines a second for 2.5 s: slot 1 is over the bound, but within the grace */
+    for (int64_t t = 1; t <= 2500; t += 40, lines++) {
+        int n = snprintf(line, sizeof line, "line %03d padding padding padding\r\n", lines);
+        hub_session_input(h, 0, (const unsigned char *)line, (size_t)n, t);
+        hub_turn(h, t);
+        take_output(h, 2);                                /* slot 2 reads, slot 1 never does */
+    }
+    CHECK(hub_sendq(h, 1)->pinned > 4096);
+    CHECK(!hub_next_close(h, &slot, &reason));            /* not yet: within the grace time */
+    for (int64_t t = 2500; t <= 5000; t += 40, lines++) {
+        int n = snprintf(line, sizeof line, "line %03d padding padding padding\r\n", lines);
+        hub_session_input(h, 0, (const unsigned char *)line, (size_t)n, t);
+        hub_turn(h, t);
+        take_output(h, 2);
+    }
     CHECK(hub_next_close(h, &slot, &reason));
     CHECK_INT(slot, 1);
     CHECK_STR(reason, "slow consumer");
+    CHECK(!hub_next_close(h, &slot, &reason));            /* the reader is never cut */
+    /* bounded: under the hard bound, plus the notice */
+    CHECK(hub_sendq(h, 1)->pinned <= 4 * 4096 + 256);
+    const char *got = take_output(h, 1);
+    size_t n = strlen(got);
+    static const char notice[] = "*** you are not reading fast enough; disconnecting (slow consumer)\r\n";
+    CHECK(n >= sizeof notice - 1 && strcmp(got + n - (sizeof notice - 1), notice) == 0);
+    hub_destroy(h);
+}
+
+/* A session that reads as its queue drains is never cut, however large the
+ * bursts the server itself makes: the backlog of an outage, a replay, two
+ * /history 200 in a row.  Its queue stays near the bound meanwhile. */
+static void test_reader_survives_server_bursts(void)
+{
+    const char *path = "test_hub_bursts.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    cfg.max_queue_bytes = 16 * 1024;
+    cfg.pending_max_lines = 100000;
+    cfg.pending_max_bytes = 64u << 20;
+    cfg.chat.replay = 20;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+
+    /* An outage: 400 lines of ~900 bytes held, then stored at once. */
+    sqlite3 *locker;
+    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    char body[1000];
+    memset(body, 'x', sizeof body);
+    for (int i = 0; i < 400; i++) {
+        int n = snprintf(body, sizeof body, "held %03d ", i);
+        body[n] = 'x';
+        memcpy(body + 900, "\r\n", 2);
+        hub_session_input(h, 0, (const unsigned char *)body, 902, 10 + i);
+        hub_turn(h, 10 + i);
+    }
+    CHECK_STR(take_output(h, 1), "");
+    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(locker);
+    int got = 0;
+    size_t peak = 0;
+    uint32_t slot;
+    const char *reason;
+    for (int64_t t = 1000; t < 1000 + 20000 && got < 400; t += 10) {
+        hub_turn(h, t);
+        if (hub_sendq(h, 1)->pinned > peak)
+            peak = hub_sendq(h, 1)->pinned;
+        /* the reader takes 8 KiB a turn: slower than the burst arrives */
+        sendq *q = hub_sendq(h, 1);
+        sendq_span spans[64];
+        size_t ns = sendq_gather(q, spans, 64, 8192), total = 0;
+        for (size_t i = 0; i < ns; i++) {
+            total += spans[i].len;
+            for (const char *p = spans[i].ptr; (p = memchr(p, '\n', (size_t)(spans[i].ptr + spans[i].len - p))) != NULL; p++)
+                got++;
+        }
+        hub_session_sent(h, 1, total);
+    }
+    CHECK_INT(got, 400);
+    if (hub_next_close(h, &slot, &reason)) {
+        CHECK(!"a session was closed");
+        fprintf(stderr, "  closed: slot %u (%s)\n", (unsigned)slot, reason);
+    }
+    printf("backlog of 400 x 900 B to a reader at 8 KiB/turn: peak queue %zu bytes\n", peak);
+
+    /* Two /history 200 in a row, and a new session's replay of 20 long lines
+     * with a 16 KiB bound: answered as the client reads, never cut. */
+    say(h, 1, "/history 200\r\n/history 200\r\n", 30000);
+    hub_session_open(h, 2, "127.0.0.1", 30000);
+    int history_lines = 0, replay_lines = 0;
+    for (int64_t t = 30000; t < 60000; t += 10) {
+        hub_turn(h, t);
+        for (uint32_t s = 1; s <= 2; s++) {
+            sendq *q = hub_sendq(h, s);
+            sendq_span spans[64];
+            size_t ns = sendq_gather(q, spans, 64, 8192), total = 0;
+            for (size_t i = 0; i < ns; i++) {
+                total += spans[i].len;
+                for (const char *p = spans[i].ptr;
+                     (p = memchr(p, '\n', (size_t)(spans[i].ptr + spans[i].len - p))) != NULL; p++)
+                    *(s == 1 ? &history_lines : &replay_lines) += 1;
+            }
+            hub_session_sent(h, s, total);
+        }
+        if (history_lines >= 400 && replay_lines >= 20)
+            break;
+    }
+    CHECK(history_lines >= 400);   /* 2 x 200 rows (plus their notices, if any) */
+    CHECK(replay_lines >= 20);
     CHECK(!hub_next_close(h, &slot, &reason));
-    CHECK(hub_sendq(h, 1)->bytes <= 4096 + 200);          /* bounded: notice only past the bound */
+    hub_destroy(h);
+    history_close(db);
+    remove_db(path);
+}
+
+/* A client that floods telnet negotiation and never reads pins its reply
+ * bytes, not a buffer per 3-byte reply, and is cut within the bound. */
+static void test_negotiation_flood_is_bounded(void)
+{
+    hub_config cfg = base_config(NULL);
+    cfg.max_queue_bytes = 256 * 1024;
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+    static unsigned char flood[3 * 2048];
+    for (size_t i = 0; i < sizeof flood; i += 3) {
+        flood[i] = 255;       /* IAC */
+        flood[i + 1] = 253;   /* DO */
+        flood[i + 2] = 31;    /* NAWS */
+    }
+    size_t fed = 0, peak = 0;
+    uint32_t slot;
+    const char *reason;
+    int cut = 0;
+    for (int64_t t = 1; t < 10000 && !cut; t += 1) {
+        hub_session_input(h, 0, flood, sizeof flood, t);
+        fed += sizeof flood;
+        hub_turn(h, t);
+        if (hub_sendq(h, 0)->pinned > peak)
+            peak = hub_sendq(h, 0)->pinned;
+        cut = hub_next_close(h, &slot, &reason);
+    }
+    CHECK(cut);
+    CHECK_STR(reason, "slow consumer");
+    printf("negotiation flood: cut after %zu bytes in, peak pinned %zu\n", fed, peak);
+    CHECK(peak <= 4 * 256 * 1024 + 4096);
     hub_destroy(h);
 }
 
@@ -334,6 +477,7 @@ static void test_replay_on_connect(void)
     hub_turn(h, 1);
     drain_all(h);
     hub_session_open(h, 1, "127.0.0.1", 2);
+    hub_turn(h, 2);   /* queries are answered by the turn (the later list) */
     const char *out = take_output(h, 1);
     CHECK(strstr(out, "first") == NULL);
     const char *s2 = strstr(out, "<guest1> second");
@@ -411,6 +555,34 @@ static void test_refused_record_is_isolated(void)
     remove_db(path);
 }
 
+/* A query's answer comes before the replies to the commands after it, and a
+ * line said after the question is not in the answer (it arrives live). */
+static void test_query_answers_keep_command_order(void)
+{
+    const char *path = "test_hub_order.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    say(h, 0, "alpha\r\nbeta\r\n", 1);
+    hub_turn(h, 1);
+    drain_all(h);
+    say(h, 1, "/history 2\r\n/who\r\n", 2);
+    say(h, 0, "gamma\r\n", 2);
+    hub_turn(h, 2);
+    const char *out = take_output(h, 1);
+    const char *a = strstr(out, "<guest1> alpha"), *b = strstr(out, "<guest1> beta");
+    const char *who = strstr(out, "*** In "), *g = strstr(out, "<guest1> gamma");
+    CHECK(a && b && who && g);
+    CHECK(a && b && who && a < b && b < who);
+    CHECK(g && strstr(g + sizeof "<guest1> gamma" - 1, "gamma") == NULL);   /* once: live, not replayed */
+    hub_destroy(h);
+    history_close(db);
+    remove_db(path);
+}
+
 int main(void)
 {
     log_to_stderr(0);
@@ -418,11 +590,14 @@ int main(void)
     test_busy_database_holds_then_delivers_in_order();
     test_private_confirmation_waits_for_the_message();
     test_slow_consumer_is_closed();
+    test_reader_survives_server_bursts();
+    test_negotiation_flood_is_bounded();
     test_admission_limits();
     test_idle_timeout_and_telnet_reply();
     test_no_history_delivers_at_once();
     test_replay_on_connect();
     test_refused_record_is_isolated();
+    test_query_answers_keep_command_order();
     msgbuf_pool_drain();
     return check_done();
 }
