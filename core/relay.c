@@ -94,6 +94,9 @@ struct relay {
     int accept_more;              /* the per-turn accept cap was hit: accept again at once */
     int64_t accept_warned_at;     /* rate limit of the accept-failure warning */
     uint32_t accept_failures;
+    int64_t accept_resets_noted_at;   /* rate limit of the per-connection failure line */
+    uint32_t accept_resets;           /* per-connection failures since that line */
+    uint64_t accept_resets_total;     /* ... since the start, for the stop log */
     int wait_failures;            /* consecutive WaitForMultipleObjectsEx failures */
     HANDLE stop_event;
     HANDLE thread;
@@ -385,6 +388,55 @@ static int session_setup_socket(session *s, SOCKET c)
     return 0;
 }
 
+/* Errors of accept that belong to the one connection it tried to take: that
+ * connection is already gone (consumed from the backlog), nothing is wrong with
+ * the listener or the process, and the next queued connection may be fine.
+ *   WSAECONNRESET    Microsoft's accept page: "an incoming connection was
+ *                    indicated, but was subsequently terminated by the remote
+ *                    peer prior to accepting the call".
+ *   WSAENOTCONN      Wine: accept(2) hands over a connection already reset in
+ *                    the backlog, then ws2_32's getpeername on it fails, and
+ *                    accept closes it and returns this.
+ *   WSAECONNABORTED  POSIX ECONNABORTED ("a connection has been aborted"), which
+ *                    Wine passes through.
+ *   WSAETIMEDOUT, WSAEHOSTUNREACH, WSAENETUNREACH, WSAEHOSTDOWN
+ *                    Linux accept(2) passes a pending network error of the new
+ *                    connection as accept's own error and says to retry.
+ * Everything else (WSAEMFILE, WSAENOBUFS, Wine's WSAEINVAL when out of fds,
+ * WSAENETDOWN, which Microsoft documents as "the network subsystem has failed")
+ * is about the process or the host and backs off. */
+static int accept_error_is_per_connection(int err)
+{
+    switch (err) {
+    case WSAECONNRESET:
+    case WSAENOTCONN:
+    case WSAECONNABORTED:
+    case WSAETIMEDOUT:
+    case WSAEHOSTUNREACH:
+    case WSAENETUNREACH:
+    case WSAEHOSTDOWN:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Counted, not warned about: a peer resetting its own connection is not the
+ * relay's problem, but an operator should see that it happens and how often. */
+static void note_accept_reset(relay *r, int err)
+{
+    int64_t now = now_ms();
+    r->accept_resets++;
+    r->accept_resets_total++;
+    log_debug("accept: a connection was gone before it could be accepted (error %d)", err);
+    if (r->accept_resets_noted_at == 0 || now - r->accept_resets_noted_at >= WARN_REPEAT_MS) {
+        log_info("%u connection(s) reset before they could be accepted (last error %d; "
+                 "this line comes at most once a minute)", (unsigned)r->accept_resets, err);
+        r->accept_resets_noted_at = now;
+        r->accept_resets = 0;
+    }
+}
+
 static void accept_all(relay *r, int li)
 {
     WSANETWORKEVENTS ne;
@@ -401,19 +453,26 @@ static void accept_all(relay *r, int li)
         SOCKET c = accept(r->listeners[li], (struct sockaddr *)&ss, &sslen);
         if (c == INVALID_SOCKET) {
             int err = WSAGetLastError();
-            if (err != WSAEWOULDBLOCK) {
-                /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
-                 * stays signalled, so back off instead of spinning. */
-                int64_t now = now_ms();
-                r->accept_failures++;
-                if (r->accept_warned_at == 0 || now - r->accept_warned_at >= WARN_REPEAT_MS) {
-                    log_warn("accept failed (error %d); pausing accepts for %d ms (%u failure(s) since the last warning)",
-                             err, ACCEPT_BACKOFF_MS, (unsigned)r->accept_failures);
-                    r->accept_warned_at = now;
-                    r->accept_failures = 0;
-                }
-                r->accept_resume_at = now + ACCEPT_BACKOFF_MS;
+            if (err == WSAEWOULDBLOCK)
+                return;
+            if (accept_error_is_per_connection(err)) {
+                /* That connection is gone and the next one may be fine: a
+                 * pause here would let anyone who resets connections stall
+                 * every newcomer.  The failure still counts against the cap. */
+                note_accept_reset(r, err);
+                continue;
             }
+            /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
+             * stays signalled, so back off instead of spinning. */
+            int64_t now = now_ms();
+            r->accept_failures++;
+            if (r->accept_warned_at == 0 || now - r->accept_warned_at >= WARN_REPEAT_MS) {
+                log_warn("accept failed (error %d); pausing accepts for %d ms (%u failure(s) since the last warning)",
+                         err, ACCEPT_BACKOFF_MS, (unsigned)r->accept_failures);
+                r->accept_warned_at = now;
+                r->accept_failures = 0;
+            }
+            r->accept_resume_at = now + ACCEPT_BACKOFF_MS;
             return;
         }
         char ip[64];
@@ -658,6 +717,9 @@ static void stop_sequence(relay *r)
     hub_final_commit(r->hub, now_ms());   /* the leave records, and anything still held */
     hub_stats st;
     hub_get_stats(r->hub, &st);
+    if (r->accept_resets_total > 0)
+        log_info("%llu connection(s) reset before they could be accepted since the start",
+                 (unsigned long long)r->accept_resets_total);
     log_info("stopped in %lld ms (lines in %llu, stored %llu, deliveries %llu, commits %llu, "
              "wsasend %llu, wsarecv %llu, turns %llu, bytes sent %llu, commits retried %llu, lines refused %llu)",
              (long long)(now_ms() - start), (unsigned long long)st.lines_in,
