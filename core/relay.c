@@ -50,6 +50,7 @@
 #define STOP_REAP_MS 3000         /* on stop: bound on waiting for cancelled routines */
 #define ACCEPT_BACKOFF_MS 100
 #define ACCEPT_PER_TURN 64        /* bounded, so a connection storm cannot monopolise the thread */
+#define ACCEPT_RECHECK_MS 100     /* a listener that may have lost its FD_ACCEPT is tried this often */
 #define WARN_REPEAT_MS 60000      /* a repeated warning is logged once a minute */
 #define STUCK_WARN_MS 5000
 #define WAIT_FAILURES_MAX 100
@@ -92,6 +93,8 @@ struct relay {
     int listener_count;
     int64_t accept_resume_at;     /* backoff after accept failures */
     int accept_more;              /* the per-turn accept cap was hit: accept again at once */
+    int accept_suspect;           /* listeners woken with nothing to accept: FD_ACCEPT may be lost */
+    int64_t accept_recheck_at;    /* when the suspect listeners are tried again */
     int64_t accept_warned_at;     /* rate limit of the accept-failure warning */
     uint32_t accept_failures;
     int64_t accept_resets_noted_at;   /* rate limit of the per-connection failure line */
@@ -437,9 +440,30 @@ static void note_accept_reset(relay *r, int err)
     }
 }
 
-static void accept_all(relay *r, int li)
+/* An accept on listener li took a connection (Wine re-arms FD_ACCEPT then). */
+static void accept_took(relay *r, int li, int recheck, int *took)
+{
+    if (*took)
+        return;
+    *took = 1;
+    if (recheck)
+        log_debug("listener %d: a connection was waiting although FD_ACCEPT was not signalled", li);
+    r->accept_suspect &= ~(1 << li);
+}
+
+/* Accepts what listener li has queued.  A listener whose first accept finds
+ * nothing is marked suspect and tried again every ACCEPT_RECHECK_MS until an
+ * accept takes something.  Why: the wineserver (Wine 8.0) can act on a stale
+ * poll result and report FD_ACCEPT for a connection that an accept handled
+ * just before, in the same server loop, has already taken.  The event then
+ * fires with nothing queued, and Wine does not watch the listener again until
+ * an accept takes a connection, so without the retry the relay would never
+ * hear of a new one (seen in about 1 of 15 reset storms: the backlog filled
+ * while the relay waited).  On Windows the retry only follows a spurious wake. */
+static void accept_all(relay *r, int li, int recheck)
 {
     WSANETWORKEVENTS ne;
+    int took = 0;
     if (WSAEnumNetworkEvents(r->listeners[li], r->listen_events[li], &ne) != 0)
         log_warn("WSAEnumNetworkEvents failed (error %d)", WSAGetLastError());
     r->accept_more &= ~(1 << li);
@@ -453,13 +477,19 @@ static void accept_all(relay *r, int li)
         SOCKET c = accept(r->listeners[li], (struct sockaddr *)&ss, &sslen);
         if (c == INVALID_SOCKET) {
             int err = WSAGetLastError();
-            if (err == WSAEWOULDBLOCK)
+            if (err == WSAEWOULDBLOCK) {
+                if (!took) {
+                    r->accept_suspect |= 1 << li;
+                    r->accept_recheck_at = now_ms() + ACCEPT_RECHECK_MS;
+                }
                 return;
+            }
             if (accept_error_is_per_connection(err)) {
                 /* That connection is gone and the next one may be fine: a
                  * pause here would let anyone who resets connections stall
                  * every newcomer.  The failure still counts against the cap. */
                 note_accept_reset(r, err);
+                accept_took(r, li, recheck, &took);
                 continue;
             }
             /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
@@ -475,6 +505,7 @@ static void accept_all(relay *r, int li)
             r->accept_resume_at = now + ACCEPT_BACKOFF_MS;
             return;
         }
+        accept_took(r, li, recheck, &took);
         char ip[64];
         peer_ip_string(&ss, ip, sizeof ip);
         const char *refusal = hub_admit(r->hub, ip, r->free_count > 0);
@@ -742,6 +773,10 @@ static DWORD WINAPI io_thread(LPVOID arg)
             DWORD until = (DWORD)(r->accept_resume_at - now);
             if (timeout == INFINITE || until < timeout)
                 timeout = until;
+        } else if (r->accept_suspect) {
+            DWORD until = r->accept_recheck_at <= now ? 0 : (DWORD)(r->accept_recheck_at - now);
+            if (timeout == INFINITE || until < timeout)
+                timeout = until;
         }
         int stop, ready, timed_out;
         alertable_wait(r, timeout, accepting, &stop, &ready, &timed_out);
@@ -749,11 +784,14 @@ static DWORD WINAPI io_thread(LPVOID arg)
             break;
         if (timed_out && r->closing_count == 0 && !r->accept_more)
             hub_idle(r->hub);   /* a quiet moment: database upkeep */
+        int recheck = accepting && r->accept_suspect && now_ms() >= r->accept_recheck_at;
         wait = run_turn(r);
-        if (accepting && (ready >= 0 || r->accept_more)) {
-            for (int i = 0; i < r->listener_count; i++)
-                if (i == ready || (r->accept_more & (1 << i)))
-                    accept_all(r, i);
+        if (accepting && (ready >= 0 || r->accept_more || recheck)) {
+            for (int i = 0; i < r->listener_count; i++) {
+                int again = recheck && (r->accept_suspect & (1 << i));
+                if (i == ready || (r->accept_more & (1 << i)) || again)
+                    accept_all(r, i, again && i != ready);
+            }
             wait = run_turn(r);   /* greetings and replays go out now */
         }
     }
