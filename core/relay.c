@@ -16,7 +16,8 @@
  *   4. hub_turn: one SQLite transaction for the turn, then delivery.
  *   5. flush: each session with unsent data and no send in flight gets ONE
  *      WSASend gathering its queue.
- *   6. accept, when a listener is signalled (at most ACCEPT_PER_TURN).
+ *   6. accept, when a listener is signalled (at most ACCEPT_PER_TURN) or is
+ *      due for a retry (see accept_all).
  *
  * Session lifetime: FREE -> OPEN (accepted, first WSARecv posted) -> CLOSING
  * (no new I/O is posted except the final flush; lingers up to LINGER_MS for
