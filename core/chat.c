@@ -916,7 +916,8 @@ static void cmd_msg(chat *c, uint32_t slot, args a)
     }
     nick = arena_copy(c, s->nick, s->nick_len);
     rname = arena_copy(c, c->rooms[s->room].name, c->rooms[s->room].name_len);
-    /* The confirmation "*** to bob: text" doubles as the stored body "to bob: text". */
+    /* The stored body names the recipient (there is no column for it): the
+     * confirmation "*** to bob: text" without its "*** ", "to bob: text". */
     sb_open(c, &b);
     sb_puts(&b, "*** to ");
     sb_put(&b, c->sessions[to].nick, c->sessions[to].nick_len);
@@ -932,12 +933,10 @@ static void cmd_msg(chat *c, uint32_t slot, args a)
     e->record_kind = c->cfg.log_private ? event_kind[EV_MSG] : NULL;
     e->room = rname;
     e->nick = nick;
-    e->body = confirm + 4;
-    e->body_len = confirm_len - 4;
-
-    e = effect_add(c, CHAT_REPLY, slot);
-    e->text = confirm;
-    e->text_len = confirm_len;
+    e->body = confirm + (sizeof "*** " - 1);
+    e->body_len = confirm_len - (sizeof "*** " - 1);
+    e->confirm = confirm;
+    e->confirm_len = confirm_len;
 }
 
 static void cmd_history(chat *c, uint32_t slot, args a)

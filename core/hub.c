@@ -777,33 +777,29 @@ static void run_effects(hub *h)
 {
     const chat_effect *fx;
     size_t n = chat_effects(h->chat, &fx);
-    /* A reply right after a /msg (its confirmation) travels with the message:
-     * queued behind it in the outbox (so the sender is told only once the
-     * message is stored and delivered), or dropped if the message was refused. */
-    int after_private = 0;   /* 1: a private message was queued, -1: refused */
-    uint32_t private_from = CHAT_NO_SLOT;
     for (size_t i = 0; i < n; i++) {
         switch (fx[i].kind) {
         case CHAT_REPLY:
-            if (after_private != 0 && fx[i].slot == private_from) {
-                if (after_private > 0) {
-                    chat_effect follow = fx[i];
-                    follow.kind = CHAT_PRIVATE;
-                    follow.to_slot = fx[i].slot;
-                    follow.record_kind = NULL;
-                    if (outbox_add(h, &follow) == 0)
-                        outbox_at(h, h->ob_count - 1)->confirms_previous = 1;
-                }
-                break;
-            }
             reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
             break;
         case CHAT_ROOM:
             outbox_add(h, &fx[i]);
             break;
         case CHAT_PRIVATE:
-            after_private = outbox_add(h, &fx[i]) == 0 ? 1 : -1;
-            private_from = fx[i].slot;
+            /* The confirmation travels with the message: queued behind it in
+             * the outbox, so the sender is told only once the message is
+             * stored and delivered; nothing if the message was refused. */
+            if (outbox_add(h, &fx[i]) == 0 && fx[i].confirm) {
+                chat_effect follow;
+                memset(&follow, 0, sizeof follow);
+                follow.kind = CHAT_PRIVATE;
+                follow.slot = fx[i].slot;
+                follow.to_slot = fx[i].slot;
+                follow.text = fx[i].confirm;
+                follow.text_len = fx[i].confirm_len;
+                if (outbox_add(h, &follow) == 0)
+                    outbox_at(h, h->ob_count - 1)->confirms_previous = 1;
+            }
             break;
         case CHAT_HISTORY:
         case CHAT_SEARCH:
