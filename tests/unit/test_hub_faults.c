@@ -1174,8 +1174,13 @@ int main(int argc, char **argv)
            dir_prefix, run_prefix);
 
     if (!build_template(&tpl_fresh) || !build_template(&tpl_big) || !build_template(&tpl_closed) ||
-        !build_template(&tpl_crashed))
+        !build_template(&tpl_crashed)) {
+        remove_template(&tpl_fresh);
+        remove_template(&tpl_big);
+        remove_template(&tpl_closed);
+        remove_template(&tpl_crashed);
         return check_done();
+    }
     for (i = 0; i < NSCENARIOS; i++) {
         const scenario *sc = &scenarios[i];
         char target[200];
