@@ -302,7 +302,7 @@ static int open_steps(history *h, const char *path, const history_options *opt,
     if (r == HISTORY_OK)
         r = prepare_range(h, STMT_ROLLBACK + 1, STMT_COUNT);
     if (r == HISTORY_OK)
-        hist_schema_tune_fts(h);
+        r = hist_schema_tune_fts(h);
     if (r == HISTORY_OK)
         r = hist_schema_prove_writable(h);
     if (r == HISTORY_OK)

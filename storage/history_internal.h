@@ -120,7 +120,7 @@ int hist_exec(history *h, const char *sql, const char *name);
 /* schema.c */
 int hist_schema_migrate(history *h, sqlite3_int64 *version);
 int hist_schema_wal(history *h);
-void hist_schema_tune_fts(history *h);
+int hist_schema_tune_fts(history *h);
 int hist_schema_prove_writable(history *h);
 int hist_schema_read_last_id(history *h);
 

@@ -129,25 +129,32 @@ static int fts_setting(history *h, const char *key, sqlite3_int64 *value)
  * there already (so opening normally writes nothing and needs no lock).
  * Only speed depends on them: when the file cannot be written now (another
  * connection holds the write lock past the open's busy timeout, a full
- * disk), opening goes on without them and the next open tries again. */
-void hist_schema_tune_fts(history *h)
+ * disk), opening goes on without them and the next open tries again.  A
+ * failed read is another matter: the file cannot be read (or SQLite lost
+ * track of its lock, which makes every later write need an exclusive lock
+ * that any other open connection refuses, as the fault sweep found), so it
+ * fails the open. */
+int hist_schema_tune_fts(history *h)
 {
     sqlite3_int64 automerge = -1, crisismerge = -1;
     char sql[160];
-    if (fts_setting(h, "automerge", &automerge) != SQLITE_OK ||
-        fts_setting(h, "crisismerge", &crisismerge) != SQLITE_OK)
-        return;
+    int rc = fts_setting(h, "automerge", &automerge);
+    if (rc == SQLITE_OK)
+        rc = fts_setting(h, "crisismerge", &crisismerge);
+    if (rc != SQLITE_OK)
+        return hist_fail(h, "reading the FTS5 settings (messages_fts_config)", rc);
     if (automerge == FTS_AUTOMERGE && crisismerge == FTS_CRISISMERGE)
-        return;
+        return HISTORY_OK;
     snprintf(sql, sizeof sql,
              "INSERT INTO messages_fts(messages_fts, rank) VALUES ('automerge', %d);"
              "INSERT INTO messages_fts(messages_fts, rank) VALUES ('crisismerge', %d)",
              FTS_AUTOMERGE, FTS_CRISISMERGE);
     if (hist_step(h, STMT_BEGIN) == HISTORY_OK && hist_exec(h, sql, "FTS5 settings") == HISTORY_OK &&
         hist_step(h, STMT_COMMIT) == HISTORY_OK)
-        return;
+        return HISTORY_OK;
     hist_rollback_keep_error(h);
     h->errmsg[0] = '\0';   /* not an error of the handle: nothing it does depends on this */
+    return HISTORY_OK;
 }
 
 /* One write transaction that changes nothing a reader can see (user_version
