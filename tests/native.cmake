@@ -6,7 +6,9 @@ set(CHATRELAY_NATIVE_DIR ${CMAKE_BINARY_DIR}/native)
 ExternalProject_Add(chatrelay_native
   SOURCE_DIR ${PROJECT_SOURCE_DIR}
   BINARY_DIR ${CHATRELAY_NATIVE_DIR}
+  # The same amalgamation as chatrelay.exe, not the system's libsqlite3.
   CMAKE_ARGS -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCHATRELAY_SANITIZE=ON
+             -DCHATRELAY_SQLITE_DIR=${CHATRELAY_SQLITE_DIR}
   INSTALL_COMMAND ""
   BUILD_ALWAYS ON
   USES_TERMINAL_BUILD ON)
