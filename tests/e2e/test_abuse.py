@@ -33,10 +33,13 @@ SLOW_NOTICE = "*** you are not reading fast enough; disconnecting (slow consumer
 GREETING_END = "*** Type /help for the commands."
 IAC, DO = 0xFF, 0xFD
 TTYPE = 0x18            # any option: the relay refuses every DO with WONT
-# The search storm's bound on chat latency.  Measured on this 2-core machine under a load average
-# of 10-15 (other builds running): median 10-170 ms, max 140-400 ms with this code; the code
-# before issue 10 delivered nothing for the whole storm and 15 s after it.
-LATENCY_BOUND_S = 1.5
+# The search storm's bounds on chat latency, generous on purpose: on this 2-core machine under a
+# load average of 10-15 (other builds running) this code measured medians of 15-220 ms and maxima
+# of 240-460 ms over 6 runs.  The code before issue 10 delivered none of the storm's chat lines
+# until 20-26 s after they were said; this code with the old search budget (1000 progress calls
+# instead of 150) measured a median of 1.6 s and a maximum of 2.1 s.
+LATENCY_MAX_S = 2.0
+LATENCY_MEDIAN_S = 0.75
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -414,7 +417,7 @@ def case_search_storm_latency():
     questions.  14 clients of one address, in a room of their own, search a word found in 200,000
     lines of another room (the costliest search: it runs to its work budget) as fast as the flood
     limit lets them for ~10 s; two others' chat lines all arrive, in order, each within
-    LATENCY_BOUND_S."""
+    LATENCY_MAX_S and half of them within LATENCY_MEDIAN_S."""
     rows_n, searchers, storm_s = 200000, 14, 10.0
     word = "needle"
     relay = Relay("abuse_search", ["--replay", "0"])
@@ -519,10 +522,12 @@ def case_search_storm_latency():
               "refused by flood control, %d searchers cut" % (searchers, stats["answers"], stats["stopped"],
                                                              stats["refused"], stats["cut"]))
         print("chat latency over %d lines during the storm: median %.0f ms, max %.0f ms, %d not arrived "
-              "(bound %.0f ms)" % (len(latencies), median * 1000, worst * 1000, missing, LATENCY_BOUND_S * 1000))
-        check(worst < LATENCY_BOUND_S and missing == 0,
-              "during the search storm a chat line took %.0f ms to arrive (median %.0f ms; %d of %d lines "
-              "had not arrived 15 s after the storm)" % (worst * 1000, median * 1000, missing, 2 * n))
+              "(bounds: median %.0f ms, max %.0f ms)" % (len(latencies), median * 1000, worst * 1000, missing,
+                                                        LATENCY_MEDIAN_S * 1000, LATENCY_MAX_S * 1000))
+        check(worst < LATENCY_MAX_S and median < LATENCY_MEDIAN_S and missing == 0,
+              "chat during the search storm: max %.0f ms, median %.0f ms (bounds %.0f and %.0f ms); %d of %d "
+              "lines had not arrived 15 s after the storm" % (worst * 1000, median * 1000, LATENCY_MAX_S * 1000,
+                                                               LATENCY_MEDIAN_S * 1000, missing, 2 * n))
         check(stats["cut"] == 0, "%d searchers were disconnected" % stats["cut"])
         check(stats["answers"] >= searchers, "only %d searches were answered" % stats["answers"])
         check(not a_rd.closed and not b_rd.closed, "a chatter was disconnected")
