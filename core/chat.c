@@ -442,19 +442,8 @@ static void member_remove(chat *c, uint32_t slot)
 
 /* ---- room events: one text form shared by live delivery and history ---- */
 
-/* What a room line is; event_kind[] is its record_kind in the database. */
-typedef enum event { EV_SAY, EV_ME, EV_MSG, EV_JOIN, EV_LEAVE, EV_NICK } event;
-static const char *const event_kind[] = {"say", "me", "msg", "join", "leave", "nick"};
-
-/* A kind read from the database; one this version does not know shows as "say". */
-static event event_from_kind(const char *kind)
-{
-    size_t i;
-    for (i = 0; kind && i < sizeof event_kind / sizeof event_kind[0]; i++)
-        if (strcmp(kind, event_kind[i]) == 0)
-            return (event)i;
-    return EV_SAY;
-}
+/* What a room line is: the record kind it is stored as (history.h). */
+typedef history_kind event;
 
 /* The form after "*** " (notices) or "*** [time] " (history), or the whole
  * line for say/me/msg, whose body always comes last.  clean: the fields come
@@ -465,30 +454,30 @@ static void put_event(sbuf *b, event ev, const char *nick, size_t nick_len,
 {
     void (*put)(sbuf *, const char *, size_t) = clean ? sb_put_clean : sb_put;
     switch (ev) {
-    case EV_SAY:
+    case HISTORY_SAY:
         sb_put(b, "<", 1);
         put(b, nick, nick_len);
         sb_put(b, "> ", 2);
         put(b, body, body_len);
         break;
-    case EV_ME:
+    case HISTORY_ME:
         sb_put(b, "* ", 2);
         put(b, nick, nick_len);
         sb_put(b, " ", 1);
         put(b, body, body_len);
         break;
-    case EV_MSG:
+    case HISTORY_MSG:
         sb_put(b, "*", 1);
         put(b, nick, nick_len);
         sb_put(b, "* ", 2);
         put(b, body, body_len);
         break;
-    case EV_JOIN:
+    case HISTORY_JOIN:
         put(b, nick, nick_len);
         sb_puts(b, " joined ");
         put(b, room_name, room_len);
         break;
-    case EV_LEAVE:
+    case HISTORY_LEAVE:
         put(b, nick, nick_len);
         sb_puts(b, " left ");
         put(b, room_name, room_len);
@@ -498,11 +487,14 @@ static void put_event(sbuf *b, event ev, const char *nick, size_t nick_len,
             sb_puts(b, ")");
         }
         break;
-    case EV_NICK:
+    case HISTORY_NICK:
         put(b, nick, nick_len);
         sb_puts(b, " is now known as ");
         put(b, body, body_len);
         break;
+    case HISTORY_KIND_NONE:
+    case HISTORY_KIND_COUNT:
+        break;   /* never an event: callers map a foreign row to HISTORY_SAY */
     }
 }
 
@@ -522,7 +514,7 @@ static chat_effect *room_notice(chat *c, uint32_t slot, uint32_t except, event e
     e = effect_add(c, CHAT_ROOM, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->except_slot = except;
-    e->record_kind = event_kind[ev];
+    e->record_kind = ev;
     e->room = rname;
     e->nick = nick;
     e->body = stored_body;
@@ -552,7 +544,7 @@ static void session_detach(chat *c, uint32_t slot, const char *reason, size_t re
     member_remove(c, slot);
     /* The slot is already out of the room, so nobody needs excepting; naming it
      * would hide the line from a new session reusing the slot before delivery. */
-    room_notice(c, slot, NONE, EV_LEAVE, s, room_name, room_len, reason, reason_len);
+    room_notice(c, slot, NONE, HISTORY_LEAVE, s, room_name, room_len, reason, reason_len);
     s->state = SESSION_FREE;
     s->nick_len = 0;
     s->nick[0] = '\0';
@@ -715,7 +707,7 @@ static void cmd_nick(chat *c, uint32_t slot, args a)
         return;
     }
     /* Announced to everyone in the room, the sender included (that is their confirmation). */
-    room_notice(c, slot, NONE, EV_NICK, s, c->rooms[s->room].name, c->rooms[s->room].name_len,
+    room_notice(c, slot, NONE, HISTORY_NICK, s, c->rooms[s->room].name, c->rooms[s->room].name_len,
                 a.p, a.n);
     nick_unlink(c, slot);
     nick_set(s, a.p, a.n);
@@ -764,7 +756,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     memcpy(leave_body, "joined ", 7);
     memcpy(leave_body + 7, r->name, r->name_len);
     leave_len = 7 + (size_t)r->name_len;
-    room_notice(c, slot, NONE, EV_LEAVE, s, old_name, old_len, leave_body, leave_len);
+    room_notice(c, slot, NONE, HISTORY_LEAVE, s, old_name, old_len, leave_body, leave_len);
 
     sb_open(c, &b);
     sb_puts(&b, "*** You are now in ");
@@ -775,7 +767,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     reply_built(c, slot, &b);
     if (c->cfg.replay > 0)
         history_effect(c, slot, r, c->cfg.replay);
-    room_notice(c, slot, slot, EV_JOIN, s, r->name, r->name_len, "", 0);
+    room_notice(c, slot, slot, HISTORY_JOIN, s, r->name, r->name_len, "", 0);
 }
 
 /* Packs "a, b, c" lists into reply lines of about CHAT_LIST_LINE bytes. */
@@ -872,7 +864,7 @@ static void say(chat *c, uint32_t slot, event ev, const char *text, size_t len)
     e = effect_add(c, CHAT_ROOM, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->except_slot = slot;
-    e->record_kind = event_kind[ev];
+    e->record_kind = ev;
     e->room = rname;
     e->nick = nick;
     e->body = e->text + prefix;   /* the text's own tail: no second copy */
@@ -885,7 +877,7 @@ static void cmd_me(chat *c, uint32_t slot, args a)
         reply_const(c, slot, "*** Usage: /me ACTION");
         return;
     }
-    say(c, slot, EV_ME, a.p, a.n);
+    say(c, slot, HISTORY_ME, a.p, a.n);
 }
 
 static void cmd_msg(chat *c, uint32_t slot, args a)
@@ -926,11 +918,11 @@ static void cmd_msg(chat *c, uint32_t slot, args a)
     confirm = sb_close(c, &b, &confirm_len);
 
     sb_open(c, &b);
-    put_event(&b, EV_MSG, s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
+    put_event(&b, HISTORY_MSG, s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
     e = effect_add(c, CHAT_PRIVATE, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->to_slot = to;
-    e->record_kind = c->cfg.log_private ? event_kind[EV_MSG] : NULL;
+    e->record_kind = c->cfg.log_private ? HISTORY_MSG : HISTORY_KIND_NONE;
     e->room = rname;
     e->nick = nick;
     e->body = confirm + (sizeof "*** " - 1);
@@ -1170,7 +1162,7 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, int64_t now_ms)
     reply_const(c, slot, "*** Type /help for the commands.");
     if (c->cfg.replay > 0)
         history_effect(c, slot, lobby, c->cfg.replay);
-    room_notice(c, slot, slot, EV_JOIN, s, lobby->name, lobby->name_len, "", 0);
+    room_notice(c, slot, slot, HISTORY_JOIN, s, lobby->name, lobby->name_len, "", 0);
 }
 
 void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
@@ -1214,9 +1206,9 @@ void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
     }
     if (!is_command) {
         if (line[0] == '/')
-            say(c, slot, EV_SAY, line + 1, len - 1);
+            say(c, slot, HISTORY_SAY, line + 1, len - 1);
         else
-            say(c, slot, EV_SAY, line, len);
+            say(c, slot, HISTORY_SAY, line, len);
     } else if (cmd) {
         cmd->run(c, slot, rest);
     } else {
@@ -1320,7 +1312,8 @@ size_t chat_format_history(const history_record *rec, char *out, size_t cap)
         else if (rec->at)
             sb_put_clean(&b, rec->at, strlen(rec->at));
         sb_puts(&b, "] ");
-        put_event(&b, event_from_kind(rec->kind), nick, strlen(nick), room_name, strlen(room_name), body,
+        put_event(&b, rec->kind == HISTORY_KIND_NONE ? HISTORY_SAY : rec->kind,  /* not ours: shown as said */
+                  nick, strlen(nick), room_name, strlen(room_name), body,
                   rec->body ? rec->body_len : 0, 1);
     }
     out[b.len] = '\0';

@@ -52,8 +52,8 @@ typedef struct chat_effect {
     uint32_t except_slot;   /* ROOM: not delivered to this session (CHAT_NO_SLOT = none) */
     const char *text;       /* wire text without CRLF (REPLY/ROOM/PRIVATE/CLOSE notice) */
     size_t text_len;
-    /* What to store (ROOM/PRIVATE), NULL record_kind = not stored: */
-    const char *record_kind;  /* "say", "me", "join", "leave", "nick", "msg" */
+    /* What to store (ROOM/PRIVATE); HISTORY_KIND_NONE = not stored: */
+    history_kind record_kind;
     const char *room;       /* ROOM/HISTORY/SEARCH: room name; stored room */
     const char *nick;       /* stored nick */
     const char *body;       /* stored body */

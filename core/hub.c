@@ -61,8 +61,9 @@ typedef struct outbox_entry {
     uint32_t last_conn;             /* ROOM: connections newer than this came after the line */
     uint32_t to_slot, to_conn;      /* PRIVATE: the recipient */
     msgbuf *wire;               /* the encoded line, shared by all recipients */
-    msgbuf *record;             /* "room\0nick\0kind\0body" for storage */
-    uint32_t nick_off, kind_off, body_off, body_len;
+    msgbuf *record;             /* "room\0nick\0body" for storage */
+    uint8_t kind;               /* history_kind of the record */
+    uint32_t nick_off, body_off, body_len;
     char at[HISTORY_TIME_LEN + 1];
 } outbox_entry;
 
@@ -324,9 +325,9 @@ static int outbox_over_bound(const hub *h, int64_t now)
     return now - h->db_failing_since >= h->cfg.pending_max_ms;
 }
 
-static int is_user_kind(const char *kind)
+static int is_user_kind(history_kind kind)
 {
-    return kind && (strcmp(kind, "say") == 0 || strcmp(kind, "me") == 0 || strcmp(kind, "msg") == 0);
+    return kind == HISTORY_SAY || kind == HISTORY_ME || kind == HISTORY_MSG;
 }
 
 /* Queues a ROOM/PRIVATE effect.  Returns 0, or -1 if the line was refused
@@ -334,7 +335,7 @@ static int is_user_kind(const char *kind)
 static int outbox_add(hub *h, const chat_effect *fx)
 {
     uint32_t sender = fx->slot;
-    int persist = fx->record_kind != NULL && h->cfg.history != NULL;
+    int persist = fx->record_kind != HISTORY_KIND_NONE && h->cfg.history != NULL;
     /* Stored chat is refused while the database is down past the bound; an
      * unstored /msg (no --log-private) still waits in order but needs no database. */
     int user_line = is_user_kind(fx->record_kind) && persist;
@@ -355,12 +356,11 @@ static int outbox_add(hub *h, const chat_effect *fx)
     }
     msgbuf *wire = msgbuf_line(fx->text, fx->text_len);
     msgbuf *record = NULL;
-    size_t room_len = 0, nick_len = 0, kind_len = 0;
+    size_t room_len = 0, nick_len = 0;
     if (persist) {
         room_len = strlen(fx->room);
         nick_len = strlen(fx->nick);
-        kind_len = strlen(fx->record_kind);
-        record = msgbuf_alloc(room_len + nick_len + kind_len + fx->body_len + 4);
+        record = msgbuf_alloc(room_len + nick_len + fx->body_len + 3);
     }
     outbox_entry *e = (wire && (record || !persist)) ? outbox_push(h) : NULL;
     if (!e) {
@@ -389,9 +389,8 @@ static int outbox_add(hub *h, const chat_effect *fx)
         memcpy(p, fx->room, room_len + 1);
         e->nick_off = (uint32_t)(room_len + 1);
         memcpy(p + e->nick_off, fx->nick, nick_len + 1);
-        e->kind_off = e->nick_off + (uint32_t)nick_len + 1;
-        memcpy(p + e->kind_off, fx->record_kind, kind_len + 1);
-        e->body_off = e->kind_off + (uint32_t)kind_len + 1;
+        e->kind = (uint8_t)fx->record_kind;
+        e->body_off = e->nick_off + (uint32_t)nick_len + 1;
         memcpy(p + e->body_off, fx->body, fx->body_len);
         p[e->body_off + fx->body_len] = '\0';
         e->body_len = (uint32_t)fx->body_len;
@@ -445,7 +444,7 @@ static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
         r.at = e->at;
         r.room = e->record->data;
         r.nick = e->record->data + e->nick_off;
-        r.kind = e->record->data + e->kind_off;
+        r.kind = (history_kind)e->kind;
         r.body = e->record->data + e->body_off;
         r.body_len = e->body_len;
         rc = history_append(db, &r);
@@ -487,7 +486,7 @@ static int commit_isolating(hub *h, const uint32_t *idx, uint32_t n)
         entry_settled(h, e);
         h->stats.rejected_lines++;
         log_error("history: the database refused a '%s' line of %s in %s, which is dropped, not delivered: %s",
-                  e->record->data + e->kind_off, e->record->data + e->nick_off, e->record->data,
+                  history_kind_name((history_kind)e->kind), e->record->data + e->nick_off, e->record->data,
                   history_errmsg(h->cfg.history));
         return HISTORY_OK;
     }

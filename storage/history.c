@@ -406,19 +406,28 @@ int history_begin(history *h)
     return HISTORY_OK;
 }
 
-static int is_kind(const char *kind)
+static const char *const kind_names[HISTORY_KIND_COUNT] = {
+    [HISTORY_SAY] = "say", [HISTORY_ME] = "me", [HISTORY_JOIN] = "join",
+    [HISTORY_LEAVE] = "leave", [HISTORY_NICK] = "nick", [HISTORY_MSG] = "msg",
+};
+
+const char *history_kind_name(history_kind kind)
 {
-    static const char *const kinds[] = { "say", "me", "join", "leave", "nick", "msg" };
-    size_t i;
-    for (i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
-        if (strcmp(kind, kinds[i]) == 0)
-            return 1;
-    return 0;
+    return kind > HISTORY_KIND_NONE && kind < HISTORY_KIND_COUNT ? kind_names[kind] : NULL;
+}
+
+history_kind history_kind_parse(const char *name)
+{
+    int k;
+    for (k = HISTORY_KIND_NONE + 1; name && k < HISTORY_KIND_COUNT; k++)
+        if (strcmp(name, kind_names[k]) == 0)
+            return (history_kind)k;
+    return HISTORY_KIND_NONE;
 }
 
 static int check_record(history *h, const history_record *rec)
 {
-    if (!rec || !rec->at || !rec->room || !rec->nick || !rec->kind || (!rec->body && rec->body_len)) {
+    if (!rec || !rec->at || !rec->room || !rec->nick || (!rec->body && rec->body_len)) {
         hist_set_errmsg(h, "history_append: record with a missing field");
         return HISTORY_REJECTED;
     }
@@ -426,8 +435,8 @@ static int check_record(history *h, const history_record *rec)
         hist_set_errmsg(h, "history_append: time \"%.40s\" is not in the form 2026-11-27T03:04:05.123Z", rec->at);
         return HISTORY_REJECTED;
     }
-    if (!is_kind(rec->kind)) {
-        hist_set_errmsg(h, "history_append: kind \"%.20s\" is not one of say, me, join, leave, nick, msg", rec->kind);
+    if (!history_kind_name(rec->kind)) {
+        hist_set_errmsg(h, "history_append: kind %d is not one of say, me, join, leave, nick, msg", (int)rec->kind);
         return HISTORY_REJECTED;
     }
     return HISTORY_OK;
@@ -448,12 +457,12 @@ static int append_row(history *h, const history_record *rec)
     src[FIELD_AT] = rec->at;
     src[FIELD_ROOM] = rec->room;
     src[FIELD_NICK] = rec->nick;
-    src[FIELD_KIND] = rec->kind;
+    src[FIELD_KIND] = history_kind_name(rec->kind);
     src[FIELD_BODY] = rec->body ? rec->body : "";
     len[FIELD_AT] = HISTORY_TIME_LEN;
     len[FIELD_ROOM] = strlen(rec->room);
     len[FIELD_NICK] = strlen(rec->nick);
-    len[FIELD_KIND] = strlen(rec->kind);
+    len[FIELD_KIND] = strlen(src[FIELD_KIND]);
     len[FIELD_BODY] = rec->body_len;
     /* What SQLite would refuse at the commit is refused here, naming the
      * line, while the caller still knows which one it is. */

@@ -36,12 +36,32 @@ enum {
 #define HISTORY_SCHEMA_VERSION 2
 #define HISTORY_TIME_LEN 24   /* "2026-11-27T03:04:05.123Z" */
 
+/* What a stored line is, shared by chat (which says it), the hub (which
+ * holds it) and storage (which writes it as the text of the `kind` column:
+ * the only place the strings appear).  HISTORY_KIND_NONE: "not stored" for
+ * writers, "not one of ours" (a row someone else wrote) for readers. */
+typedef enum history_kind {
+    HISTORY_KIND_NONE = 0,
+    HISTORY_SAY,         /* "say": a chat line */
+    HISTORY_ME,          /* "me": an action (/me) */
+    HISTORY_JOIN,        /* "join" */
+    HISTORY_LEAVE,       /* "leave": body = the reason */
+    HISTORY_NICK,        /* "nick": nick = the old one, body = the new one */
+    HISTORY_MSG,         /* "msg": a private message (--log-private), body "to NICK: text" */
+    HISTORY_KIND_COUNT
+} history_kind;
+
+/* The kind column's text of kind ("say", ...); NULL for NONE or out of range. */
+const char *history_kind_name(history_kind kind);
+/* The kind whose column text is name; HISTORY_KIND_NONE if none is. */
+history_kind history_kind_parse(const char *name);
+
 typedef struct history_record {
     int64_t id;          /* set by queries; ignored by history_append */
     const char *at;      /* UTC ISO-8601 with milliseconds, HISTORY_TIME_LEN chars */
     const char *room;
     const char *nick;
-    const char *kind;    /* "say", "me", "join", "leave", "nick", "msg" */
+    history_kind kind;
     const char *body;    /* valid UTF-8 (cleaned by the caller) */
     size_t body_len;
 } history_record;

@@ -19,7 +19,7 @@ static int each_row(history *h, sqlite3_stmt *stmt, const char *name, history_ro
         text = sqlite3_column_text(stmt, 1); rec.at = text ? (const char *)text : "";
         text = sqlite3_column_text(stmt, 2); rec.room = text ? (const char *)text : "";
         text = sqlite3_column_text(stmt, 3); rec.nick = text ? (const char *)text : "";
-        text = sqlite3_column_text(stmt, 4); rec.kind = text ? (const char *)text : "";
+        text = sqlite3_column_text(stmt, 4); rec.kind = history_kind_parse((const char *)text);
         text = sqlite3_column_text(stmt, 5); rec.body = text ? (const char *)text : "";
         /* after column_text, so the length is that of the text form */
         rec.body_len = (size_t)sqlite3_column_bytes(stmt, 5);

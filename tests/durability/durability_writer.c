@@ -81,7 +81,7 @@ static int commit_batch(history *h, long long count, long long min_len, long lon
         r.at = at;
         r.room = "lobby";
         r.nick = "writer";
-        r.kind = "say";
+        r.kind = HISTORY_SAY;
         r.body = body;
         r.body_len = len;
         rc = history_append(h, &r);

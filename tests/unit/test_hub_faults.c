@@ -592,7 +592,7 @@ static int tpl_commit(run *r, history *db, const char *kind, const char *nick, c
     rec.at = at;
     rec.room = "lobby";
     rec.nick = nick;
-    rec.kind = kind;
+    rec.kind = history_kind_parse(kind);
     rec.body = body;
     rec.body_len = strlen(body);
     if (history_begin(db) != HISTORY_OK || history_append(db, &rec) != HISTORY_OK ||
