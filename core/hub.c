@@ -107,6 +107,7 @@ struct hub {
 static const char NOTICE_HISTORY_DOWN[] = "*** history unavailable, message not sent";
 static const char NOTICE_HISTORY_OFF[] = "*** history is switched off on this server";
 static const char NOTICE_REJECTED[] = "*** message not sent: the history database refused to store it";
+static const char NOTICE_UNDELIVERED[] = "*** message not delivered: the recipient left before it could be";
 static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconnecting (slow consumer)";
 
 #define COMMIT_RETRY_MS 50
@@ -570,24 +571,32 @@ static void deliver_member(void *ctx, uint32_t slot)
 
 static void outbox_deliver(hub *h)
 {
-    int drop_confirmation = 0;   /* the entry before was a refused private message */
+    /* What became of the private message before this entry: its confirmation
+     * ("*** to bob: ...") is sent only if the message really went out. */
+    enum { SENT, REFUSED, UNDELIVERED } previous = SENT;
     while (h->ob_count > 0) {
         outbox_entry *e = &h->outbox[h->ob_head];
+        int outcome = SENT;
         if (e->persist && !e->stored)
             break;
         if (e->rejected) {
+            outcome = REFUSED;
             if (e->user_line && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
                 reply_text(h, e->from_slot, NOTICE_REJECTED, sizeof NOTICE_REJECTED - 1);
-        } else if (e->confirms_previous && drop_confirmation) {
-            /* "-> bob: ..." would claim a message that was never sent */
+        } else if (e->confirms_previous && previous != SENT) {
+            /* the confirmation would claim a message that reached no one */
+            if (previous == UNDELIVERED && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
+                reply_text(h, e->from_slot, NOTICE_UNDELIVERED, sizeof NOTICE_UNDELIVERED - 1);
         } else if (e->is_private) {
             if (slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)
                 queue_to_as(h, e->to_slot, e->wire, e->held);
+            else
+                outcome = UNDELIVERED;   /* the recipient left while the message waited */
         } else if (e->record) {
             deliver_ctx d = { h, e, e->held };
             chat_room_members(h->chat, e->record->data, deliver_member, &d);
         }
-        drop_confirmation = e->rejected && e->is_private;
+        previous = e->is_private && !e->confirms_previous ? outcome : SENT;
         outbox_entry_free(e);
         h->ob_head = (h->ob_head + 1) & (h->ob_cap - 1);
         h->ob_count--;

@@ -589,6 +589,41 @@ static void test_query_answers_keep_command_order(void)
     remove_db(path);
 }
 
+/* A /msg held behind the database whose recipient leaves (and whose slot a
+ * newcomer takes) before it can be delivered reaches no one: the newcomer
+ * never sees it, and the sender is told it was not delivered instead of
+ * getting its confirmation. */
+static void test_held_msg_to_a_leaver(void)
+{
+    const char *path = "test_hub_leaver.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    hub *h = hub_create(&cfg);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+    sqlite3 *locker;
+    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    say(h, 0, "a room line first\r\n/msg guest2 you will never see this\r\n", 10);
+    hub_turn(h, 10);
+    hub_session_closed(h, 1, "connection closed");
+    hub_session_open(h, 1, "127.0.0.1", 20);          /* guest3 in guest2's slot */
+    hub_turn(h, 20);
+    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(locker);
+    hub_turn(h, 100);
+    const char *newcomer = take_output(h, 1);
+    CHECK(strstr(newcomer, "never see this") == NULL);
+    const char *sender = take_output(h, 0);
+    CHECK(strstr(sender, "*** to guest2") == NULL);
+    CHECK(strstr(sender, "*** message not delivered: the recipient left before it could be\r\n") != NULL);
+    hub_destroy(h);
+    history_close(db);
+    remove_db(path);
+}
+
 int main(void)
 {
     log_to_stderr(0);
@@ -604,6 +639,7 @@ int main(void)
     test_replay_on_connect();
     test_refused_record_is_isolated();
     test_query_answers_keep_command_order();
+    test_held_msg_to_a_leaver();
     msgbuf_pool_drain();
     return check_done();
 }
