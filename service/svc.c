@@ -264,7 +264,12 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
         return;
     }
     if (!opt.no_history && opt.db_path[0] == '\0') {
-        log_error("history: no database path: %s", data_err);
+        log_error("history: %s (give --db PATH or --no-history)", data_err);
+        fail_start(RELAY_ERR_DATABASE);
+        return;
+    }
+    if (!opt.no_history && datadir_check_db_folder(opt.db_path, data_err, sizeof data_err) != 0) {
+        log_error("%s", data_err);
         fail_start(RELAY_ERR_DATABASE);
         return;
     }
