@@ -8,6 +8,10 @@ Cases (one ctest test each, run with `python3 test_service.py CASE`):
   install_cmd      installer/install.cmd + uninstall.cmd from a folder with spaces, any current folder
   msi              msiexec /i chatrelay.msi, the service runs, net stop + msiexec /x removes everything
   exe_install      chatrelay.exe install/uninstall from a path with spaces, option checks, twice, missing
+  db_read_only_console   --console, history on a read-only filesystem: exit 1, error 4, log says why
+  db_read_only_service   the same as a service: STOPPED with service-specific error 4, log says why
+  db_folder_missing      --db in a folder that does not exist: console and service refuse to start
+  data_folder_read_only  the default data folder cannot be created: console and service refuse
 
 Every case uses its own ports, its own service name where the installer allows it, and deletes
 its service in a `finally`, so a failure leaves no auto-start service behind in the prefix.
@@ -15,6 +19,7 @@ What Wine cannot show (failure actions, SHUTDOWN/PRESHUTDOWN, the Event Log, ACL
 docs/SERVICE.md as verified by review only.
 """
 import os
+import re
 import selectors
 import shutil
 import socket
@@ -22,8 +27,8 @@ import subprocess
 import tempfile
 import time
 
-from harness import (EXE, SOURCE, WINE, WORK, Client, TestFailure, check, free_port, raise_fd_limit,
-                     run_cases, winpath)
+from harness import (EXE, SOURCE, WINE, WORK, Client, ReadOnlyMount, Relay, TestFailure, check, free_port,
+                     raise_fd_limit, run_cases, winpath)
 
 BUILD = os.path.dirname(os.path.abspath(EXE))
 MSI = os.path.join(BUILD, "chatrelay.msi")
@@ -34,6 +39,8 @@ WINEPREFIX = os.environ.get("CHATRELAY_WINEPREFIX", os.path.join(BUILD, "winepre
 ERROR_SERVICE_SPECIFIC_ERROR = 1066
 RELAY_ERR_OPTIONS = 1
 RELAY_ERR_LISTEN = 3
+RELAY_ERR_DATABASE = 4
+DB_START_FAILED = "the history database cannot be opened"
 
 
 # ---- running Windows commands --------------------------------------------------------------
@@ -519,6 +526,152 @@ def exe_install():
         remove_service(name)
 
 
+# ---- a history database that cannot be used --------------------------------------------------
+
+def run_console_expecting_failure(args, timeout=60):
+    """chatrelay.exe --console ARGS, whose start must fail: returns (rc, everything it logged).
+    A relay that starts anyway ("relay running") is killed and reported at once."""
+    os.makedirs(WORK, exist_ok=True)
+    port = free_port()
+    path = os.path.join(WORK, "console-fail-%d-%d.log" % (os.getpid(), port))
+    with open(path, "wb") as out:
+        proc = subprocess.Popen([WINE, EXE, "--console", "--listen", "127.0.0.1:%d" % port] + list(args),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        deadline = time.time() + timeout
+        while proc.poll() is None:
+            if "relay running" in read_log(path) or time.time() > deadline:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                raise TestFailure("chatrelay.exe --console %s did not refuse to start:\n%s"
+                                  % (" ".join(args), read_log(path)[-3000:]))
+            time.sleep(0.05)
+    return proc.returncode, read_log(path)
+
+
+def check_db_refused(out, where, path, reason):
+    """The log of a start refused for its database: an ERROR line names path and matches the
+    reason (a regex), the start failure names RELAY_ERR_DATABASE, and nothing listened."""
+    errors = [line for line in out.splitlines() if " ERROR " in line]
+    named = [line for line in errors if path in line]
+    check(named, "%s: no ERROR line names %s:\n%s" % (where, path, out[-3000:]))
+    check(any(re.search(reason, line, re.I) for line in named),
+          "%s: the ERROR lines naming %s do not say why (%r):\n%s" % (where, path, reason, "\n".join(named)))
+    check("relay running" not in out and "listening on" not in out,
+          "%s: the relay started although the database cannot be used:\n%s" % (where, out[-3000:]))
+
+
+def check_console_db_refused(args, path, reason):
+    rc, out = run_console_expecting_failure(args)
+    check(rc == 1, "console: exit code %d, expected 1 (the relay could not start):\n%s" % (rc, out[-3000:]))
+    check("could not start: %s (error %d)" % (DB_START_FAILED, RELAY_ERR_DATABASE) in out,
+          "console: no 'could not start: %s (error %d)' line:\n%s" % (DB_START_FAILED, RELAY_ERR_DATABASE, out[-3000:]))
+    check_db_refused(out, "console", path, reason)
+
+
+def start_settles(name):
+    """sc start, then the state it settles in (RUNNING or STOPPED), without waiting for one of
+    them only: a start that should fail but succeeds is reported at once."""
+    sc("start", name)
+    deadline = time.time() + 30
+    info = None
+    while time.time() < deadline:
+        info = query(name)
+        if info is not None and info["STATE"] in ("RUNNING", "STOPPED"):
+            return info
+        time.sleep(0.05)
+    raise TestFailure("service %s neither RUNNING nor STOPPED 30 s after sc start (last: %r)" % (name, info))
+
+
+def check_service_db_refused(case, args, path, reason):
+    """A service whose database cannot be used: STOPPED with ERROR_SERVICE_SPECIFIC_ERROR and
+    RELAY_ERR_DATABASE, and its log says why."""
+    name = unique_name(case)
+    log = fresh(os.path.join(WORK, name + ".log"))
+    try:
+        create(name, ["--listen", "127.0.0.1:%d" % free_port(), "--log", winpath(log)] + list(args))
+        info = start_settles(name)
+        check(info["STATE"] == "STOPPED", "service: started although the database cannot be used: %r\n%s"
+              % (info, read_log(log)[-3000:]))
+        check(info["WIN32_EXIT_CODE"] == ERROR_SERVICE_SPECIFIC_ERROR and
+              info.get("SERVICE_EXIT_CODE") == RELAY_ERR_DATABASE,
+              "service: expected WIN32_EXIT_CODE %d and SERVICE_EXIT_CODE %d (RELAY_ERR_DATABASE), got %r"
+              % (ERROR_SERVICE_SPECIFIC_ERROR, RELAY_ERR_DATABASE, info))
+        log_has(log, "service: start failed: %s (service-specific error %d)" % (DB_START_FAILED, RELAY_ERR_DATABASE))
+        check_db_refused(read_log(log), "service", path, reason)
+    finally:
+        remove_service(name)
+
+
+def history_left_by_a_crash(db):
+    """A real history database in the state a relay that died leaves it: the file, its -wal with
+    a committed line, and the -shm (what a restart finds after the filesystem went read-only)."""
+    relay = Relay("ro-maker-%d" % os.getpid())
+    relay.db = db
+    try:
+        relay.start()
+        a, b = Client(relay.port), Client(relay.port)
+        a.greeted()
+        b.greeted()
+        a.say("said before the filesystem went read-only")
+        b.expect("said before the filesystem went read-only")   # delivered, so committed
+        a.close()
+        b.close()
+    finally:
+        relay.kill()
+    for suffix in ("", "-wal", "-shm"):
+        check(os.path.exists(db + suffix), "the killed relay left no %s%s" % (db, suffix))
+
+
+# Write attempts on a read-only filesystem: SQLite's SQLITE_READONLY text, or the relay's own words.
+READ_ONLY_REASON = r"read-?only|write[- ]protect"
+
+
+def db_read_only_console():
+    with ReadOnlyMount() as mnt:
+        db = os.path.join(mnt.path, "history.db")
+        history_left_by_a_crash(db)
+        mnt.read_only()
+        before = open(db, "rb").read()
+        check_console_db_refused(["--db", winpath(db)], winpath(db), READ_ONLY_REASON)
+        check(open(db, "rb").read() == before, "the database changed on a read-only filesystem?")
+
+
+def db_read_only_service():
+    with ReadOnlyMount() as mnt:
+        db = os.path.join(mnt.path, "history.db")
+        history_left_by_a_crash(db)
+        mnt.read_only()
+        check_service_db_refused("dbro", ["--db", winpath(db)], winpath(db), READ_ONLY_REASON)
+
+
+def db_folder_missing():
+    folder = os.path.join(WORK, "no such folder %d" % os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    db = os.path.join(folder, "history.db")
+    why = r"folder .* does not exist"
+    check_console_db_refused(["--db", winpath(db)], winpath(folder), why)
+    check(not os.path.exists(folder), "the console created the folder of --db %s" % folder)
+    # The service takes options from sc create, whose binPath cannot quote a value with spaces.
+    folder = os.path.join(WORK, "no-such-folder-%d" % os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    db = os.path.join(folder, "history.db")
+    check_service_db_refused("dbdir", ["--db", winpath(db)], winpath(folder), why)
+    check(not os.path.exists(folder), "the service created the folder of --db %s" % folder)
+
+
+def data_folder_read_only():
+    """No --db: the data folder %ProgramData%\\ChatRelay must be created, and cannot be: the
+    prefix's ProgramData is covered by a read-only mount for the duration."""
+    program_data = os.path.join(WINEPREFIX, "drive_c", "ProgramData")
+    check(os.path.isdir(program_data), "the prefix has no %s" % program_data)
+    data = "C:\\ProgramData\\ChatRelay"
+    why = r"cannot create folder .*CreateDirectoryW"
+    with ReadOnlyMount(at=program_data) as mnt:
+        mnt.read_only()
+        check_console_db_refused([], data, why)
+        check_service_db_refused("datadir", [], data, why)
+
+
 if __name__ == "__main__":
     run_cases({
         "lifecycle": lifecycle,
@@ -528,4 +681,8 @@ if __name__ == "__main__":
         "install_cmd": install_cmd,
         "msi": msi,
         "exe_install": exe_install,
+        "db_read_only_console": db_read_only_console,
+        "db_read_only_service": db_read_only_service,
+        "db_folder_missing": db_folder_missing,
+        "data_folder_read_only": data_folder_read_only,
     })
