@@ -5,6 +5,7 @@ Cases (one ctest test each, run with `python3 test_service.py CASE`):
   start_args       `sc start NAME --listen ...` overrides the binPath's --listen
   start_failures   port in use / bad start option -> STOPPED with a service-specific error, log says why
   stop_1000        sc stop with 1000 connected clients: STOPPED within 2 s, every client sees the close
+  stop_log_stalled sc stop is answered at once while the service's log cannot be written (a full FIFO)
   install_cmd      installer/install.cmd + uninstall.cmd from a folder with spaces, any current folder
   msi              msiexec /i chatrelay.msi, the service runs, net stop + msiexec /x removes everything
   exe_install      chatrelay.exe install/uninstall from a path with spaces, option checks, twice, missing
@@ -18,6 +19,7 @@ its service in a `finally`, so a failure leaves no auto-start service behind in 
 What Wine cannot show (failure actions, SHUTDOWN/PRESHUTDOWN, the Event Log, ACLs) is listed in
 docs/SERVICE.md as verified by review only.
 """
+import fcntl
 import os
 import re
 import selectors
@@ -25,6 +27,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import termios
+import threading
 import time
 
 from harness import (EXE, SOURCE, WINE, WORK, Client, ReadOnlyMount, Relay, TestFailure, check, free_port,
@@ -45,7 +49,7 @@ DB_START_FAILED = "the history database cannot be opened"
 
 # ---- running Windows commands --------------------------------------------------------------
 
-def wine(*args, timeout=60, env=None, cwd=None):
+def wine(*args, timeout=60, env=None, cwd=None, loader=None):
     """Runs a Windows command; returns (rc, output).  Output goes through a file, not a pipe:
     a wine child that lingers must not keep the test waiting for EOF."""
     with tempfile.TemporaryFile() as out:
@@ -53,16 +57,22 @@ def wine(*args, timeout=60, env=None, cwd=None):
         if env:
             e.update(env)
         try:
-            rc = subprocess.run([WINE] + list(args), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                timeout=timeout, env=e, cwd=cwd).returncode
+            rc = subprocess.run((loader or [WINE]) + list(args), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, timeout=timeout, env=e, cwd=cwd).returncode
         except subprocess.TimeoutExpired:
             raise TestFailure("%s did not finish within %d s" % (" ".join(args), timeout))
         out.seek(0)
         return rc, out.read().decode("utf-8", "replace")
 
 
+# Wine's sc.exe says why a call failed only on its "err" debug channel ("err:sc:wmain failed to
+# stop service 109"), which scripts/wine silences with everything else: sc runs with that one
+# channel on, so a failed sc names the Win32 error instead of a bare rc 1.
+SC_ENV = {"WINEPREFIX": WINEPREFIX, "WINEDEBUG": "-all,err+sc", "WINEDLLOVERRIDES": "mscoree,mshtml="}
+
+
 def sc(*args, timeout=60):
-    return wine("sc", *args, timeout=timeout)
+    return wine("sc", *args, timeout=timeout, env=SC_ENV, loader=["/usr/lib/wine/wine64"])
 
 
 def query(name):
@@ -158,6 +168,15 @@ def log_has(path, text, timeout=5.0):
         time.sleep(0.1)
 
 
+def stop(name, log):
+    """sc stop NAME, which must be accepted: a refusal reports sc's error, the state it left and
+    the end of the service's log."""
+    rc, out = sc("stop", name)
+    if rc != 0:
+        raise TestFailure("sc stop failed (rc %d): %s; the service is now %r; its log ends:\n%s"
+                          % (rc, out.strip() or "(no output)", query(name), read_log(log)[-2000:]))
+
+
 def create(name, args, start="demand"):
     binpath = '"%s" %s' % (winpath(EXE), " ".join(args))
     rc, out = sc("create", name, "binPath=", binpath, "start=", start, "DisplayName=", "ChatRelay e2e " + name)
@@ -206,8 +225,7 @@ def lifecycle():
 
         watcher = Client(port)
         watcher.greeted()
-        rc, out = sc("stop", name)
-        check(rc == 0, "sc stop failed (rc %d): %s" % (rc, out))
+        stop(name, log)
         info = wait_state(name, "STOPPED", 10)
         check(info["WIN32_EXIT_CODE"] == 0 and info.get("SERVICE_EXIT_CODE", 0) == 0,
               "a requested stop ends with exit code 0: %r" % info)
@@ -226,7 +244,7 @@ def lifecycle():
         c.expect(text)            # the replay on connect includes the line from the first run
         c.close()
         chat_works(port)
-        sc("stop", name)
+        stop(name, log)
         wait_state(name, "STOPPED", 10)
         check(read_log(log).count("service: running") == 2, "two runs in the log")
 
@@ -380,6 +398,92 @@ def stop_1000():
         for s in socks:
             s.close()
         remove_service(name)
+
+
+F_SETPIPE_SZ = 1031         # <linux/fcntl.h>
+
+
+def stop_log_stalled():
+    """The SCM holds `sc stop` until the control handler answers, and gives up after a bound
+    (Wine: 10 s, error 1053): the handler must not wait for anything, the log included.  The
+    service logs into a FIFO that this test keeps full, so every log write blocks; sc stop must
+    still succeed at once, and the stop completes once the log drains."""
+    name = unique_name("logstall")
+    port = free_port()
+    fifo = os.path.join(WORK, name + ".fifo")
+    os.makedirs(WORK, exist_ok=True)
+    if os.path.lexists(fifo):
+        os.unlink(fifo)
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)   # ours, to fill the pipe
+    fcntl.fcntl(reader, F_SETPIPE_SZ, 4096)
+    drained = bytearray()
+    draining = threading.Event()
+    done = threading.Event()
+
+    def drain_once():
+        while True:
+            try:
+                chunk = os.read(reader, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            drained.extend(chunk)
+
+    def drain_forever():
+        draining.wait()
+        sel = selectors.DefaultSelector()
+        sel.register(reader, selectors.EVENT_READ)
+        while not done.is_set():
+            sel.select(timeout=0.2)
+            drain_once()
+
+    drainer = threading.Thread(target=drain_forever, daemon=True)
+    drainer.start()
+    try:
+        create(name, ["--listen", "127.0.0.1:%d" % port, "--no-history", "--log", winpath(fifo)])
+        sc("start", name)
+        wait_state(name, "RUNNING")
+        chat_works(port)
+        drain_once()
+        check(b"service: running" in drained, "the service logged nothing into the FIFO: %r" % bytes(drained))
+        # Fill the pipe to the last byte: from now on every write of the service's log blocks.
+        for size in (512, 1):
+            while True:
+                try:
+                    os.write(writer, b"#" * size)
+                except BlockingIOError:
+                    break
+        queued = bytearray(4)
+        fcntl.ioctl(reader, termios.FIONREAD, queued)
+        check(int.from_bytes(queued, "little") == fcntl.fcntl(reader, 1032),   # F_GETPIPE_SZ
+              "the FIFO is not full (%d bytes queued)" % int.from_bytes(queued, "little"))
+
+        start = time.time()
+        rc, out = sc("stop", name)
+        check(rc == 0, "sc stop failed while the log was stalled (rc %d, after %.1f s): %s"
+              % (rc, time.time() - start, out.strip()))
+        info = query(name)
+        check(info["STATE"] in ("STOP_PENDING", "STOPPED"), "after sc stop: %r" % info)
+
+        draining.set()          # the log flows again: the stop can finish
+        info = wait_state(name, "STOPPED", 20)
+        check(info["WIN32_EXIT_CODE"] == 0, "a requested stop ends with exit code 0: %r" % info)
+        deadline = time.time() + 5
+        while b"service: stopped" not in drained and time.time() < deadline:
+            time.sleep(0.05)
+        check(b"service: STOP requested" in drained and b"service: stopped" in drained,
+              "the log lacks the stop: %r" % bytes(drained[-2000:]))
+    finally:
+        draining.set()
+        remove_service(name)
+        done.set()
+        drainer.join(5)
+        os.close(writer)
+        os.close(reader)
+        os.unlink(fifo)
 
 
 def copy_release(folder):
@@ -678,6 +782,7 @@ if __name__ == "__main__":
         "start_args": start_args,
         "start_failures": start_failures,
         "stop_1000": stop_1000,
+        "stop_log_stalled": stop_log_stalled,
         "install_cmd": install_cmd,
         "msi": msi,
         "exe_install": exe_install,
