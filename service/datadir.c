@@ -85,10 +85,72 @@ int datadir_ensure(const char *dir, int service_acl, char *err, size_t errlen)
     free(w);
     if (sd != NULL)
         LocalFree(sd);
-    if (ok || e == ERROR_ALREADY_EXISTS)
+    if (ok)
         return 0;
+    if (e == ERROR_ALREADY_EXISTS)
+        /* A file of that name is "already there" too: it must be a folder. */
+        return datadir_check_folder(dir, err, errlen);
     snprintf(err, errlen, "cannot create folder %s: CreateDirectoryW: %s", dir, win_error_text(e, why, sizeof why));
     return -1;
+}
+
+int datadir_check_folder(const char *dir, char *err, size_t errlen)
+{
+    wchar_t *w = win_wide_from_utf8(dir);
+    char why[256];
+    DWORD attr, e;
+
+    if (w == NULL) {
+        snprintf(err, errlen, "%s: not a valid UTF-8 path", dir);
+        return -1;
+    }
+    attr = GetFileAttributesW(w);
+    e = GetLastError();
+    free(w);
+    if (attr == INVALID_FILE_ATTRIBUTES) {
+        if (e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND)
+            snprintf(err, errlen, "the folder %s does not exist (GetFileAttributesW: %s)", dir,
+                     win_error_text(e, why, sizeof why));
+        else
+            snprintf(err, errlen, "cannot reach the folder %s: GetFileAttributesW: %s", dir,
+                     win_error_text(e, why, sizeof why));
+        return -1;
+    }
+    if (!(attr & FILE_ATTRIBUTE_DIRECTORY)) {
+        snprintf(err, errlen, "%s is a file, not a folder", dir);
+        return -1;
+    }
+    return 0;
+}
+
+int datadir_check_db_folder(const char *db_path, char *err, size_t errlen)
+{
+    char dir[OPTIONS_PATH_MAX], why[512];
+    const char *slash = NULL, *p;
+    size_t len;
+
+    for (p = db_path; *p != '\0'; p++)
+        if (*p == '\\' || *p == '/')
+            slash = p;
+    if (slash == NULL)
+        return 0;                           /* in the current folder, which exists */
+    len = (size_t)(slash - db_path);
+    /* "C:\history.db", "\history.db": the root of a drive; it exists if the drive does,
+     * and SQLite says so if it does not. */
+    if (len == 0 || (len == 2 && db_path[1] == ':'))
+        return 0;
+    if (len >= sizeof dir) {
+        snprintf(err, errlen, "history \"%s\": the path is too long", db_path);
+        return -1;
+    }
+    memcpy(dir, db_path, len);
+    dir[len] = '\0';
+    if (datadir_check_folder(dir, why, sizeof why) != 0) {
+        snprintf(err, errlen, "history \"%s\": cannot be opened: %s; create the folder or give another "
+                 "--db", db_path, why);
+        return -1;
+    }
+    return 0;
 }
 
 int datadir_grant_service_access(const char *dir, char *err, size_t errlen)

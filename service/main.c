@@ -101,8 +101,16 @@ static int run_console(relay_options *opt)
         win_printf(stderr, "chatrelay: --log: %s\n", err);
         return 2;
     }
+    /* A database that cannot be used ends the start the same way whichever
+     * check finds it, so one line (with the service's exit code) says so. */
     if (datadir_fill_defaults(opt, 0, err, sizeof err) != 0) {
         log_error("history: %s (give --db PATH or --no-history)", err);
+        log_error("could not start: %s (error %d)", svc_start_error_text(RELAY_ERR_DATABASE), RELAY_ERR_DATABASE);
+        return 1;
+    }
+    if (!opt->no_history && datadir_check_db_folder(opt->db_path, err, sizeof err) != 0) {
+        log_error("%s", err);
+        log_error("could not start: %s (error %d)", svc_start_error_text(RELAY_ERR_DATABASE), RELAY_ERR_DATABASE);
         return 1;
     }
     g_console_done = CreateEventW(NULL, TRUE, FALSE, NULL);

@@ -1,11 +1,15 @@
 /* svc: see svc.h.
  *
- * Threads: the process's main thread runs the dispatcher, which also calls
- * the control handler; ServiceMain runs on a thread of its own and does all
- * the work (start, then relay_wait until the relay has stopped).  The handler
- * only records the request, reports STOP_PENDING, calls relay_request_stop
- * and logs one line, so it returns at once.  `lock` guards the status
- * record, the relay pointer and the stop flag between those two threads.
+ * Threads: the dispatcher calls the control handler (on Windows that is the
+ * process's main thread, inside StartServiceCtrlDispatcherW; Wine's sechost
+ * runs it on a thread of its own); ServiceMain runs on a thread of its own and
+ * does all the work (start, then relay_wait until the relay has stopped).
+ * The handler only records the request, reports STOP_PENDING and calls
+ * relay_request_stop: no file I/O, nothing that can wait, because the SCM
+ * holds the caller (`sc stop`) until the handler's answer arrives and gives
+ * up after a bound (Wine: 10 s, then error 1053).  ServiceMain logs the
+ * request when it next looks (within ~200 ms).  `lock` guards the status
+ * record, the relay pointer and the stop flags between those threads.
  *
  * The relay's I/O thread ends only after relay_request_stop, and the handler
  * calls that at most once (guarded by stop_requested), so the handler can
@@ -38,6 +42,7 @@ static struct {
     SERVICE_STATUS status;
     relay *relay;
     int stop_requested;
+    int stop_logged;            /* ServiceMain has written "service: STOP requested" */
     DWORD stop_control;
 } g_svc;
 
@@ -93,7 +98,6 @@ static void set_status(DWORD state, DWORD win32_exit, DWORD specific_exit, DWORD
 
 static DWORD WINAPI control_handler(DWORD control, DWORD event_type, LPVOID event_data, LPVOID ctx)
 {
-    int first;
     (void)event_type;
     (void)event_data;
     (void)ctx;
@@ -102,8 +106,7 @@ static DWORD WINAPI control_handler(DWORD control, DWORD event_type, LPVOID even
     case SERVICE_CONTROL_SHUTDOWN:
     case SERVICE_CONTROL_PRESHUTDOWN:
         EnterCriticalSection(&g_svc.lock);
-        first = !g_svc.stop_requested;
-        if (first) {
+        if (!g_svc.stop_requested) {
             g_svc.stop_requested = 1;
             g_svc.stop_control = control;
             if (g_svc.relay != NULL) {
@@ -112,8 +115,6 @@ static DWORD WINAPI control_handler(DWORD control, DWORD event_type, LPVOID even
             }
         }
         LeaveCriticalSection(&g_svc.lock);
-        if (first)
-            log_info("service: %s requested", control_name(control));
         return NO_ERROR;
     case SERVICE_CONTROL_INTERROGATE:
         return NO_ERROR;      /* the SCM re-sends the last reported status */
@@ -128,6 +129,21 @@ static void start_progress(void *ctx)
     set_status(SERVICE_START_PENDING, NO_ERROR, 0, START_WAIT_HINT_MS);
 }
 
+/* The control handler's line, written here on ServiceMain's thread (the
+ * handler itself does no I/O). */
+static void log_stop_request(void)
+{
+    DWORD control = 0;
+    EnterCriticalSection(&g_svc.lock);
+    if (g_svc.stop_requested && !g_svc.stop_logged) {
+        g_svc.stop_logged = 1;
+        control = g_svc.stop_control;
+    }
+    LeaveCriticalSection(&g_svc.lock);
+    if (control != 0)
+        log_info("service: %s requested", control_name(control));
+}
+
 /* Called by relay_wait about every 200 ms, while running as well as while
  * stopping: only a stop in progress moves the checkpoint. */
 static void stop_progress(void *ctx)
@@ -137,6 +153,7 @@ static void stop_progress(void *ctx)
     if (g_svc.stop_requested)
         set_status_locked(SERVICE_STOP_PENDING, NO_ERROR, 0, STOP_WAIT_HINT_MS);
     LeaveCriticalSection(&g_svc.lock);
+    log_stop_request();
 }
 
 const char *svc_start_error_text(int code)
@@ -264,7 +281,12 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
         return;
     }
     if (!opt.no_history && opt.db_path[0] == '\0') {
-        log_error("history: no database path: %s", data_err);
+        log_error("history: %s (give --db PATH or --no-history)", data_err);
+        fail_start(RELAY_ERR_DATABASE);
+        return;
+    }
+    if (!opt.no_history && datadir_check_db_folder(opt.db_path, data_err, sizeof data_err) != 0) {
+        log_error("%s", data_err);
         fail_start(RELAY_ERR_DATABASE);
         return;
     }
@@ -293,6 +315,7 @@ static void WINAPI service_main(DWORD argc, LPWSTR *argv)
     EnterCriticalSection(&g_svc.lock);
     g_svc.relay = NULL;
     LeaveCriticalSection(&g_svc.lock);
+    log_stop_request();         /* a stop faster than relay_wait's first look */
 
     if (status != 0) {
         /* Stopped on its own with an error: a non-zero exit lets the SCM's

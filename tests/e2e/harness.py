@@ -268,3 +268,77 @@ def run_cases(cases):
         print("FAIL %s: %s" % (name, e))
         sys.exit(1)
     print("PASS %s (%.1f s)" % (name, time.time() - start))
+
+
+class ReadOnlyMount:
+    """A small tmpfs of the test's own that can be switched to read-only: what "the history
+    database is on a read-only filesystem" means on a real machine, made as root with mount(8)
+    (the tests run as root, CI too).  Wine opens files in the wineserver, so the mount must be
+    visible to it: a plain mount in this mount namespace is.
+
+    Without `at`, the mount point is a new folder under /tmp (not in the build folder, so a mount
+    left behind by a killed test never stops `rm -rf build`); with `at`, an existing folder is
+    covered for the duration (its content is hidden, not touched).  Every mount is tagged with the
+    owner's pid, and a new ReadOnlyMount first unmounts the leftovers of owners that are gone."""
+
+    TAG = "chatrelay-e2e-"
+
+    def __init__(self, at=None):
+        self.at = at
+        self.path = None
+        self.mounted = False
+
+    @classmethod
+    def _sweep(cls):
+        with open("/proc/self/mounts") as f:
+            entries = [line.split()[:2] for line in f]
+        for source, target in entries:
+            if not source.startswith(cls.TAG):
+                continue
+            try:
+                os.kill(int(source[len(cls.TAG):]), 0)
+                continue            # its test is still running
+            except (ValueError, ProcessLookupError):
+                pass
+            target = target.replace("\\040", " ")
+            subprocess.run(["umount", "-l", target], stdin=subprocess.DEVNULL, capture_output=True)
+
+    def _mount(self, *args):
+        r = subprocess.run(["mount"] + list(args), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TestFailure("mount %s failed (rc %d): %s -- this test needs root and mount(8)"
+                              % (" ".join(args), r.returncode, r.stderr.strip()))
+
+    def __enter__(self):
+        self._sweep()
+        if self.at is None:
+            import tempfile
+            self.path = tempfile.mkdtemp(prefix="chatrelay-e2e-ro-")
+        else:
+            self.path = self.at
+        self._mount("-t", "tmpfs", "-o", "size=16m,mode=0755", "%s%d" % (self.TAG, os.getpid()), self.path)
+        self.mounted = True
+        return self
+
+    def read_only(self):
+        """From now on every write to the mount fails with EROFS, for root as well."""
+        self._mount("-o", "remount,ro", self.path)
+        check(os.statvfs(self.path).f_flag & os.ST_RDONLY, "%s is still writable after remount,ro" % self.path)
+
+    def __exit__(self, *exc):
+        if self.mounted:
+            # A process that just exited may still be closing its files: a few tries, then lazily.
+            for _ in range(50):
+                if subprocess.run(["umount", self.path], stdin=subprocess.DEVNULL,
+                                  capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+            else:
+                subprocess.run(["umount", "-l", self.path], stdin=subprocess.DEVNULL, capture_output=True)
+            self.mounted = False
+        if self.at is None and self.path is not None:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
+        return False

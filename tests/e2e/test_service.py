@@ -5,25 +5,34 @@ Cases (one ctest test each, run with `python3 test_service.py CASE`):
   start_args       `sc start NAME --listen ...` overrides the binPath's --listen
   start_failures   port in use / bad start option -> STOPPED with a service-specific error, log says why
   stop_1000        sc stop with 1000 connected clients: STOPPED within 2 s, every client sees the close
+  stop_log_stalled sc stop is answered at once while the service's log cannot be written (a full FIFO)
   install_cmd      installer/install.cmd + uninstall.cmd from a folder with spaces, any current folder
   msi              msiexec /i chatrelay.msi, the service runs, net stop + msiexec /x removes everything
   exe_install      chatrelay.exe install/uninstall from a path with spaces, option checks, twice, missing
+  db_read_only_console   --console, history on a read-only filesystem: exit 1, error 4, log says why
+  db_read_only_service   the same as a service: STOPPED with service-specific error 4, log says why
+  db_folder_missing      --db in a folder that does not exist: console and service refuse to start
+  data_folder_read_only  the default data folder cannot be created: console and service refuse
 
 Every case uses its own ports, its own service name where the installer allows it, and deletes
 its service in a `finally`, so a failure leaves no auto-start service behind in the prefix.
 What Wine cannot show (failure actions, SHUTDOWN/PRESHUTDOWN, the Event Log, ACLs) is listed in
 docs/SERVICE.md as verified by review only.
 """
+import fcntl
 import os
+import re
 import selectors
 import shutil
 import socket
 import subprocess
 import tempfile
+import termios
+import threading
 import time
 
-from harness import (EXE, SOURCE, WINE, WORK, Client, TestFailure, check, free_port, raise_fd_limit,
-                     run_cases, winpath)
+from harness import (EXE, SOURCE, WINE, WORK, Client, ReadOnlyMount, Relay, TestFailure, check, free_port,
+                     raise_fd_limit, run_cases, winpath)
 
 BUILD = os.path.dirname(os.path.abspath(EXE))
 MSI = os.path.join(BUILD, "chatrelay.msi")
@@ -34,11 +43,13 @@ WINEPREFIX = os.environ.get("CHATRELAY_WINEPREFIX", os.path.join(BUILD, "winepre
 ERROR_SERVICE_SPECIFIC_ERROR = 1066
 RELAY_ERR_OPTIONS = 1
 RELAY_ERR_LISTEN = 3
+RELAY_ERR_DATABASE = 4
+DB_START_FAILED = "the history database cannot be opened"
 
 
 # ---- running Windows commands --------------------------------------------------------------
 
-def wine(*args, timeout=60, env=None, cwd=None):
+def wine(*args, timeout=60, env=None, cwd=None, loader=None):
     """Runs a Windows command; returns (rc, output).  Output goes through a file, not a pipe:
     a wine child that lingers must not keep the test waiting for EOF."""
     with tempfile.TemporaryFile() as out:
@@ -46,16 +57,22 @@ def wine(*args, timeout=60, env=None, cwd=None):
         if env:
             e.update(env)
         try:
-            rc = subprocess.run([WINE] + list(args), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                timeout=timeout, env=e, cwd=cwd).returncode
+            rc = subprocess.run((loader or [WINE]) + list(args), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, timeout=timeout, env=e, cwd=cwd).returncode
         except subprocess.TimeoutExpired:
             raise TestFailure("%s did not finish within %d s" % (" ".join(args), timeout))
         out.seek(0)
         return rc, out.read().decode("utf-8", "replace")
 
 
+# Wine's sc.exe says why a call failed only on its "err" debug channel ("err:sc:wmain failed to
+# stop service 109"), which scripts/wine silences with everything else: sc runs with that one
+# channel on, so a failed sc names the Win32 error instead of a bare rc 1.
+SC_ENV = {"WINEPREFIX": WINEPREFIX, "WINEDEBUG": "-all,err+sc", "WINEDLLOVERRIDES": "mscoree,mshtml="}
+
+
 def sc(*args, timeout=60):
-    return wine("sc", *args, timeout=timeout)
+    return wine("sc", *args, timeout=timeout, env=SC_ENV, loader=["/usr/lib/wine/wine64"])
 
 
 def query(name):
@@ -151,6 +168,15 @@ def log_has(path, text, timeout=5.0):
         time.sleep(0.1)
 
 
+def stop(name, log):
+    """sc stop NAME, which must be accepted: a refusal reports sc's error, the state it left and
+    the end of the service's log."""
+    rc, out = sc("stop", name)
+    if rc != 0:
+        raise TestFailure("sc stop failed (rc %d): %s; the service is now %r; its log ends:\n%s"
+                          % (rc, out.strip() or "(no output)", query(name), read_log(log)[-2000:]))
+
+
 def create(name, args, start="demand"):
     binpath = '"%s" %s' % (winpath(EXE), " ".join(args))
     rc, out = sc("create", name, "binPath=", binpath, "start=", start, "DisplayName=", "ChatRelay e2e " + name)
@@ -199,8 +225,7 @@ def lifecycle():
 
         watcher = Client(port)
         watcher.greeted()
-        rc, out = sc("stop", name)
-        check(rc == 0, "sc stop failed (rc %d): %s" % (rc, out))
+        stop(name, log)
         info = wait_state(name, "STOPPED", 10)
         check(info["WIN32_EXIT_CODE"] == 0 and info.get("SERVICE_EXIT_CODE", 0) == 0,
               "a requested stop ends with exit code 0: %r" % info)
@@ -219,7 +244,7 @@ def lifecycle():
         c.expect(text)            # the replay on connect includes the line from the first run
         c.close()
         chat_works(port)
-        sc("stop", name)
+        stop(name, log)
         wait_state(name, "STOPPED", 10)
         check(read_log(log).count("service: running") == 2, "two runs in the log")
 
@@ -375,6 +400,92 @@ def stop_1000():
         remove_service(name)
 
 
+F_SETPIPE_SZ = 1031         # <linux/fcntl.h>
+
+
+def stop_log_stalled():
+    """The SCM holds `sc stop` until the control handler answers, and gives up after a bound
+    (Wine: 10 s, error 1053): the handler must not wait for anything, the log included.  The
+    service logs into a FIFO that this test keeps full, so every log write blocks; sc stop must
+    still succeed at once, and the stop completes once the log drains."""
+    name = unique_name("logstall")
+    port = free_port()
+    fifo = os.path.join(WORK, name + ".fifo")
+    os.makedirs(WORK, exist_ok=True)
+    if os.path.lexists(fifo):
+        os.unlink(fifo)
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)   # ours, to fill the pipe
+    fcntl.fcntl(reader, F_SETPIPE_SZ, 4096)
+    drained = bytearray()
+    draining = threading.Event()
+    done = threading.Event()
+
+    def drain_once():
+        while True:
+            try:
+                chunk = os.read(reader, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            drained.extend(chunk)
+
+    def drain_forever():
+        draining.wait()
+        sel = selectors.DefaultSelector()
+        sel.register(reader, selectors.EVENT_READ)
+        while not done.is_set():
+            sel.select(timeout=0.2)
+            drain_once()
+
+    drainer = threading.Thread(target=drain_forever, daemon=True)
+    drainer.start()
+    try:
+        create(name, ["--listen", "127.0.0.1:%d" % port, "--no-history", "--log", winpath(fifo)])
+        sc("start", name)
+        wait_state(name, "RUNNING")
+        chat_works(port)
+        drain_once()
+        check(b"service: running" in drained, "the service logged nothing into the FIFO: %r" % bytes(drained))
+        # Fill the pipe to the last byte: from now on every write of the service's log blocks.
+        for size in (512, 1):
+            while True:
+                try:
+                    os.write(writer, b"#" * size)
+                except BlockingIOError:
+                    break
+        queued = bytearray(4)
+        fcntl.ioctl(reader, termios.FIONREAD, queued)
+        check(int.from_bytes(queued, "little") == fcntl.fcntl(reader, 1032),   # F_GETPIPE_SZ
+              "the FIFO is not full (%d bytes queued)" % int.from_bytes(queued, "little"))
+
+        start = time.time()
+        rc, out = sc("stop", name)
+        check(rc == 0, "sc stop failed while the log was stalled (rc %d, after %.1f s): %s"
+              % (rc, time.time() - start, out.strip()))
+        info = query(name)
+        check(info["STATE"] in ("STOP_PENDING", "STOPPED"), "after sc stop: %r" % info)
+
+        draining.set()          # the log flows again: the stop can finish
+        info = wait_state(name, "STOPPED", 20)
+        check(info["WIN32_EXIT_CODE"] == 0, "a requested stop ends with exit code 0: %r" % info)
+        deadline = time.time() + 5
+        while b"service: stopped" not in drained and time.time() < deadline:
+            time.sleep(0.05)
+        check(b"service: STOP requested" in drained and b"service: stopped" in drained,
+              "the log lacks the stop: %r" % bytes(drained[-2000:]))
+    finally:
+        draining.set()
+        remove_service(name)
+        done.set()
+        drainer.join(5)
+        os.close(writer)
+        os.close(reader)
+        os.unlink(fifo)
+
+
 def copy_release(folder):
     """chatrelay.exe + install.cmd + uninstall.cmd into folder (a fresh one)."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -519,13 +630,164 @@ def exe_install():
         remove_service(name)
 
 
+# ---- a history database that cannot be used --------------------------------------------------
+
+def run_console_expecting_failure(args, timeout=60):
+    """chatrelay.exe --console ARGS, whose start must fail: returns (rc, everything it logged).
+    A relay that starts anyway ("relay running") is killed and reported at once."""
+    os.makedirs(WORK, exist_ok=True)
+    port = free_port()
+    path = os.path.join(WORK, "console-fail-%d-%d.log" % (os.getpid(), port))
+    with open(path, "wb") as out:
+        proc = subprocess.Popen([WINE, EXE, "--console", "--listen", "127.0.0.1:%d" % port] + list(args),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        deadline = time.time() + timeout
+        while proc.poll() is None:
+            if "relay running" in read_log(path) or time.time() > deadline:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                raise TestFailure("chatrelay.exe --console %s did not refuse to start:\n%s"
+                                  % (" ".join(args), read_log(path)[-3000:]))
+            time.sleep(0.05)
+    return proc.returncode, read_log(path)
+
+
+def check_db_refused(out, where, path, reason):
+    """The log of a start refused for its database: an ERROR line names path and matches the
+    reason (a regex), the start failure names RELAY_ERR_DATABASE, and nothing listened."""
+    errors = [line for line in out.splitlines() if " ERROR " in line]
+    named = [line for line in errors if path in line]
+    check(named, "%s: no ERROR line names %s:\n%s" % (where, path, out[-3000:]))
+    check(any(re.search(reason, line, re.I) for line in named),
+          "%s: the ERROR lines naming %s do not say why (%r):\n%s" % (where, path, reason, "\n".join(named)))
+    check("relay running" not in out and "listening on" not in out,
+          "%s: the relay started although the database cannot be used:\n%s" % (where, out[-3000:]))
+
+
+def check_console_db_refused(args, path, reason):
+    rc, out = run_console_expecting_failure(args)
+    check(rc == 1, "console: exit code %d, expected 1 (the relay could not start):\n%s" % (rc, out[-3000:]))
+    check("could not start: %s (error %d)" % (DB_START_FAILED, RELAY_ERR_DATABASE) in out,
+          "console: no 'could not start: %s (error %d)' line:\n%s" % (DB_START_FAILED, RELAY_ERR_DATABASE, out[-3000:]))
+    check_db_refused(out, "console", path, reason)
+
+
+def start_settles(name):
+    """sc start, then the state it settles in (RUNNING or STOPPED), without waiting for one of
+    them only: a start that should fail but succeeds is reported at once."""
+    sc("start", name)
+    deadline = time.time() + 30
+    info = None
+    while time.time() < deadline:
+        info = query(name)
+        if info is not None and info["STATE"] in ("RUNNING", "STOPPED"):
+            return info
+        time.sleep(0.05)
+    raise TestFailure("service %s neither RUNNING nor STOPPED 30 s after sc start (last: %r)" % (name, info))
+
+
+def check_service_db_refused(case, args, path, reason):
+    """A service whose database cannot be used: STOPPED with ERROR_SERVICE_SPECIFIC_ERROR and
+    RELAY_ERR_DATABASE, and its log says why."""
+    name = unique_name(case)
+    log = fresh(os.path.join(WORK, name + ".log"))
+    try:
+        create(name, ["--listen", "127.0.0.1:%d" % free_port(), "--log", winpath(log)] + list(args))
+        info = start_settles(name)
+        check(info["STATE"] == "STOPPED", "service: started although the database cannot be used: %r\n%s"
+              % (info, read_log(log)[-3000:]))
+        check(info["WIN32_EXIT_CODE"] == ERROR_SERVICE_SPECIFIC_ERROR and
+              info.get("SERVICE_EXIT_CODE") == RELAY_ERR_DATABASE,
+              "service: expected WIN32_EXIT_CODE %d and SERVICE_EXIT_CODE %d (RELAY_ERR_DATABASE), got %r"
+              % (ERROR_SERVICE_SPECIFIC_ERROR, RELAY_ERR_DATABASE, info))
+        log_has(log, "service: start failed: %s (service-specific error %d)" % (DB_START_FAILED, RELAY_ERR_DATABASE))
+        check_db_refused(read_log(log), "service", path, reason)
+    finally:
+        remove_service(name)
+
+
+def history_left_by_a_crash(db):
+    """A real history database in the state a relay that died leaves it: the file, its -wal with
+    a committed line, and the -shm (what a restart finds after the filesystem went read-only)."""
+    relay = Relay("ro-maker-%d" % os.getpid())
+    relay.db = db
+    try:
+        relay.start()
+        a, b = Client(relay.port), Client(relay.port)
+        a.greeted()
+        b.greeted()
+        a.say("said before the filesystem went read-only")
+        b.expect("said before the filesystem went read-only")   # delivered, so committed
+        a.close()
+        b.close()
+    finally:
+        relay.kill()
+    for suffix in ("", "-wal", "-shm"):
+        check(os.path.exists(db + suffix), "the killed relay left no %s%s" % (db, suffix))
+
+
+# Write attempts on a read-only filesystem: SQLite's SQLITE_READONLY text, or the relay's own words.
+READ_ONLY_REASON = r"read-?only|write[- ]protect"
+
+
+def db_read_only_console():
+    with ReadOnlyMount() as mnt:
+        db = os.path.join(mnt.path, "history.db")
+        history_left_by_a_crash(db)
+        mnt.read_only()
+        before = open(db, "rb").read()
+        check_console_db_refused(["--db", winpath(db)], winpath(db), READ_ONLY_REASON)
+        check(open(db, "rb").read() == before, "the database changed on a read-only filesystem?")
+
+
+def db_read_only_service():
+    with ReadOnlyMount() as mnt:
+        db = os.path.join(mnt.path, "history.db")
+        history_left_by_a_crash(db)
+        mnt.read_only()
+        check_service_db_refused("dbro", ["--db", winpath(db)], winpath(db), READ_ONLY_REASON)
+
+
+def db_folder_missing():
+    folder = os.path.join(WORK, "no such folder %d" % os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    db = os.path.join(folder, "history.db")
+    why = r"folder .* does not exist"
+    check_console_db_refused(["--db", winpath(db)], winpath(folder), why)
+    check(not os.path.exists(folder), "the console created the folder of --db %s" % folder)
+    # The service takes options from sc create, whose binPath cannot quote a value with spaces.
+    folder = os.path.join(WORK, "no-such-folder-%d" % os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    db = os.path.join(folder, "history.db")
+    check_service_db_refused("dbdir", ["--db", winpath(db)], winpath(folder), why)
+    check(not os.path.exists(folder), "the service created the folder of --db %s" % folder)
+
+
+def data_folder_read_only():
+    """No --db: the data folder %ProgramData%\\ChatRelay must be created, and cannot be: the
+    prefix's ProgramData is covered by a read-only mount for the duration."""
+    program_data = os.path.join(WINEPREFIX, "drive_c", "ProgramData")
+    check(os.path.isdir(program_data), "the prefix has no %s" % program_data)
+    data = "C:\\ProgramData\\ChatRelay"
+    why = r"cannot create folder .*CreateDirectoryW"
+    with ReadOnlyMount(at=program_data) as mnt:
+        mnt.read_only()
+        check_console_db_refused([], data, why)
+        check_service_db_refused("datadir", [], data, why)
+
+
 if __name__ == "__main__":
     run_cases({
         "lifecycle": lifecycle,
         "start_args": start_args,
         "start_failures": start_failures,
         "stop_1000": stop_1000,
+        "stop_log_stalled": stop_log_stalled,
         "install_cmd": install_cmd,
         "msi": msi,
         "exe_install": exe_install,
+        "db_read_only_console": db_read_only_console,
+        "db_read_only_service": db_read_only_service,
+        "db_folder_missing": db_folder_missing,
+        "data_folder_read_only": data_folder_read_only,
     })
