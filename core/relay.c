@@ -39,6 +39,7 @@
 #include "../storage/history.h"
 #include "hub.h"
 #include "log.h"
+#include "turn.h"
 
 #define RECV_BUF_SIZE 2048
 /* Spans gathered into one WSASend.  Under Wine every WSASend costs ~4 wineserver
@@ -640,21 +641,42 @@ static void close_listeners(relay *r)
 
 /* ---- the loop ----------------------------------------------------------- */
 
-/* One turn after the wait returned.  Reaping comes before the commit, so the
- * leave records of sessions that just went away are stored and delivered in
- * this turn, not whenever the next input happens to arrive. */
+/* The shell's side of a turn (core/turn.h owns the order). */
+static void shell_completions(void *ctx)
+{
+    process_completions(ctx);
+}
+
+static int64_t shell_now(void *ctx)
+{
+    (void)ctx;
+    return now_ms();
+}
+
+static void shell_begin_close(void *ctx, uint32_t slot, const char *reason)
+{
+    relay *r = ctx;
+    session_begin_close(r, &r->sessions[slot], reason, 1);
+}
+
+static void shell_reap(void *ctx, int64_t now)
+{
+    reap_sessions(ctx, now);
+}
+
+static void shell_flush(void *ctx, uint32_t slot)
+{
+    relay *r = ctx;
+    session_flush(r, &r->sessions[slot]);
+}
+
+/* One turn after the wait returned, in turn.h's order. */
 static int run_turn(relay *r)
 {
-    uint32_t slot;
-    const char *reason;
+    const turn_shell shell = { r, shell_completions, shell_now, shell_begin_close, shell_reap, shell_flush };
+    int64_t now;
     r->n_turns++;
-    process_completions(r);
-    int64_t now = now_ms();
-    while (hub_next_close(r->hub, &slot, &reason))
-        session_begin_close(r, &r->sessions[slot], reason, 1);
-    reap_sessions(r, now);
-    int wait = hub_turn(r->hub, now);
-    flush_and_close(r);
+    int wait = turn_run(r->hub, &shell, &now);
     /* Lingering sessions need a timer; cancelled ones are woken by their routines,
      * but the stuck-routine watchdog wants an occasional look. */
     for (uint32_t i = 0; i < r->closing_count; i++) {

@@ -19,6 +19,7 @@
  */
 #include "framing.h"
 #include "hub.h"
+#include "turn.h"
 #include "outbuf.h"
 #include "text.h"
 #include "../unit/utf8_check.h"
@@ -461,35 +462,60 @@ static void close_slot(hub_run *r, uint32_t slot, const char *reason)
     hub_session_closed(r->h, slot, reason); /* idempotent */
 }
 
-/* The shell's steps after input: completions of unstalled sends, commit and
- * deliver, close requests, flush; a closing session gets its last bytes out
- * unless its reader is stalled, then goes away. */
-static void shell_turn(hub_run *r)
+/* The shell's side of a turn; core/turn.c runs the steps in the product's
+ * order.  Completions: sends not held up by a stalled reader complete.  A
+ * session asked to close lingers to the next turn's reap, as relay.c's do:
+ * then its last bytes go out unless its reader is stalled (the linger ends,
+ * the send is cancelled), and it goes away. */
+static void fz_completions(void *ctx)
 {
+    hub_run *r = ctx;
     uint32_t slot;
-    const char *reason;
-    int wait;
     for (slot = 0; slot < HUB_SLOTS; slot++)
         if (r->flight[slot].n > 0 && !r->stalled[slot]) send_complete(r, slot, r->flight[slot].total);
-    wait = hub_turn(r->h, r->now);
-    FUZZ_ASSERT(wait >= -1);
     check_queue_bounds(r);
-    while (hub_next_close(r->h, &slot, &reason)) {
-        FUZZ_ASSERT(slot < HUB_SLOTS && r->view[slot].open);
-        FUZZ_ASSERT(reason != NULL && reason[0] != '\0');
-        r->view[slot].closing = 1;
-        r->view[slot].reason = reason;
-    }
-    while (hub_next_flush(r->h, &slot)) {
-        FUZZ_ASSERT(slot < HUB_SLOTS);
-        if (r->view[slot].open && r->flight[slot].n == 0) send_now(r, slot);
-    }
-    check_queue_bounds(r);
+}
+
+static int64_t fz_now(void *ctx)
+{
+    return ((hub_run *)ctx)->now;
+}
+
+static void fz_begin_close(void *ctx, uint32_t slot, const char *reason)
+{
+    hub_run *r = ctx;
+    FUZZ_ASSERT(slot < HUB_SLOTS && r->view[slot].open);
+    FUZZ_ASSERT(reason != NULL && reason[0] != '\0');
+    r->view[slot].closing = 1;
+    r->view[slot].reason = reason;
+}
+
+static void fz_reap(void *ctx, int64_t now)
+{
+    hub_run *r = ctx;
+    uint32_t slot;
+    (void)now;
     for (slot = 0; slot < HUB_SLOTS; slot++)
-        if (r->view[slot].closing) {
-            if (!r->stalled[slot] && r->flight[slot].n == 0) send_now(r, slot);
+        if (r->view[slot].open && r->view[slot].closing) {
+            while (!r->stalled[slot] && r->flight[slot].n == 0 && sendq_has_unsent(hub_sendq(r->h, slot)))
+                send_now(r, slot);
             close_slot(r, slot, r->view[slot].reason); /* the hub's own copy of the reason, as relay.c passes it */
         }
+    check_queue_bounds(r);
+}
+
+static void fz_flush(void *ctx, uint32_t slot)
+{
+    hub_run *r = ctx;
+    FUZZ_ASSERT(slot < HUB_SLOTS);
+    if (r->view[slot].open && r->flight[slot].n == 0) send_now(r, slot);
+}
+
+static void shell_turn(hub_run *r)
+{
+    const turn_shell shell = { r, fz_completions, fz_now, fz_begin_close, fz_reap, fz_flush };
+    int wait = turn_run(r->h, &shell, NULL);
+    FUZZ_ASSERT(wait >= -1);
     check_queue_bounds(r);
 }
 
