@@ -254,6 +254,33 @@ class Client:
             pass
 
 
+
+def read_through(client, pred, timeout=10.0, what=None):
+    """Every line up to and including the first one matching pred (removed from client.lines)."""
+    deadline = time.time() + timeout
+    while True:
+        for i, line in enumerate(client.lines):
+            if pred(line):
+                out = client.lines[: i + 1]
+                del client.lines[: i + 1]
+                return out
+        left = deadline - time.time()
+        if left <= 0 or client.closed:
+            raise TestFailure("no line matching %s within %.0f s (closed=%s); last lines: %r"
+                              % (what or pred, timeout, client.closed, client.lines[-5:]))
+        client._fill(min(left, 0.5))
+
+
+def read_to(client, text, timeout=10.0):
+    """Every line up to and including the line equal to text."""
+    return read_through(client, lambda l: l == text, timeout, what=repr(text))
+
+
+def expect_line(client, text, timeout=10.0):
+    """Waits for the line equal to text; lines before it are dropped."""
+    return client.wait_for(lambda l: l == text, timeout, what=repr(text))
+
+
 def run_cases(cases):
     """Entry point of a test script: run the case named in argv[1]."""
     if len(sys.argv) != 2 or sys.argv[1] not in cases:

@@ -23,7 +23,7 @@ import statistics
 import threading
 import time
 
-from harness import Client, Relay, TestFailure, check, free_port, run_cases
+from harness import Client, Relay, TestFailure, check, free_port, run_cases, read_through
 from test_history import CliWriteLock, sqlite_cli
 
 # Flood control off where a case needs to say many lines quickly (it is not what they test).
@@ -70,20 +70,6 @@ class ClientFrom(Client):
         self.raw = None
 
 
-def read_through(client, pred, timeout=10.0, what=None):
-    """Every line up to and including the first one matching pred (removed from client.lines)."""
-    deadline = time.time() + timeout
-    while True:
-        for i, line in enumerate(client.lines):
-            if pred(line):
-                out = client.lines[: i + 1]
-                del client.lines[: i + 1]
-                return out
-        left = deadline - time.time()
-        if left <= 0 or client.closed:
-            raise TestFailure("no line matching %s within %.0f s (closed=%s); last lines: %r"
-                              % (what or pred, timeout, client.closed, client.lines[-3:]))
-        client._fill(min(left, 0.5))
 
 
 def read_count(client, n, timeout, what):

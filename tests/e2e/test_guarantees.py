@@ -36,7 +36,7 @@ import subprocess
 import threading
 import time
 
-from harness import Client, Relay, TestFailure, check, free_port, raise_fd_limit, run_cases
+from harness import Client, Relay, TestFailure, check, free_port, raise_fd_limit, run_cases, read_through, read_to, expect_line
 
 OPEN = ["--flood-burst", "0", "--max-per-ip", "0", "--replay", "0"]
 HISTORY_LINE = re.compile(r"^\*\*\* \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] (.*)$")
@@ -65,28 +65,10 @@ HELP_LINES = [
 
 # ---- clients ---------------------------------------------------------------------------------
 
-def read_through(client, pred, timeout=10.0, what=None):
-    """Every line up to and including the first one matching pred (removed from client.lines)."""
-    deadline = time.time() + timeout
-    while True:
-        for i, line in enumerate(client.lines):
-            if pred(line):
-                out = client.lines[: i + 1]
-                del client.lines[: i + 1]
-                return out
-        left = deadline - time.time()
-        if left <= 0 or client.closed:
-            raise TestFailure("no line matching %s within %.0f s (closed=%s); last lines: %r"
-                              % (what or pred, timeout, client.closed, client.lines[-5:]))
-        client._fill(min(left, 0.5))
 
 
-def read_to(client, text, timeout=10.0):
-    return read_through(client, lambda l: l == text, timeout, what=repr(text))
 
 
-def expect_line(client, text, timeout=10.0):
-    return client.wait_for(lambda l: l == text, timeout, what=repr(text))
 
 
 def read_until_closed(client, timeout=20.0):
