@@ -8,7 +8,8 @@ page and the promise it checks.  One case per guarantee (one ctest test each:
   held_msg_slot_reuse      a held /msg never reaches a later occupant of its recipient's or its
                            sender's slot (docs/ARCHITECTURE.md, Lifetime rules: hub slot)
   held_msg_confirmation    a held /msg whose recipient left before it could be delivered is not
-                           confirmed as sent to them (docs/PROTOCOL.md /msg, docs/HISTORY.md Durability)
+                           confirmed: `*** message not delivered: the recipient left before it could be`
+                           (docs/PROTOCOL.md, /msg)
   stop_notice              every client gets `*** server is stopping; goodbye` (docs/PROTOCOL.md, Leaving)
   slow_consumer            the slow-consumer rule: a reader of bursts is never cut, a stopped reader
                            is cut after the grace, `*** you are not reading fast enough; ...`,
@@ -47,6 +48,7 @@ UNAVAILABLE = "*** history is unavailable right now"
 BUDGET = "*** search stopped: too many matches elsewhere to scan; try more specific words"
 HELD_REFUSED = "*** history unavailable, message not sent"
 REJECTED = "*** message not sent: the history database refused to store it"
+UNDELIVERED = "*** message not delivered: the recipient left before it could be"
 HELP_LINES = [
     "*** Commands (the command word is case-insensitive):",
     "*** /nick NAME      change your nick (1-32 letters, digits, _ or -)",
@@ -94,12 +96,15 @@ def who_end(client):
     return read_through(client, lambda l: l.startswith("*** In "), what="the /who reply")[:-1]
 
 
-def marker(sender, target, target_nick, tag):
+def marker(sender, target, target_nick, tag, sender_got=None):
     """A private line through the outbox; returns what target got before it (everything said to
-    target before the marker was delivered before it)."""
+    target before the marker was delivered before it).  sender_got, a list, receives what the
+    sender got before the marker's confirmation."""
     sender.say("/msg %s %s" % (target_nick, tag))
     got = read_through(target, lambda l: l.endswith("* " + tag), what="marker " + tag)
-    read_to(sender, "*** to %s: %s" % (target_nick, tag))
+    told = read_to(sender, "*** to %s: %s" % (target_nick, tag))
+    if sender_got is not None:
+        sender_got += told[:-1]
     return got[:-1]
 
 
@@ -238,8 +243,11 @@ def case_held_msg_slot_reuse():
         n, gn = connect(relay)          # the only free slot: b's
         lock.release()
         lock = None
-        before = marker(a, n, gn, "mark-1")      # behind the held lines in the outbox
+        told = []
+        before = marker(a, n, gn, "mark-1", told)      # behind the held lines in the outbox
         check(before == [], "the newcomer in the recipient's old slot %d got %r" % (slot_b, before))
+        check(told == [UNDELIVERED, "*** %s left lobby (connection closed)" % gb, "*** %s joined lobby" % gn],
+              "the sender got %r" % told)
         check(rows(relay, "kind = 'msg' AND body LIKE '%held%'") == [("lobby", ga, "msg", "to %s: held for the recipient" % gb)],
               "the held message was not stored (--log-private): %r" % rows(relay, "kind = 'msg'"))
 
@@ -266,11 +274,10 @@ def case_held_msg_slot_reuse():
 
 
 def case_held_msg_confirmation():
-    """A held /msg whose recipient has gone before it could be delivered reaches no one, so its
-    sender must not be told `*** to <nick>: <text>` (docs/PROTOCOL.md /msg: "you see: *** to bob: ...";
-    docs/HISTORY.md: the confirmation waits for the message, and a refused one takes its confirmation
-    with it).  Without --log-private the message is not stored either: it is held only because a
-    room line before it is."""
+    """docs/PROTOCOL.md, /msg: "Your `*** to bob: ...` comes only once the message has reached bob
+    ... If bob left before it could be delivered, you get `*** message not delivered: the recipient
+    left before it could be` instead, and whoever takes his place never sees it."  Without
+    --log-private the message is not stored: it is held only because a room line before it is."""
     relay = Relay("guar_confirm", OPEN + ["--max-sessions", "3"])
     lock = None
     with relay:
@@ -294,12 +301,11 @@ def case_held_msg_confirmation():
         before = marker(w, n, gn, "mark-n")
         check(before == [], "the newcomer in the recipient's old slot got %r" % before)
         told = marker(w, a, ga, "mark-a")
-        check(told[-2:] == ["*** %s left lobby (connection closed)" % gb, "*** %s joined lobby" % gn],
-              "the sender got %r" % told)
         check("*** to %s: you will never see this" % gb not in told,
-              "PRODUCT BUG: the sender was told %r, but the message reached no one: %s left before it "
-              "was delivered and it is not stored (the sender got %r)"
-              % ("*** to %s: you will never see this" % gb, gb, told))
+              "the sender was told %r, but the message reached no one: %s left before it was delivered "
+              "(the sender got %r)" % ("*** to %s: you will never see this" % gb, gb, told))
+        check(told == [UNDELIVERED, "*** %s left lobby (connection closed)" % gb, "*** %s joined lobby" % gn],
+              "the sender got %r, expected %r in the confirmation's place" % (told, UNDELIVERED))
         relay.stop()
     if lock:
         lock.abandon()
