@@ -104,7 +104,7 @@ static double run(const char *path, long count, long batch, double *slowest, dou
             rec.at = at;
             rec.room = rooms[i % 4];
             rec.nick = "bench";
-            rec.kind = "say";
+            rec.kind = HISTORY_SAY;
             rec.body = body;
             rec.body_len = make_body(body, sizeof body, i);
             if (history_append(h, &rec) != HISTORY_OK) {

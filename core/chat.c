@@ -36,6 +36,10 @@
 #define CHAT_LOBBY 0u                   /* rooms[0] is the lobby, which never goes away */
 #define NONE UINT32_MAX
 #define TOKEN 1000                      /* flood buckets count thousandths of a line */
+/* A /search scans the full-text index: it costs this many lines of the flood
+ * bucket (the line itself and the rest, which may leave the bucket below
+ * zero: the next lines wait for the refill). */
+#define SEARCH_FLOOD_COST 4
 
 enum { SESSION_FREE = 0, SESSION_LIVE, SESSION_CLOSING };
 
@@ -438,19 +442,8 @@ static void member_remove(chat *c, uint32_t slot)
 
 /* ---- room events: one text form shared by live delivery and history ---- */
 
-/* What a room line is; event_kind[] is its record_kind in the database. */
-typedef enum event { EV_SAY, EV_ME, EV_MSG, EV_JOIN, EV_LEAVE, EV_NICK } event;
-static const char *const event_kind[] = {"say", "me", "msg", "join", "leave", "nick"};
-
-/* A kind read from the database; one this version does not know shows as "say". */
-static event event_from_kind(const char *kind)
-{
-    size_t i;
-    for (i = 0; kind && i < sizeof event_kind / sizeof event_kind[0]; i++)
-        if (strcmp(kind, event_kind[i]) == 0)
-            return (event)i;
-    return EV_SAY;
-}
+/* What a room line is: the record kind it is stored as (history.h). */
+typedef history_kind event;
 
 /* The form after "*** " (notices) or "*** [time] " (history), or the whole
  * line for say/me/msg, whose body always comes last.  clean: the fields come
@@ -461,30 +454,30 @@ static void put_event(sbuf *b, event ev, const char *nick, size_t nick_len,
 {
     void (*put)(sbuf *, const char *, size_t) = clean ? sb_put_clean : sb_put;
     switch (ev) {
-    case EV_SAY:
+    case HISTORY_SAY:
         sb_put(b, "<", 1);
         put(b, nick, nick_len);
         sb_put(b, "> ", 2);
         put(b, body, body_len);
         break;
-    case EV_ME:
+    case HISTORY_ME:
         sb_put(b, "* ", 2);
         put(b, nick, nick_len);
         sb_put(b, " ", 1);
         put(b, body, body_len);
         break;
-    case EV_MSG:
+    case HISTORY_MSG:
         sb_put(b, "*", 1);
         put(b, nick, nick_len);
         sb_put(b, "* ", 2);
         put(b, body, body_len);
         break;
-    case EV_JOIN:
+    case HISTORY_JOIN:
         put(b, nick, nick_len);
         sb_puts(b, " joined ");
         put(b, room_name, room_len);
         break;
-    case EV_LEAVE:
+    case HISTORY_LEAVE:
         put(b, nick, nick_len);
         sb_puts(b, " left ");
         put(b, room_name, room_len);
@@ -494,11 +487,14 @@ static void put_event(sbuf *b, event ev, const char *nick, size_t nick_len,
             sb_puts(b, ")");
         }
         break;
-    case EV_NICK:
+    case HISTORY_NICK:
         put(b, nick, nick_len);
         sb_puts(b, " is now known as ");
         put(b, body, body_len);
         break;
+    case HISTORY_KIND_NONE:
+    case HISTORY_KIND_COUNT:
+        break;   /* never an event: callers map a foreign row to HISTORY_SAY */
     }
 }
 
@@ -518,7 +514,7 @@ static chat_effect *room_notice(chat *c, uint32_t slot, uint32_t except, event e
     e = effect_add(c, CHAT_ROOM, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->except_slot = except;
-    e->record_kind = event_kind[ev];
+    e->record_kind = ev;
     e->room = rname;
     e->nick = nick;
     e->body = stored_body;
@@ -548,7 +544,7 @@ static void session_detach(chat *c, uint32_t slot, const char *reason, size_t re
     member_remove(c, slot);
     /* The slot is already out of the room, so nobody needs excepting; naming it
      * would hide the line from a new session reusing the slot before delivery. */
-    room_notice(c, slot, NONE, EV_LEAVE, s, room_name, room_len, reason, reason_len);
+    room_notice(c, slot, NONE, HISTORY_LEAVE, s, room_name, room_len, reason, reason_len);
     s->state = SESSION_FREE;
     s->nick_len = 0;
     s->nick[0] = '\0';
@@ -711,7 +707,7 @@ static void cmd_nick(chat *c, uint32_t slot, args a)
         return;
     }
     /* Announced to everyone in the room, the sender included (that is their confirmation). */
-    room_notice(c, slot, NONE, EV_NICK, s, c->rooms[s->room].name, c->rooms[s->room].name_len,
+    room_notice(c, slot, NONE, HISTORY_NICK, s, c->rooms[s->room].name, c->rooms[s->room].name_len,
                 a.p, a.n);
     nick_unlink(c, slot);
     nick_set(s, a.p, a.n);
@@ -760,7 +756,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     memcpy(leave_body, "joined ", 7);
     memcpy(leave_body + 7, r->name, r->name_len);
     leave_len = 7 + (size_t)r->name_len;
-    room_notice(c, slot, NONE, EV_LEAVE, s, old_name, old_len, leave_body, leave_len);
+    room_notice(c, slot, NONE, HISTORY_LEAVE, s, old_name, old_len, leave_body, leave_len);
 
     sb_open(c, &b);
     sb_puts(&b, "*** You are now in ");
@@ -771,7 +767,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     reply_built(c, slot, &b);
     if (c->cfg.replay > 0)
         history_effect(c, slot, r, c->cfg.replay);
-    room_notice(c, slot, slot, EV_JOIN, s, r->name, r->name_len, "", 0);
+    room_notice(c, slot, slot, HISTORY_JOIN, s, r->name, r->name_len, "", 0);
 }
 
 /* Packs "a, b, c" lists into reply lines of about CHAT_LIST_LINE bytes. */
@@ -868,7 +864,7 @@ static void say(chat *c, uint32_t slot, event ev, const char *text, size_t len)
     e = effect_add(c, CHAT_ROOM, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->except_slot = slot;
-    e->record_kind = event_kind[ev];
+    e->record_kind = ev;
     e->room = rname;
     e->nick = nick;
     e->body = e->text + prefix;   /* the text's own tail: no second copy */
@@ -881,7 +877,7 @@ static void cmd_me(chat *c, uint32_t slot, args a)
         reply_const(c, slot, "*** Usage: /me ACTION");
         return;
     }
-    say(c, slot, EV_ME, a.p, a.n);
+    say(c, slot, HISTORY_ME, a.p, a.n);
 }
 
 static void cmd_msg(chat *c, uint32_t slot, args a)
@@ -912,7 +908,8 @@ static void cmd_msg(chat *c, uint32_t slot, args a)
     }
     nick = arena_copy(c, s->nick, s->nick_len);
     rname = arena_copy(c, c->rooms[s->room].name, c->rooms[s->room].name_len);
-    /* The confirmation "*** to bob: text" doubles as the stored body "to bob: text". */
+    /* The stored body names the recipient (there is no column for it): the
+     * confirmation "*** to bob: text" without its "*** ", "to bob: text". */
     sb_open(c, &b);
     sb_puts(&b, "*** to ");
     sb_put(&b, c->sessions[to].nick, c->sessions[to].nick_len);
@@ -921,19 +918,17 @@ static void cmd_msg(chat *c, uint32_t slot, args a)
     confirm = sb_close(c, &b, &confirm_len);
 
     sb_open(c, &b);
-    put_event(&b, EV_MSG, s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
+    put_event(&b, HISTORY_MSG, s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
     e = effect_add(c, CHAT_PRIVATE, slot);
     e->text = sb_close(c, &b, &e->text_len);
     e->to_slot = to;
-    e->record_kind = c->cfg.log_private ? event_kind[EV_MSG] : NULL;
+    e->record_kind = c->cfg.log_private ? HISTORY_MSG : HISTORY_KIND_NONE;
     e->room = rname;
     e->nick = nick;
-    e->body = confirm + 4;
-    e->body_len = confirm_len - 4;
-
-    e = effect_add(c, CHAT_REPLY, slot);
-    e->text = confirm;
-    e->text_len = confirm_len;
+    e->body = confirm + (sizeof "*** " - 1);
+    e->body_len = confirm_len - (sizeof "*** " - 1);
+    e->confirm = confirm;
+    e->confirm_len = confirm_len;
 }
 
 static void cmd_history(chat *c, uint32_t slot, args a)
@@ -967,6 +962,8 @@ static void cmd_search(chat *c, uint32_t slot, args a)
         reply_const(c, slot, "*** Usage: /search WORDS");
         return;
     }
+    if (flood_enabled(c))
+        c->sessions[slot].flood_tokens -= (int64_t)(SEARCH_FLOOD_COST - 1) * TOKEN;
     rname = arena_copy(c, r->name, r->name_len);
     words = arena_copy(c, a.p, a.n);
     e = effect_add(c, CHAT_SEARCH, slot);
@@ -1165,7 +1162,7 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, int64_t now_ms)
     reply_const(c, slot, "*** Type /help for the commands.");
     if (c->cfg.replay > 0)
         history_effect(c, slot, lobby, c->cfg.replay);
-    room_notice(c, slot, slot, EV_JOIN, s, lobby->name, lobby->name_len, "", 0);
+    room_notice(c, slot, slot, HISTORY_JOIN, s, lobby->name, lobby->name_len, "", 0);
 }
 
 void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
@@ -1209,9 +1206,9 @@ void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
     }
     if (!is_command) {
         if (line[0] == '/')
-            say(c, slot, EV_SAY, line + 1, len - 1);
+            say(c, slot, HISTORY_SAY, line + 1, len - 1);
         else
-            say(c, slot, EV_SAY, line, len);
+            say(c, slot, HISTORY_SAY, line, len);
     } else if (cmd) {
         cmd->run(c, slot, rest);
     } else {
@@ -1315,7 +1312,8 @@ size_t chat_format_history(const history_record *rec, char *out, size_t cap)
         else if (rec->at)
             sb_put_clean(&b, rec->at, strlen(rec->at));
         sb_puts(&b, "] ");
-        put_event(&b, event_from_kind(rec->kind), nick, strlen(nick), room_name, strlen(room_name), body,
+        put_event(&b, rec->kind == HISTORY_KIND_NONE ? HISTORY_SAY : rec->kind,  /* not ours: shown as said */
+                  nick, strlen(nick), room_name, strlen(room_name), body,
                   rec->body ? rec->body_len : 0, 1);
     }
     out[b.len] = '\0';

@@ -38,7 +38,8 @@ typedef struct chat_config {
 typedef enum chat_effect_kind {
     CHAT_REPLY,      /* text to session `slot` only, now */
     CHAT_ROOM,       /* text to every member of `room` except `except_slot`; persisted first if kind != NULL */
-    CHAT_PRIVATE,    /* text to session `to_slot`; persisted first if kind != NULL (kind "msg") */
+    CHAT_PRIVATE,    /* text to session `to_slot`; persisted first if kind != NULL (kind "msg");
+                      * then `confirm` to the sender, only once the message went out */
     CHAT_HISTORY,    /* send session `slot` the last `limit` history lines of `room` */
     CHAT_SEARCH,     /* send session `slot` up to `limit` lines of `room` matching `words` */
     CHAT_CLOSE       /* close session `slot`, after sending it `text` if not NULL; reason for the log */
@@ -51,8 +52,8 @@ typedef struct chat_effect {
     uint32_t except_slot;   /* ROOM: not delivered to this session (CHAT_NO_SLOT = none) */
     const char *text;       /* wire text without CRLF (REPLY/ROOM/PRIVATE/CLOSE notice) */
     size_t text_len;
-    /* What to store (ROOM/PRIVATE), NULL record_kind = not stored: */
-    const char *record_kind;  /* "say", "me", "join", "leave", "nick", "msg" */
+    /* What to store (ROOM/PRIVATE); HISTORY_KIND_NONE = not stored: */
+    history_kind record_kind;
     const char *room;       /* ROOM/HISTORY/SEARCH: room name; stored room */
     const char *nick;       /* stored nick */
     const char *body;       /* stored body */
@@ -60,6 +61,9 @@ typedef struct chat_effect {
     const char *words;      /* SEARCH */
     int limit;              /* HISTORY/SEARCH */
     const char *reason;     /* CLOSE: "quit", "flood", ... for the log and the leave record */
+    const char *confirm;    /* PRIVATE: the sender's confirmation ("*** to bob: text"): delivered
+                             * behind the message, never if the message is refused or dropped */
+    size_t confirm_len;
 } chat_effect;
 
 typedef struct chat chat;

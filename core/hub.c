@@ -12,6 +12,7 @@
 
 #include "clock.h"
 #include "framing.h"
+#include "invariant.h"
 #include "log.h"
 #include "text.h"
 
@@ -34,9 +35,15 @@ typedef struct hub_slot {
     uint8_t in_flush_list;
     uint8_t in_close_list;
     char close_reason[HUB_REASON_MAX]; /* a copy: chat's strings do not live that long */
+    uint8_t in_later_list;
+    uint8_t sent_since_check;   /* a send completed with bytes since the last slow check */
     int64_t last_input_ms;
+    int64_t over_since;         /* when the queue was first seen over max_queue_bytes without progress; 0 = not */
     char ip[HUB_IP_MAX];
     sendq q;
+    /* Output that must wait its turn, in order: queries (tag LATER_QUERY) and
+     * everything queued for the session after one (see "the later list"). */
+    sendq later;
     framer fr;
 } hub_slot;
 
@@ -46,13 +53,17 @@ typedef struct outbox_entry {
     uint8_t persist;            /* must be stored before delivery */
     uint8_t stored;
     uint8_t user_line;          /* say/me/msg (refused when the database is down) */
+    uint8_t rejected;           /* the database refused this record: neither stored nor delivered */
+    uint8_t confirms_previous;  /* the sender's confirmation of the private message before it */
+    uint8_t held;               /* a commit failed while it waited: delivered as part of a backlog */
     uint32_t from_slot, from_conn;  /* the sender (its conn_id guards against slot reuse) */
     uint8_t skip_sender;            /* ROOM: not delivered back to the sender */
     uint32_t last_conn;             /* ROOM: connections newer than this came after the line */
     uint32_t to_slot, to_conn;      /* PRIVATE: the recipient */
     msgbuf *wire;               /* the encoded line, shared by all recipients */
-    msgbuf *record;             /* "room\0nick\0kind\0body" for storage */
-    uint32_t nick_off, kind_off, body_off, body_len;
+    msgbuf *record;             /* "room\0nick\0body" for storage */
+    uint8_t kind;               /* history_kind of the record */
+    uint32_t nick_off, body_off, body_len;
     char at[HISTORY_TIME_LEN + 1];
 } outbox_entry;
 
@@ -65,6 +76,14 @@ struct hub {
 
     uint32_t *flush_list, flush_count;
     uint32_t *close_list, close_count;
+    uint32_t *later_list, later_count;  /* slots with a non-empty later list, in no order */
+    uint32_t later_next;                /* round robin: where the next turn starts */
+    int64_t next_slow_check;
+    int slow_watch;                     /* some queue may be over max_queue_bytes */
+    int later_budget_spent;             /* this turn's queries ran out with more waiting */
+    uint32_t answering;                 /* the slot whose query is being answered, or UINT32_MAX:
+                                         * its answer goes straight to the send queue, ahead of
+                                         * what waits behind the query in its later list */
 
     outbox_entry *outbox;       /* ring, capacity a power of two */
     uint32_t ob_cap, ob_head, ob_count;
@@ -87,6 +106,8 @@ struct hub {
 
 static const char NOTICE_HISTORY_DOWN[] = "*** history unavailable, message not sent";
 static const char NOTICE_HISTORY_OFF[] = "*** history is switched off on this server";
+static const char NOTICE_REJECTED[] = "*** message not sent: the history database refused to store it";
+static const char NOTICE_UNDELIVERED[] = "*** message not delivered: the recipient left before it could be";
 static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconnecting (slow consumer)";
 
 #define COMMIT_RETRY_MS 50
@@ -94,7 +115,24 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 #define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
 #define PRUNE_BATCH 500
 #define UPKEEP_DELAY_MS 200
-#define OUTBOX_HARD_FACTOR 4    /* bound on held announcements, in units of pending_max_lines */     /* quiet time after the last commit before checkpointing */
+#define OUTBOX_HARD_FACTOR 4    /* bound on held announcements, in units of pending_max_lines */
+/* Slow consumers (see queue_to): a session whose queue pins more than
+ * max_queue_bytes is cut once it has sent nothing for SLOW_GRACE_MS (checked
+ * every SLOW_CHECK_MS), or at once when what it was sent of its own (not a
+ * burst the server made: a query's answer, the backlog after an outage)
+ * passes QUEUE_HARD_FACTOR times the bound. */
+#define SLOW_GRACE_MS 3000
+#define SLOW_CHECK_MS 250
+#define QUEUE_HARD_FACTOR 4
+/* Queries (/history, /search, replay on connect and join) answered per loop
+ * turn at most, in round robin over the sessions that asked: each is bounded
+ * (200 rows; a search's work budget), so together they add a bounded delay
+ * to everyone else's chat, however many clients ask. */
+#define QUERIES_PER_TURN 4
+#define LATER_MAX_QUERIES 16    /* per session; past it a query is refused */
+
+/* Tags of the later list's entries. */
+enum { LATER_BYTES = 0, LATER_BURST = 1, LATER_QUERY = 2 };
 
 hub *hub_create(const hub_config *cfg)
 {
@@ -102,11 +140,13 @@ hub *hub_create(const hub_config *cfg)
     if (!h)
         return NULL;
     h->cfg = *cfg;
+    h->answering = UINT32_MAX;
     h->slots = calloc(cfg->max_sessions, sizeof *h->slots);
     h->flush_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
     h->close_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
+    h->later_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
     h->chat = chat_create(&cfg->chat, cfg->max_sessions);
-    if (!h->slots || !h->flush_list || !h->close_list || !h->chat) {
+    if (!h->slots || !h->flush_list || !h->close_list || !h->later_list || !h->chat) {
         hub_destroy(h);
         return NULL;
     }
@@ -126,8 +166,10 @@ void hub_destroy(hub *h)
     if (!h)
         return;
     if (h->slots)
-        for (uint32_t i = 0; i < h->cfg.max_sessions; i++)
+        for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
             sendq_clear(&h->slots[i].q);
+            sendq_clear(&h->slots[i].later);
+        }
     for (uint32_t i = 0; i < h->ob_count; i++)
         outbox_entry_free(&h->outbox[(h->ob_head + i) & (h->ob_cap - 1)]);
     free(h->outbox);
@@ -136,6 +178,7 @@ void hub_destroy(hub *h)
     free(h->slots);
     free(h->flush_list);
     free(h->close_list);
+    free(h->later_list);
     free(h);
 }
 
@@ -172,23 +215,54 @@ static void mark_flush(hub *h, uint32_t slot)
     }
 }
 
-/* Queues m for slot.  A session whose unsent bytes would pass the bound is a
- * slow consumer: it is told (best effort: the notice is queued past the bound
- * and goes out only if its socket drains before the shell's linger ends) and
- * closed; nobody else waits for it. */
-static void queue_to(hub *h, uint32_t slot, msgbuf *m)
+static void cut_slow_consumer(hub *h, uint32_t slot)
+{
+    hub_slot *s = &h->slots[slot];
+    /* Best effort: the notice goes out only if the socket drains before the
+     * shell's linger ends.  The later list will never be sent. */
+    msgbuf *notice = msgbuf_line(NOTICE_SLOW, sizeof NOTICE_SLOW - 1);
+    if (notice) {
+        sendq_push(&s->q, notice);
+        msgbuf_release(notice);
+    }
+    sendq_clear(&s->later);
+    mark_flush(h, slot);
+    request_close(h, slot, "slow consumer");
+}
+
+static void later_list_add(hub *h, uint32_t slot)
+{
+    hub_slot *s = &h->slots[slot];
+    if (!s->in_later_list) {
+        s->in_later_list = 1;
+        h->later_list[h->later_count++] = slot;
+    }
+}
+
+/* Queues m for slot.  The slow-consumer rule judges the client, not the
+ * server's bursts: a session is never cut for what it was sent while it keeps
+ * reading, only once its queue has stayed over max_queue_bytes with no byte
+ * sent for SLOW_GRACE_MS (slow_check), or when what it pinned passes
+ * QUEUE_HARD_FACTOR times the bound through output that is not a server
+ * burst (`burst`: a query's answer, paced by the later list, or the backlog
+ * held during an outage, whose buffers are shared by every recipient).  So
+ * memory per session stays bounded and a stopped reader is cut in bounded
+ * time.  Output for a session that has a later list joins its end, in order. */
+static void queue_to_as(hub *h, uint32_t slot, msgbuf *m, int burst)
 {
     if (!slot_live(h, slot) || !m)
         return;
     hub_slot *s = &h->slots[slot];
-    if (h->cfg.max_queue_bytes && s->q.bytes + m->len > h->cfg.max_queue_bytes) {
-        msgbuf *notice = msgbuf_line(NOTICE_SLOW, sizeof NOTICE_SLOW - 1);
-        if (notice) {
-            sendq_push(&s->q, notice);
-            msgbuf_release(notice);
+    if (s->later.count > 0 && slot != h->answering) {
+        if (sendq_push_tagged(&s->later, m, burst ? LATER_BURST : LATER_BYTES) != 0) {
+            log_error("hub: out of memory queueing to session %u; closing it", (unsigned)slot);
+            request_close(h, slot, "out of memory");
         }
-        mark_flush(h, slot);
-        request_close(h, slot, "slow consumer");
+        return;
+    }
+    size_t bound = h->cfg.max_queue_bytes;
+    if (bound && !burst && s->q.pinned + s->later.pinned + sendq_cost(m) > bound * QUEUE_HARD_FACTOR) {
+        cut_slow_consumer(h, slot);
         return;
     }
     if (sendq_push(&s->q, m) != 0) {
@@ -196,8 +270,15 @@ static void queue_to(hub *h, uint32_t slot, msgbuf *m)
         request_close(h, slot, "out of memory");
         return;
     }
+    if (bound && s->q.pinned > bound)
+        h->slow_watch = 1;
     h->stats.deliveries++;
     mark_flush(h, slot);
+}
+
+static void queue_to(hub *h, uint32_t slot, msgbuf *m)
+{
+    queue_to_as(h, slot, m, 0);
 }
 
 static void reply_text(hub *h, uint32_t slot, const char *text, size_t len)
@@ -245,9 +326,9 @@ static int outbox_over_bound(const hub *h, int64_t now)
     return now - h->db_failing_since >= h->cfg.pending_max_ms;
 }
 
-static int is_user_kind(const char *kind)
+static int is_user_kind(history_kind kind)
 {
-    return kind && (strcmp(kind, "say") == 0 || strcmp(kind, "me") == 0 || strcmp(kind, "msg") == 0);
+    return kind == HISTORY_SAY || kind == HISTORY_ME || kind == HISTORY_MSG;
 }
 
 /* Queues a ROOM/PRIVATE effect.  Returns 0, or -1 if the line was refused
@@ -255,7 +336,7 @@ static int is_user_kind(const char *kind)
 static int outbox_add(hub *h, const chat_effect *fx)
 {
     uint32_t sender = fx->slot;
-    int persist = fx->record_kind != NULL && h->cfg.history != NULL;
+    int persist = fx->record_kind != HISTORY_KIND_NONE && h->cfg.history != NULL;
     /* Stored chat is refused while the database is down past the bound; an
      * unstored /msg (no --log-private) still waits in order but needs no database. */
     int user_line = is_user_kind(fx->record_kind) && persist;
@@ -276,12 +357,11 @@ static int outbox_add(hub *h, const chat_effect *fx)
     }
     msgbuf *wire = msgbuf_line(fx->text, fx->text_len);
     msgbuf *record = NULL;
-    size_t room_len = 0, nick_len = 0, kind_len = 0;
+    size_t room_len = 0, nick_len = 0;
     if (persist) {
         room_len = strlen(fx->room);
         nick_len = strlen(fx->nick);
-        kind_len = strlen(fx->record_kind);
-        record = msgbuf_alloc(room_len + nick_len + kind_len + fx->body_len + 4);
+        record = msgbuf_alloc(room_len + nick_len + fx->body_len + 3);
     }
     outbox_entry *e = (wire && (record || !persist)) ? outbox_push(h) : NULL;
     if (!e) {
@@ -295,6 +375,7 @@ static int outbox_add(hub *h, const chat_effect *fx)
     }
     e->is_private = fx->kind == CHAT_PRIVATE;
     e->user_line = (uint8_t)user_line;
+    e->held = (uint8_t)h->db_failing;   /* it joins the backlog of an outage */
     e->from_slot = sender;
     e->from_conn = sender < h->cfg.max_sessions ? h->slots[sender].conn_id : 0;
     e->skip_sender = fx->kind == CHAT_ROOM && fx->except_slot == sender;
@@ -309,9 +390,8 @@ static int outbox_add(hub *h, const chat_effect *fx)
         memcpy(p, fx->room, room_len + 1);
         e->nick_off = (uint32_t)(room_len + 1);
         memcpy(p + e->nick_off, fx->nick, nick_len + 1);
-        e->kind_off = e->nick_off + (uint32_t)nick_len + 1;
-        memcpy(p + e->kind_off, fx->record_kind, kind_len + 1);
-        e->body_off = e->kind_off + (uint32_t)kind_len + 1;
+        e->kind = (uint8_t)fx->record_kind;
+        e->body_off = e->nick_off + (uint32_t)nick_len + 1;
         memcpy(p + e->body_off, fx->body, fx->body_len);
         p[e->body_off + fx->body_len] = '\0';
         e->body_len = (uint32_t)fx->body_len;
@@ -335,43 +415,123 @@ static int outbox_add(hub *h, const chat_effect *fx)
     return 0;
 }
 
-/* One transaction for every unstored entry.  Returns 1 if everything in the
- * outbox is now stored. */
+static outbox_entry *outbox_at(hub *h, uint32_t i)
+{
+    return &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
+}
+
+static size_t held_cost(const outbox_entry *e)
+{
+    return sizeof *e + e->wire->len + e->record->len;
+}
+
+/* The entry no longer waits for the database (stored, or refused by it). */
+static void entry_settled(hub *h, outbox_entry *e)
+{
+    h->ob_unstored--;
+    h->ob_unstored_bytes -= held_cost(e);
+}
+
+/* One transaction for the unstored entries among `idx` (outbox positions, in
+ * order).  On success they are marked stored. */
+static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
+{
+    history *db = h->cfg.history;
+    int rc = history_begin(db);
+    for (uint32_t k = 0; k < n && rc == HISTORY_OK; k++) {
+        const outbox_entry *e = outbox_at(h, idx[k]);
+        history_record r;
+        r.id = 0;
+        r.at = e->at;
+        r.room = e->record->data;
+        r.nick = e->record->data + e->nick_off;
+        r.kind = (history_kind)e->kind;
+        r.body = e->record->data + e->body_off;
+        r.body_len = e->body_len;
+        rc = history_append(db, &r);
+    }
+    if (rc == HISTORY_OK)
+        rc = history_commit(db);
+    else if (rc != HISTORY_REJECTED || n == 0)
+        history_rollback(db);
+    else
+        rc = history_commit(db);   /* rolls the poisoned batch back and says why */
+    if (rc != HISTORY_OK)
+        return rc;
+    for (uint32_t k = 0; k < n; k++) {
+        outbox_entry *e = outbox_at(h, idx[k]);
+        e->stored = 1;
+        entry_settled(h, e);
+        h->stats.lines_stored++;
+    }
+    h->stats.commits++;
+    return HISTORY_OK;
+}
+
+/* The database refused a record (see HISTORY_REJECTED): commit the entries
+ * in halves, in order, until each refused one stands alone, and drop those:
+ * their senders are told at delivery, the rest is stored and delivered as
+ * usual.  Halving costs about 2 log2(n) transactions per refused record, so
+ * a batch of 10,000 with one such line is stored in ~30 commits, in this
+ * turn.  Stops at the first commit that fails for another reason (busy,
+ * I/O), leaving the rest held as any failed commit does. */
+static int commit_isolating(hub *h, const uint32_t *idx, uint32_t n)
+{
+    int rc = commit_entries(h, idx, n);
+    if (rc != HISTORY_REJECTED)
+        return rc;
+    if (n == 1) {
+        outbox_entry *e = outbox_at(h, idx[0]);
+        e->rejected = 1;
+        e->persist = 0;
+        entry_settled(h, e);
+        h->stats.rejected_lines++;
+        log_error("history: the database refused a '%s' line of %s in %s, which is dropped, not delivered: %s",
+                  history_kind_name((history_kind)e->kind), e->record->data + e->nick_off, e->record->data,
+                  history_errmsg(h->cfg.history));
+        return HISTORY_OK;
+    }
+    rc = commit_isolating(h, idx, n / 2);
+    if (rc == HISTORY_OK)
+        rc = commit_isolating(h, idx + n / 2, n - n / 2);
+    return rc;
+}
+
+/* Every unstored entry in one transaction, in outbox order.  Returns 1 if
+ * everything in the outbox is now stored (or refused by the database). */
 static int outbox_commit(hub *h, int64_t now)
 {
     if (h->ob_unstored == 0)
         return 1;
     if (h->db_failing && now < h->next_commit_try)
         return 0;
-    history *db = h->cfg.history;
-    int rc = history_begin(db);
-    if (rc == HISTORY_OK) {
-        for (uint32_t i = 0; i < h->ob_count && rc == HISTORY_OK; i++) {
-            outbox_entry *e = &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
-            if (!e->persist || e->stored)
-                continue;
-            history_record r;
-            r.id = 0;
-            r.at = e->at;
-            r.room = e->record->data;
-            r.nick = e->record->data + e->nick_off;
-            r.kind = e->record->data + e->kind_off;
-            r.body = e->record->data + e->body_off;
-            r.body_len = e->body_len;
-            rc = history_append(db, &r);
+    uint32_t *idx = malloc(sizeof *idx * h->ob_unstored);
+    uint32_t n = 0;
+    uint64_t stored_before = h->stats.lines_stored;
+    int rc = HISTORY_ERROR;
+    if (idx) {
+        for (uint32_t i = 0; i < h->ob_count; i++) {
+            const outbox_entry *e = outbox_at(h, i);
+            if (e->persist && !e->stored)
+                idx[n++] = i;
         }
-        if (rc == HISTORY_OK)
-            rc = history_commit(db);
-        else
-            history_rollback(db);
+        CR_ASSERT(n == h->ob_unstored);
+        rc = commit_entries(h, idx, n);
+        if (rc == HISTORY_REJECTED)
+            rc = commit_isolating(h, idx, n);
+        free(idx);
     }
     if (rc != HISTORY_OK) {
+        for (uint32_t i = 0; i < h->ob_count; i++)
+            outbox_at(h, i)->held = 1;
         h->stats.commit_busy++;
         if (!h->db_failing) {
             h->db_failing = 1;
             h->db_failing_since = now;
             log_warn("history: cannot write (%s); %u line(s) held, retrying",
-                     rc == HISTORY_BUSY ? "database is locked by another connection" : history_errmsg(db),
+                     !idx ? "out of memory"
+                     : rc == HISTORY_BUSY ? "database is locked by another connection"
+                                          : history_errmsg(h->cfg.history),
                      (unsigned)h->ob_unstored);
         }
         h->next_commit_try = now + COMMIT_RETRY_MS;
@@ -379,24 +539,20 @@ static int outbox_commit(hub *h, int64_t now)
     }
     if (h->db_failing) {
         log_info("history: writable again after %lld ms; stored %u held line(s); %llu announcement(s) dropped",
-                 (long long)(now - h->db_failing_since), (unsigned)h->ob_unstored,
+                 (long long)(now - h->db_failing_since), (unsigned)(h->stats.lines_stored - stored_before),
                  (unsigned long long)h->stats.dropped_notices);
         h->stats.dropped_notices = 0;
         h->db_failing = 0;
     }
-    h->stats.commits++;
+    CR_ASSERT(h->ob_unstored == 0 && h->ob_unstored_bytes == 0);
     h->upkeep_due = 1;
-    h->stats.lines_stored += h->ob_unstored;
-    for (uint32_t i = 0; i < h->ob_count; i++)
-        h->outbox[(h->ob_head + i) & (h->ob_cap - 1)].stored = 1;
-    h->ob_unstored = 0;
-    h->ob_unstored_bytes = 0;
     return 1;
 }
 
 typedef struct deliver_ctx {
     hub *h;
     const outbox_entry *e;
+    int burst;           /* the line was held during an outage: part of the backlog */
 } deliver_ctx;
 
 static void deliver_member(void *ctx, uint32_t slot)
@@ -410,22 +566,37 @@ static void deliver_member(void *ctx, uint32_t slot)
      * (conn ids only grow; after 2^32 connections a wrap merely loosens this.) */
     if (conn > d->e->last_conn)
         return;
-    queue_to(d->h, slot, d->e->wire);
+    queue_to_as(d->h, slot, d->e->wire, d->burst);
 }
 
 static void outbox_deliver(hub *h)
 {
+    /* What became of the private message before this entry: its confirmation
+     * ("*** to bob: ...") is sent only if the message really went out. */
+    enum { SENT, REFUSED, UNDELIVERED } previous = SENT;
     while (h->ob_count > 0) {
         outbox_entry *e = &h->outbox[h->ob_head];
+        int outcome = SENT;
         if (e->persist && !e->stored)
             break;
-        if (e->is_private) {
+        if (e->rejected) {
+            outcome = REFUSED;
+            if (e->user_line && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
+                reply_text(h, e->from_slot, NOTICE_REJECTED, sizeof NOTICE_REJECTED - 1);
+        } else if (e->confirms_previous && previous != SENT) {
+            /* the confirmation would claim a message that reached no one */
+            if (previous == UNDELIVERED && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
+                reply_text(h, e->from_slot, NOTICE_UNDELIVERED, sizeof NOTICE_UNDELIVERED - 1);
+        } else if (e->is_private) {
             if (slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)
-                queue_to(h, e->to_slot, e->wire);
+                queue_to_as(h, e->to_slot, e->wire, e->held);
+            else
+                outcome = UNDELIVERED;   /* the recipient left while the message waited */
         } else if (e->record) {
-            deliver_ctx d = { h, e };
+            deliver_ctx d = { h, e, e->held };
             chat_room_members(h->chat, e->record->data, deliver_member, &d);
         }
+        previous = e->is_private && !e->confirms_previous ? outcome : SENT;
         outbox_entry_free(e);
         h->ob_head = (h->ob_head + 1) & (h->ob_cap - 1);
         h->ob_count--;
@@ -434,82 +605,213 @@ static void outbox_deliver(hub *h)
 
 /* ---- effects ----------------------------------------------------------- */
 
+/* ---- the later list: queries answered in turn ---------------------------
+ *
+ * A query (/history, /search, the replay on connect and on /join) is not
+ * answered where it is asked: it joins the end of the session's later list,
+ * an ordered list of msgbufs (sendq used as a list, never sent), together
+ * with everything queued for that session after it, so the session's output
+ * keeps the order of its commands.  Each turn, drain_later moves a session's
+ * list into its send queue while the queue pins at most max_queue_bytes, and
+ * answers at most QUERIES_PER_TURN queries over all sessions, round robin:
+ * an answer is sent only as fast as the client reads it, and no number of
+ * queries from any number of clients can hold the thread for long.  A query
+ * is answered from what was stored when it was asked (max_id), so a line
+ * delivered live in between is never replayed after it, nor twice. */
+
 typedef struct query_ctx {
     hub *h;
     uint32_t slot;
     int rows;
 } query_ctx;
 
+/* The query as kept in its msgbuf: fixed fields, then "room\0words\0". */
+typedef struct later_query {
+    int64_t max_id;
+    int32_t limit;
+    uint8_t is_search;
+} later_query;
+
 static int send_history_row(void *ctx, const history_record *rec)
 {
     query_ctx *q = ctx;
     char line[TEXT_MAX_LINE + 128];
     size_t n = chat_format_history(rec, line, sizeof line);
-    reply_text(q->h, q->slot, line, n);
+    msgbuf *m = msgbuf_line(line, n);
+    if (!m) {
+        request_close(q->h, q->slot, "out of memory");
+        return 1;
+    }
+    queue_to_as(q->h, q->slot, m, 1);
+    msgbuf_release(m);
     q->rows++;
     return 0;
 }
 
-static void answer_query(hub *h, const chat_effect *fx)
+static void defer_query(hub *h, const chat_effect *fx)
 {
+    if (!slot_live(h, fx->slot))
+        return;
+    hub_slot *s = &h->slots[fx->slot];
     if (!h->cfg.history) {
         reply_text(h, fx->slot, NOTICE_HISTORY_OFF, sizeof NOTICE_HISTORY_OFF - 1);
         return;
     }
-    query_ctx q = { h, fx->slot, 0 };
-    int rc;
-    if (fx->kind == CHAT_HISTORY)
-        rc = history_recent(h->cfg.history, fx->room, fx->limit, send_history_row, &q);
+    uint32_t queries = 0;
+    for (uint32_t i = 0; i < s->later.count; i++)
+        queries += s->later.ring[(s->later.head + i) & (s->later.cap - 1)].tag == LATER_QUERY;
+    if (queries >= LATER_MAX_QUERIES) {
+        static const char msg[] = "*** too many requests waiting for their answers; try again later";
+        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        return;
+    }
+    const char *words = fx->kind == CHAT_SEARCH ? fx->words : "";
+    size_t room_len = strlen(fx->room), words_len = strlen(words);
+    msgbuf *m = msgbuf_alloc(sizeof(later_query) + room_len + words_len + 2);
+    if (!m) {
+        request_close(h, fx->slot, "out of memory");
+        return;
+    }
+    later_query lq;
+    memset(&lq, 0, sizeof lq);
+    lq.max_id = history_last_id(h->cfg.history);
+    lq.limit = fx->limit;
+    lq.is_search = fx->kind == CHAT_SEARCH;
+    memcpy(m->data, &lq, sizeof lq);
+    memcpy(m->data + sizeof lq, fx->room, room_len + 1);
+    memcpy(m->data + sizeof lq + room_len + 1, words, words_len + 1);
+    m->len = (uint32_t)(sizeof lq + room_len + words_len + 2);
+    if (sendq_push_tagged(&s->later, m, LATER_QUERY) != 0)
+        request_close(h, fx->slot, "out of memory");
     else
-        rc = history_search(h->cfg.history, fx->room, fx->words, fx->limit, send_history_row, &q);
+        later_list_add(h, fx->slot);
+    msgbuf_release(m);
+}
+
+static void answer_query(hub *h, uint32_t slot, const msgbuf *m)
+{
+    later_query lq;
+    memcpy(&lq, m->data, sizeof lq);
+    const char *room = m->data + sizeof lq;
+    const char *words = room + strlen(room) + 1;
+    query_ctx q = { h, slot, 0 };
+    int rc;
+    if (!lq.is_search)
+        rc = history_recent_upto(h->cfg.history, room, lq.limit, lq.max_id, send_history_row, &q);
+    else
+        rc = history_search_upto(h->cfg.history, room, words, lq.limit, lq.max_id, send_history_row, &q);
     if (rc == HISTORY_LIMIT) {
         static const char msg[] = "*** search stopped: too many matches elsewhere to scan; try more specific words";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        reply_text(h, slot, msg, sizeof msg - 1);
     } else if (rc != HISTORY_OK) {
-        log_warn("history: %s query failed: %s", fx->kind == CHAT_HISTORY ? "replay" : "search",
+        log_warn("history: %s query failed: %s", lq.is_search ? "search" : "replay",
                  history_errmsg(h->cfg.history));
         static const char msg[] = "*** history is unavailable right now";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
-    } else if (fx->kind == CHAT_SEARCH && q.rows == 0) {
+        reply_text(h, slot, msg, sizeof msg - 1);
+    } else if (lq.is_search && q.rows == 0) {
         static const char msg[] = "*** no matches";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        reply_text(h, slot, msg, sizeof msg - 1);
     }
+}
+
+/* Moves slot's later list into its send queue, in order, while the queue
+ * pins at most max_queue_bytes; a query is answered only while *budget lasts.
+ * Returns 1 when the list is empty. */
+static int drain_later(hub *h, uint32_t slot, int *budget)
+{
+    hub_slot *s = &h->slots[slot];
+    size_t bound = h->cfg.max_queue_bytes;
+    uint32_t tag;
+    msgbuf *m;
+    while (slot_live(h, slot) && (m = sendq_peek(&s->later, &tag)) != NULL) {
+        if (bound && s->q.pinned > bound)
+            return 0;   /* sent as the client reads: hub_session_sent brings us back */
+        if (tag == LATER_QUERY) {
+            if (*budget <= 0) {
+                h->later_budget_spent = 1;
+                return 0;
+            }
+            --*budget;
+            msgbuf_retain(m);
+            sendq_drop_first(&s->later);
+            h->answering = slot;
+            answer_query(h, slot, m);
+            h->answering = UINT32_MAX;
+            msgbuf_release(m);
+            continue;
+        }
+        msgbuf_retain(m);
+        sendq_drop_first(&s->later);
+        if (sendq_push(&s->q, m) == 0) {
+            h->stats.deliveries++;
+            mark_flush(h, slot);
+        } else {
+            request_close(h, slot, "out of memory");
+        }
+        msgbuf_release(m);
+    }
+    if (!slot_live(h, slot))
+        sendq_clear(&s->later);
+    return s->later.count == 0;
+}
+
+static void drain_later_lists(hub *h)
+{
+    int budget = QUERIES_PER_TURN;
+    uint32_t n = h->later_count;
+    h->later_budget_spent = 0;
+    if (n == 0)
+        return;
+    uint32_t start = h->later_next % n;
+    /* One pass in round-robin order; slots emptied are removed afterwards
+     * (drain_later never adds to the list: queries are deferred from input). */
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t slot = h->later_list[(start + k) % n];
+        (void)drain_later(h, slot, &budget);
+    }
+    h->later_next = start + 1;
+    uint32_t kept = 0;
+    for (uint32_t k = 0; k < h->later_count; k++) {
+        uint32_t slot = h->later_list[k];
+        if (h->slots[slot].later.count > 0 && slot_live(h, slot))
+            h->later_list[kept++] = slot;
+        else
+            h->slots[slot].in_later_list = 0;
+    }
+    h->later_count = kept;
 }
 
 static void run_effects(hub *h)
 {
     const chat_effect *fx;
     size_t n = chat_effects(h->chat, &fx);
-    /* A reply right after a /msg (its confirmation) travels with the message:
-     * queued behind it in the outbox (so the sender is told only once the
-     * message is stored and delivered), or dropped if the message was refused. */
-    int after_private = 0;   /* 1: a private message was queued, -1: refused */
-    uint32_t private_from = CHAT_NO_SLOT;
     for (size_t i = 0; i < n; i++) {
         switch (fx[i].kind) {
         case CHAT_REPLY:
-            if (after_private != 0 && fx[i].slot == private_from) {
-                if (after_private > 0) {
-                    chat_effect follow = fx[i];
-                    follow.kind = CHAT_PRIVATE;
-                    follow.to_slot = fx[i].slot;
-                    follow.record_kind = NULL;
-                    outbox_add(h, &follow);
-                }
-                break;
-            }
             reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
             break;
         case CHAT_ROOM:
             outbox_add(h, &fx[i]);
             break;
         case CHAT_PRIVATE:
-            after_private = outbox_add(h, &fx[i]) == 0 ? 1 : -1;
-            private_from = fx[i].slot;
+            /* The confirmation travels with the message: queued behind it in
+             * the outbox, so the sender is told only once the message is
+             * stored and delivered; nothing if the message was refused. */
+            if (outbox_add(h, &fx[i]) == 0 && fx[i].confirm) {
+                chat_effect follow;
+                memset(&follow, 0, sizeof follow);
+                follow.kind = CHAT_PRIVATE;
+                follow.slot = fx[i].slot;
+                follow.to_slot = fx[i].slot;
+                follow.text = fx[i].confirm;
+                follow.text_len = fx[i].confirm_len;
+                if (outbox_add(h, &follow) == 0)
+                    outbox_at(h, h->ob_count - 1)->confirms_previous = 1;
+            }
             break;
         case CHAT_HISTORY:
         case CHAT_SEARCH:
-            answer_query(h, &fx[i]);
+            defer_query(h, &fx[i]);
             break;
         case CHAT_CLOSE:
             if (fx[i].text)
@@ -551,12 +853,15 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms
      * old session may still be queued, and the lists must never hold a slot twice. */
     s->closing = 0;
     s->close_reason[0] = '\0';
+    s->over_since = 0;
+    s->sent_since_check = 0;
     if (++h->next_conn_id == 0)
         h->next_conn_id = 1;
     s->conn_id = h->next_conn_id;
     s->last_input_ms = now_ms;
     snprintf(s->ip, sizeof s->ip, "%s", peer_ip);
     sendq_init(&s->q);
+    sendq_init(&s->later);
     framer_init(&s->fr);
     h->open_count++;
     h->input_now = now_ms;
@@ -584,6 +889,15 @@ static void on_line(void *ctx, const char *line, size_t len, unsigned flags)
 static void on_telnet_reply(void *ctx, const unsigned char *bytes, size_t len)
 {
     hub *h = ctx;
+    hub_slot *s = &h->slots[h->input_slot];
+    if (!slot_live(h, h->input_slot))
+        return;
+    /* Replies to a negotiation flood would each cost a buffer: appended to
+     * the last queued one when it has room (see sendq_append). */
+    if (s->later.count == 0 && sendq_append(&s->q, bytes, len)) {
+        mark_flush(h, h->input_slot);
+        return;
+    }
     msgbuf *m = msgbuf_bytes(bytes, len);
     if (m) {
         queue_to(h, h->input_slot, m);
@@ -605,6 +919,8 @@ void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t 
 void hub_session_sent(hub *h, uint32_t slot, size_t transferred)
 {
     hub_slot *s = &h->slots[slot];
+    if (transferred > 0)
+        s->sent_since_check = 1;
     sendq_complete(&s->q, transferred);
     if (sendq_has_unsent(&s->q))
         mark_flush(h, slot);
@@ -620,6 +936,7 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason)
     chat_session_close(h->chat, slot, reason);
     run_effects(h);
     sendq_clear(&s->q);
+    sendq_clear(&s->later);
     s->conn_id = 0;
     h->open_count--;
 }
@@ -644,6 +961,35 @@ static int idle_check(hub *h, int64_t now)
         h->next_idle_check = now + IDLE_CHECK_MS;
     }
     return (int)(h->next_idle_check - now);
+}
+
+/* The slow-consumer rule's clock (see queue_to_as). */
+static int slow_check(hub *h, int64_t now)
+{
+    size_t bound = h->cfg.max_queue_bytes;
+    if (!bound || !h->slow_watch)
+        return -1;
+    if (now >= h->next_slow_check) {
+        int any_over = 0;
+        for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
+            hub_slot *s = &h->slots[i];
+            if (!slot_live(h, i))
+                continue;
+            any_over |= s->q.pinned > bound;
+            if (s->q.pinned <= bound || s->sent_since_check)
+                s->over_since = s->q.pinned <= bound ? 0 : now;
+            else if (s->over_since == 0)
+                s->over_since = now;
+            else if (now - s->over_since >= SLOW_GRACE_MS)
+                cut_slow_consumer(h, i);
+            s->sent_since_check = 0;
+        }
+        h->next_slow_check = now + SLOW_CHECK_MS;
+        h->slow_watch = any_over;
+        if (!any_over)
+            return -1;
+    }
+    return (int)(h->next_slow_check - now);
 }
 
 static int prune_step(hub *h, int64_t now)
@@ -679,6 +1025,10 @@ int hub_turn(hub *h, int64_t now_ms)
     if (h->cfg.history && !outbox_commit(h, now_ms))
         wait = COMMIT_RETRY_MS;
     outbox_deliver(h);
+    drain_later_lists(h);
+    if (h->later_budget_spent)
+        wait = 0;   /* more queries wait for the next turn, not for input */
+    wait = earliest(wait, slow_check(h, now_ms));
     wait = earliest(wait, idle_check(h, now_ms));
     wait = earliest(wait, prune_step(h, now_ms));
     if (h->upkeep_due)

@@ -40,6 +40,7 @@ typedef struct hub hub;
 typedef struct hub_stats {
     uint64_t lines_in, lines_stored, deliveries, commits, commit_busy, refused_lines;
     uint64_t dropped_notices;    /* announcements dropped during the current database outage */
+    uint64_t rejected_lines;     /* records the database refused (HISTORY_REJECTED): dropped, sender told */
     uint32_t sessions;
 } hub_stats;
 

@@ -134,17 +134,64 @@ static int sendq_grow(sendq *q)
     return 0;
 }
 
-int sendq_push(sendq *q, msgbuf *m)
+size_t sendq_cost(const msgbuf *m)
+{
+    return sizeof *m + m->cap + sizeof(sendq_entry);
+}
+
+int sendq_push_tagged(sendq *q, msgbuf *m, uint32_t tag)
 {
     if (q->count == q->cap && sendq_grow(q) != 0)
         return -1;
     sendq_entry *e = &q->ring[(q->head + q->count) & (q->cap - 1)];
     e->buf = m;
     e->off = 0;
+    e->tag = tag;
     msgbuf_retain(m);
     q->count++;
     q->bytes += m->len;
+    q->pinned += sendq_cost(m);
     return 0;
+}
+
+int sendq_push(sendq *q, msgbuf *m)
+{
+    return sendq_push_tagged(q, m, 0);
+}
+
+int sendq_append(sendq *q, const void *bytes, size_t len)
+{
+    if (q->count == 0 || q->count == q->inflight_entries)
+        return 0;
+    msgbuf *m = q->ring[(q->head + q->count - 1) & (q->cap - 1)].buf;
+    if (m->refs != 1 || len > m->cap - m->len)
+        return 0;
+    memcpy(m->data + m->len, bytes, len);
+    m->len += (uint32_t)len;
+    q->bytes += len;
+    return 1;
+}
+
+msgbuf *sendq_peek(const sendq *q, uint32_t *tag)
+{
+    if (q->count == 0)
+        return NULL;
+    const sendq_entry *e = &q->ring[q->head];
+    if (tag)
+        *tag = e->tag;
+    return e->buf;
+}
+
+void sendq_drop_first(sendq *q)
+{
+    if (q->count == 0 || q->inflight_entries)
+        return;
+    sendq_entry *e = &q->ring[q->head];
+    q->bytes -= e->buf->len - e->off;
+    q->pinned -= sendq_cost(e->buf);
+    msgbuf_release(e->buf);
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
 }
 
 size_t sendq_gather(sendq *q, sendq_span *spans, size_t max_spans, size_t max_bytes)
@@ -182,6 +229,7 @@ size_t sendq_complete(sendq *q, size_t transferred)
             break;
         }
         left -= rest;
+        q->pinned -= sendq_cost(e->buf);
         msgbuf_release(e->buf);
         q->head = (q->head + 1) & (q->cap - 1);
         q->count--;

@@ -50,6 +50,7 @@ typedef struct sendq_span {
 typedef struct sendq_entry {
     msgbuf *buf;
     uint32_t off;               /* bytes of buf already sent */
+    uint32_t tag;               /* the caller's (sendq_push_tagged), 0 otherwise */
 } sendq_entry;
 
 typedef struct sendq {
@@ -58,11 +59,30 @@ typedef struct sendq {
     uint32_t inflight_entries;  /* entries [head, head+inflight) are in the send in flight */
     size_t bytes;               /* unsent bytes queued, in flight included */
     size_t inflight_bytes;
+    /* What the queue keeps alive: each queued buffer's whole allocation (its
+     * size class, header included) plus its entry.  A buffer shared with other
+     * queues is counted in full by each: the bound it serves is per session. */
+    size_t pinned;
 } sendq;
+
+/* The memory one queued buffer costs its queue (see sendq.pinned). */
+size_t sendq_cost(const msgbuf *m);
 
 void sendq_init(sendq *q);
 /* Appends m (taking a new reference).  Returns 0, or -1 if memory ran out. */
 int sendq_push(sendq *q, msgbuf *m);
+/* The same with a tag the caller reads back with sendq_peek, for a queue
+ * used as an ordered list of work rather than sent (the hub's later list). */
+int sendq_push_tagged(sendq *q, msgbuf *m, uint32_t tag);
+/* Appends bytes to the last queued buffer when that costs no new buffer: it
+ * is not in flight, no one else holds it, and it has room.  Returns 1 if
+ * appended, 0 if the caller must queue a buffer of its own.  So a stream of
+ * tiny replies (telnet negotiation) pins its bytes, not a buffer each. */
+int sendq_append(sendq *q, const void *bytes, size_t len);
+/* The first entry's buffer and tag, or NULL when empty (nothing in flight). */
+msgbuf *sendq_peek(const sendq *q, uint32_t *tag);
+/* Removes the first entry (nothing may be in flight) and releases its buffer. */
+void sendq_drop_first(sendq *q);
 /* Marks up to max_spans queued entries (and at most max_bytes bytes,
  * whole entries only unless the first alone is larger) as in flight and
  * describes them in spans.  Returns the number of spans (0 if nothing is

@@ -16,7 +16,8 @@
  *   4. hub_turn: one SQLite transaction for the turn, then delivery.
  *   5. flush: each session with unsent data and no send in flight gets ONE
  *      WSASend gathering its queue.
- *   6. accept, when a listener is signalled (at most ACCEPT_PER_TURN).
+ *   6. accept, when a listener is signalled (at most ACCEPT_PER_TURN) or is
+ *      due for a retry (see accept_all).
  *
  * Session lifetime: FREE -> OPEN (accepted, first WSARecv posted) -> CLOSING
  * (no new I/O is posted except the final flush; lingers up to LINGER_MS for
@@ -50,6 +51,7 @@
 #define STOP_REAP_MS 3000         /* on stop: bound on waiting for cancelled routines */
 #define ACCEPT_BACKOFF_MS 100
 #define ACCEPT_PER_TURN 64        /* bounded, so a connection storm cannot monopolise the thread */
+#define ACCEPT_RECHECK_MS 100     /* a listener that may have lost its FD_ACCEPT is tried this often */
 #define WARN_REPEAT_MS 60000      /* a repeated warning is logged once a minute */
 #define STUCK_WARN_MS 5000
 #define WAIT_FAILURES_MAX 100
@@ -92,8 +94,13 @@ struct relay {
     int listener_count;
     int64_t accept_resume_at;     /* backoff after accept failures */
     int accept_more;              /* the per-turn accept cap was hit: accept again at once */
+    int accept_suspect;           /* listeners woken with nothing to accept: FD_ACCEPT may be lost */
+    int64_t accept_recheck_at;    /* when the suspect listeners are tried again */
     int64_t accept_warned_at;     /* rate limit of the accept-failure warning */
     uint32_t accept_failures;
+    int64_t accept_resets_noted_at;   /* rate limit of the per-connection failure line */
+    uint32_t accept_resets;           /* per-connection failures since that line */
+    uint64_t accept_resets_total;     /* ... since the start, for the stop log */
     int wait_failures;            /* consecutive WaitForMultipleObjectsEx failures */
     HANDLE stop_event;
     HANDLE thread;
@@ -385,9 +392,79 @@ static int session_setup_socket(session *s, SOCKET c)
     return 0;
 }
 
-static void accept_all(relay *r, int li)
+/* Errors of accept that belong to the one connection it tried to take: that
+ * connection is already gone (consumed from the backlog), nothing is wrong with
+ * the listener or the process, and the next queued connection may be fine.
+ *   WSAECONNRESET    Microsoft's accept page: "an incoming connection was
+ *                    indicated, but was subsequently terminated by the remote
+ *                    peer prior to accepting the call".
+ *   WSAENOTCONN      Wine: accept(2) hands over a connection already reset in
+ *                    the backlog, then ws2_32's getpeername on it fails, and
+ *                    accept closes it and returns this.
+ *   WSAECONNABORTED  POSIX ECONNABORTED ("a connection has been aborted"), which
+ *                    Wine passes through.
+ *   WSAETIMEDOUT, WSAEHOSTUNREACH, WSAENETUNREACH, WSAEHOSTDOWN
+ *                    Linux accept(2) passes a pending network error of the new
+ *                    connection as accept's own error and says to retry.
+ * Everything else (WSAEMFILE, WSAENOBUFS, Wine's WSAEINVAL when out of fds,
+ * WSAENETDOWN, which Microsoft documents as "the network subsystem has failed")
+ * is about the process or the host and backs off. */
+static int accept_error_is_per_connection(int err)
+{
+    switch (err) {
+    case WSAECONNRESET:
+    case WSAENOTCONN:
+    case WSAECONNABORTED:
+    case WSAETIMEDOUT:
+    case WSAEHOSTUNREACH:
+    case WSAENETUNREACH:
+    case WSAEHOSTDOWN:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Counted, not warned about: a peer resetting its own connection is not the
+ * relay's problem, but an operator should see that it happens and how often. */
+static void note_accept_reset(relay *r, int err)
+{
+    int64_t now = now_ms();
+    r->accept_resets++;
+    r->accept_resets_total++;
+    log_debug("accept: a connection was gone before it could be accepted (error %d)", err);
+    if (r->accept_resets_noted_at == 0 || now - r->accept_resets_noted_at >= WARN_REPEAT_MS) {
+        log_info("%u connection(s) reset before they could be accepted (last error %d; "
+                 "this line comes at most once a minute)", (unsigned)r->accept_resets, err);
+        r->accept_resets_noted_at = now;
+        r->accept_resets = 0;
+    }
+}
+
+/* An accept on listener li took a connection (Wine re-arms FD_ACCEPT then). */
+static void accept_took(relay *r, int li, int recheck, int *took)
+{
+    if (*took)
+        return;
+    *took = 1;
+    if (recheck)
+        log_debug("listener %d: a connection was waiting although FD_ACCEPT was not signalled", li);
+    r->accept_suspect &= ~(1 << li);
+}
+
+/* Accepts what listener li has queued.  A listener whose first accept finds
+ * nothing is marked suspect and tried again every ACCEPT_RECHECK_MS until an
+ * accept takes something.  Why: the wineserver (Wine 8.0) can act on a stale
+ * poll result and report FD_ACCEPT for a connection that an accept handled
+ * just before, in the same server loop, has already taken.  The event then
+ * fires with nothing queued, and Wine does not watch the listener again until
+ * an accept takes a connection, so without the retry the relay would never
+ * hear of a new one (seen in about 1 of 15 reset storms: the backlog filled
+ * while the relay waited).  On Windows the retry only follows a spurious wake. */
+static void accept_all(relay *r, int li, int recheck)
 {
     WSANETWORKEVENTS ne;
+    int took = 0;
     if (WSAEnumNetworkEvents(r->listeners[li], r->listen_events[li], &ne) != 0)
         log_warn("WSAEnumNetworkEvents failed (error %d)", WSAGetLastError());
     r->accept_more &= ~(1 << li);
@@ -401,21 +478,35 @@ static void accept_all(relay *r, int li)
         SOCKET c = accept(r->listeners[li], (struct sockaddr *)&ss, &sslen);
         if (c == INVALID_SOCKET) {
             int err = WSAGetLastError();
-            if (err != WSAEWOULDBLOCK) {
-                /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
-                 * stays signalled, so back off instead of spinning. */
-                int64_t now = now_ms();
-                r->accept_failures++;
-                if (r->accept_warned_at == 0 || now - r->accept_warned_at >= WARN_REPEAT_MS) {
-                    log_warn("accept failed (error %d); pausing accepts for %d ms (%u failure(s) since the last warning)",
-                             err, ACCEPT_BACKOFF_MS, (unsigned)r->accept_failures);
-                    r->accept_warned_at = now;
-                    r->accept_failures = 0;
+            if (err == WSAEWOULDBLOCK) {
+                if (!took) {
+                    r->accept_suspect |= 1 << li;
+                    r->accept_recheck_at = now_ms() + ACCEPT_RECHECK_MS;
                 }
-                r->accept_resume_at = now + ACCEPT_BACKOFF_MS;
+                return;
             }
+            if (accept_error_is_per_connection(err)) {
+                /* That connection is gone and the next one may be fine: a
+                 * pause here would let anyone who resets connections stall
+                 * every newcomer.  The failure still counts against the cap. */
+                note_accept_reset(r, err);
+                accept_took(r, li, recheck, &took);
+                continue;
+            }
+            /* Out of descriptors (Wine reports 10022) or similar: FD_ACCEPT
+             * stays signalled, so back off instead of spinning. */
+            int64_t now = now_ms();
+            r->accept_failures++;
+            if (r->accept_warned_at == 0 || now - r->accept_warned_at >= WARN_REPEAT_MS) {
+                log_warn("accept failed (error %d); pausing accepts for %d ms (%u failure(s) since the last warning)",
+                         err, ACCEPT_BACKOFF_MS, (unsigned)r->accept_failures);
+                r->accept_warned_at = now;
+                r->accept_failures = 0;
+            }
+            r->accept_resume_at = now + ACCEPT_BACKOFF_MS;
             return;
         }
+        accept_took(r, li, recheck, &took);
         char ip[64];
         peer_ip_string(&ss, ip, sizeof ip);
         const char *refusal = hub_admit(r->hub, ip, r->free_count > 0);
@@ -658,6 +749,9 @@ static void stop_sequence(relay *r)
     hub_final_commit(r->hub, now_ms());   /* the leave records, and anything still held */
     hub_stats st;
     hub_get_stats(r->hub, &st);
+    if (r->accept_resets_total > 0)
+        log_info("%llu connection(s) reset before they could be accepted since the start",
+                 (unsigned long long)r->accept_resets_total);
     log_info("stopped in %lld ms (lines in %llu, stored %llu, deliveries %llu, commits %llu, "
              "wsasend %llu, wsarecv %llu, turns %llu, bytes sent %llu, commits retried %llu, lines refused %llu)",
              (long long)(now_ms() - start), (unsigned long long)st.lines_in,
@@ -680,6 +774,10 @@ static DWORD WINAPI io_thread(LPVOID arg)
             DWORD until = (DWORD)(r->accept_resume_at - now);
             if (timeout == INFINITE || until < timeout)
                 timeout = until;
+        } else if (r->accept_suspect) {
+            DWORD until = r->accept_recheck_at <= now ? 0 : (DWORD)(r->accept_recheck_at - now);
+            if (timeout == INFINITE || until < timeout)
+                timeout = until;
         }
         int stop, ready, timed_out;
         alertable_wait(r, timeout, accepting, &stop, &ready, &timed_out);
@@ -687,11 +785,14 @@ static DWORD WINAPI io_thread(LPVOID arg)
             break;
         if (timed_out && r->closing_count == 0 && !r->accept_more)
             hub_idle(r->hub);   /* a quiet moment: database upkeep */
+        int recheck = accepting && r->accept_suspect && now_ms() >= r->accept_recheck_at;
         wait = run_turn(r);
-        if (accepting && (ready >= 0 || r->accept_more)) {
-            for (int i = 0; i < r->listener_count; i++)
-                if (i == ready || (r->accept_more & (1 << i)))
-                    accept_all(r, i);
+        if (accepting && (ready >= 0 || r->accept_more || recheck)) {
+            for (int i = 0; i < r->listener_count; i++) {
+                int again = recheck && (r->accept_suspect & (1 << i));
+                if (i == ready || (r->accept_more & (1 << i)) || again)
+                    accept_all(r, i, again && i != ready);
+            }
             wait = run_turn(r);   /* greetings and replays go out now */
         }
     }

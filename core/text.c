@@ -13,6 +13,18 @@
  * ESC), DEL, and C1 controls U+0080..U+009F (encoded C2 80..C2 9F; 8-bit CSI
  * 0x9B alone is invalid UTF-8 and becomes U+FFFD).  With ESC and CSI gone no
  * terminal escape sequence can start; what is left of one ("[31m") is plain text.
+ *
+ * Removed the same way, because they let one line look like something else in
+ * a GUI client: U+2028 LINE SEPARATOR and U+2029 PARAGRAPH SEPARATOR (shown as
+ * line breaks, so "hi\u2028*** alice is now known as admin" would fake a server
+ * notice on a line of its own, as LF would), and the bidi embedding, override
+ * and isolate controls U+202A..U+202E and U+2066..U+2069 (their effect reaches
+ * to the end of the paragraph: an RLO shows the rest of the line reversed).
+ * Kept: LRM U+200E, RLM U+200F and ALM U+061C.  They have no scope; each acts
+ * like one invisible strong right-to-left or left-to-right letter, so they can
+ * reorder nothing that a visible Hebrew or Arabic letter could not, and
+ * right-to-left writers need them to place punctuation and numbers in mixed
+ * text.  Kept as well: ZWJ U+200D and ZWNJ U+200C (emoji sequences, Persian).
  */
 #include "text.h"
 
@@ -25,6 +37,22 @@ static const unsigned char replacement_char[3] = { 0xEF, 0xBF, 0xBD };
 static int is_plain_ascii(unsigned char c)
 {
     return (c >= 0x20 && c < 0x7F) || c == '\t';
+}
+
+/* 1 for the characters removed although well-formed (see the top comment):
+ * p[0..len) is one complete UTF-8 sequence of 2 to 4 bytes. */
+static int is_removed_char(const unsigned char *p, size_t len)
+{
+    unsigned long cp;
+    if (len == 2) {
+        cp = ((unsigned long)(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+        return cp <= 0x9F;                            /* C1 controls */
+    }
+    if (len != 3 || p[0] != 0xE2)                     /* only U+2000..U+2FFF start with E2 */
+        return 0;
+    cp = ((unsigned long)(p[0] & 0x0F) << 12) | ((unsigned long)(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+    return (cp >= 0x2028 && cp <= 0x202E)             /* LS, PS, LRE RLE PDF LRO RLO */
+        || (cp >= 0x2066 && cp <= 0x2069);            /* LRI RLI FSI PDI */
 }
 
 /* Length of the well-formed sequence a lead byte starts, 0 if it starts none,
@@ -102,7 +130,7 @@ size_t text_clean(const char *in, size_t n, char *out, size_t cap, int *truncate
                 }
             }
             if (need > 1 && used == need) {
-                if (c == 0xC2 && s[i + 1] < 0xA0) { /* C1 control U+0080..U+009F */
+                if (is_removed_char(s + i, used)) {
                     i += used;
                     continue;
                 }

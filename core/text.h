@@ -2,7 +2,9 @@
  *
  * Owns: UTF-8 validation (invalid, overlong, surrogate and truncated sequences
  * become U+FFFD), removal of C0 controls other than TAB, of DEL and of C1
- * controls (U+0080..U+009F), so no client can inject terminal escapes.
+ * controls (U+0080..U+009F), so no client can inject terminal escapes, and of
+ * U+2028/U+2029 and the bidi controls U+202A..U+202E, U+2066..U+2069, so no
+ * line can show as two lines or be reordered in a GUI client.
  * Never: allocates, knows about sessions or the protocol.  Portable C11.
  */
 #ifndef CHATRELAY_TEXT_H
@@ -16,7 +18,8 @@
 /* Cleans in[0..n) into out (capacity cap, always NUL-terminated, so cap >= 1).
  * Writes at most cap-1 bytes and never splits a UTF-8 character; if the cleaned
  * text did not fit, *truncated is set to 1 (else 0).  Returns the length written.
- * The output is valid UTF-8 with no control characters except TAB. */
+ * The output is valid UTF-8 with no control characters except TAB, and none of
+ * U+2028..U+202E, U+2066..U+2069. */
 size_t text_clean(const char *in, size_t n, char *out, size_t cap, int *truncated);
 
 /* Largest k <= n such that s[0..k) does not end inside a UTF-8 sequence

@@ -12,7 +12,8 @@
  *
  *   messages(id INTEGER PRIMARY KEY, at TEXT NOT NULL, room TEXT NOT NULL,
  *            nick TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL)
- *   index messages_room_id ON messages(room, id)
+ *   index messages_room_id ON messages(room COLLATE NOCASE, id): room names are
+ *   case-insensitive (ASCII), so a room's past does not depend on its spelling
  *   messages_fts: FTS5 over body (external content = messages, kept by triggers)
  */
 #ifndef CHATRELAY_HISTORY_H
@@ -26,18 +27,41 @@ enum {
     HISTORY_BUSY = 1,    /* locked by another connection: nothing written, retry later */
     HISTORY_ERROR = 2,   /* I/O error, disk full, ...: nothing written, retry later; see history_errmsg */
     HISTORY_TOO_NEW = 3, /* history_open: the file's schema is newer than this program; untouched */
-    HISTORY_LIMIT = 4    /* history_search: stopped at its work budget (rows so far were delivered) */
+    HISTORY_LIMIT = 4,   /* history_search: stopped at its work budget (rows so far were delivered) */
+    HISTORY_REJECTED = 5 /* history_commit: the database refused the batch's content (a constraint or
+                          * trigger, a value too big, a malformed record): nothing written, and the same
+                          * batch would be refused again; the caller must find and drop the record */
 };
 
-#define HISTORY_SCHEMA_VERSION 1
+#define HISTORY_SCHEMA_VERSION 2
 #define HISTORY_TIME_LEN 24   /* "2026-11-27T03:04:05.123Z" */
+
+/* What a stored line is, shared by chat (which says it), the hub (which
+ * holds it) and storage (which writes it as the text of the `kind` column:
+ * the only place the strings appear).  HISTORY_KIND_NONE: "not stored" for
+ * writers, "not one of ours" (a row someone else wrote) for readers. */
+typedef enum history_kind {
+    HISTORY_KIND_NONE = 0,
+    HISTORY_SAY,         /* "say": a chat line */
+    HISTORY_ME,          /* "me": an action (/me) */
+    HISTORY_JOIN,        /* "join" */
+    HISTORY_LEAVE,       /* "leave": body = the reason */
+    HISTORY_NICK,        /* "nick": nick = the old one, body = the new one */
+    HISTORY_MSG,         /* "msg": a private message (--log-private), body "to NICK: text" */
+    HISTORY_KIND_COUNT
+} history_kind;
+
+/* The kind column's text of kind ("say", ...); NULL for NONE or out of range. */
+const char *history_kind_name(history_kind kind);
+/* The kind whose column text is name; HISTORY_KIND_NONE if none is. */
+history_kind history_kind_parse(const char *name);
 
 typedef struct history_record {
     int64_t id;          /* set by queries; ignored by history_append */
     const char *at;      /* UTC ISO-8601 with milliseconds, HISTORY_TIME_LEN chars */
     const char *room;
     const char *nick;
-    const char *kind;    /* "say", "me", "join", "leave", "nick", "msg" */
+    history_kind kind;
     const char *body;    /* valid UTF-8 (cleaned by the caller) */
     size_t body_len;
 } history_record;
@@ -53,8 +77,12 @@ typedef struct history_options {
 typedef struct history history;
 
 /* Opens or creates path (UTF-8; parent folder must exist), applies the
- * pragmas, creates or migrates the schema.  On failure returns HISTORY_ERROR or
- * HISTORY_TOO_NEW with a one-line explanation (naming path and cause) in err. */
+ * pragmas, creates or migrates the schema, and proves the file writable with
+ * one small write transaction (a database this process cannot write fails
+ * here, not at the first chat line; one locked by another connection past
+ * the open's wait is accepted: writes are retried).  On failure returns
+ * HISTORY_ERROR or HISTORY_TOO_NEW with a one-line explanation (naming path
+ * and cause) in err. */
 int history_open(history **out, const char *path, const history_options *opt,
                  char *err, size_t errlen);
 void history_close(history *h);
@@ -65,7 +93,9 @@ const char *history_errmsg(const history *h);
  * HISTORY_BUSY if another connection holds the write lock.  history_append
  * inserts one row (messages + FTS in the same transaction).  history_commit
  * commits; on any non-OK result the transaction has been rolled back and
- * nothing of the batch is stored.  history_rollback abandons a batch. */
+ * nothing of the batch is stored: HISTORY_BUSY or HISTORY_ERROR (the
+ * database, retry later) or HISTORY_REJECTED (the content: retrying the same
+ * batch fails again).  history_rollback abandons a batch. */
 int history_begin(history *h);
 int history_append(history *h, const history_record *rec);
 int history_commit(history *h);
@@ -77,11 +107,20 @@ typedef int (*history_row_fn)(void *ctx, const history_record *rec);
 
 /* The last `limit` rows of room (kind 'msg' excluded), oldest first. */
 int history_recent(history *h, const char *room, int limit, history_row_fn fn, void *ctx);
+/* The same among the rows with id <= max_id (INT64_MAX: no bound): what was
+ * stored when a query was asked, for a caller that answers it later. */
+int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
+                        history_row_fn fn, void *ctx);
 /* Full-text search of room (kind 'msg' excluded): words are matched as plain
  * terms (any FTS5 syntax in them is quoted away), newest first, at most limit.
  * Bounded work: a search that would scan too much returns HISTORY_LIMIT. */
 int history_search(history *h, const char *room, const char *words, int limit,
                    history_row_fn fn, void *ctx);
+int history_search_upto(history *h, const char *room, const char *words, int limit, int64_t max_id,
+                        history_row_fn fn, void *ctx);
+/* The newest id this handle has seen: the file's max(id) at open, then the
+ * last row each of its commits stored. */
+int64_t history_last_id(const history *h);
 
 /* One bounded retention step (deletes at most max_rows rows that fall outside
  * retain_days/retain_messages, FTS kept consistent).  now_ms is Unix time in
@@ -92,12 +131,17 @@ int history_prune_step(history *h, int64_t now_ms, int max_rows);
 /* Upkeep that can wait for a quiet moment, so that commits need not do it.
  * Call it when the relay is idle (no batch open; e.g. when a wait for events
  * timed out), and again on later idle turns while it returns 1.  Each call
- * does one bounded step: today, once the commits since the last checkpoint
- * have added 256 pages (1 MiB) to the WAL, it copies the WAL back into the
+ * does one bounded step: once the commits since the last checkpoint have
+ * added 256 pages (1 MiB) to the WAL, it copies the WAL back into the
  * database file (a PASSIVE checkpoint: never waits for or blocks a reader;
- * page writes and two fsyncs, a few ms, ~5-15 ms under Wine).  Without it,
- * a commit checkpoints by itself once the WAL reaches 4096 pages (16 MiB):
- * never calling this costs commit time, never data or a guarantee.
+ * page writes and two fsyncs, a few ms, ~5-15 ms under Wine); once a reader
+ * that held the WAL back has let it grow past its bound (4096 pages, 16 MiB),
+ * it truncates the WAL file back to nothing as soon as no reader needs it
+ * (a TRUNCATE checkpoint, which with no busy handler never waits: it is
+ * simply tried again on a later idle turn); else it merges the full-text
+ * index.  Without it, a commit checkpoints by itself once the WAL reaches
+ * 4096 pages and the WAL file is cut back to that size when it restarts:
+ * never calling this costs commit time and disk, never data or a guarantee.
  * Returns 1 if it did some work, 0 if nothing is due, -1 on error or when
  * another connection holds what it needs (see history_errmsg; try again on
  * a later idle turn). */

@@ -1,8 +1,12 @@
 """End-to-end tests of the chat protocol (docs/PROTOCOL.md): chatrelay.exe under Wine,
 real TCP clients, the history checked with the sqlite3 command-line tool.
 
-Every command and every error text documented in docs/PROTOCOL.md is exercised here
-over real sockets.  One case per scenario; each starts its own relay.
+Every command of docs/PROTOCOL.md, and every reply and error text of its command, flood and
+connection-limit sections, is checked here over real sockets as the exact line the page gives.
+The notices about the server's own state are checked elsewhere: history switched off, held and
+refused lines (test_history.py); history unavailable, the search budget, a refused record, the
+slow-consumer and stop notices (test_guarantees.py); a full server (test_relay.py).  One case
+per scenario; each starts its own relay.
 
 Ordering: room lines, private messages and join/leave/nick notices go through the
 outbox (stored, then delivered in order); replies to one's own commands are queued
@@ -135,6 +139,21 @@ def stored(relay, where="1"):
     """(room, nick, kind, body) of every stored row matching where, in id order."""
     return [(r["room"], r["nick"], r["kind"], r["body"])
             for r in sql(relay, "SELECT room, nick, kind, body FROM messages WHERE %s ORDER BY id" % where)]
+
+
+def history_form(relay, room):
+    """Every stored row of room but private messages, oldest first, as /history and replays show them
+    (docs/PROTOCOL.md, /history): "*** [YYYY-MM-DD HH:MM:SS] " and the line's own form."""
+    out = []
+    for r in sql(relay, "SELECT at, room, nick, kind, body FROM messages WHERE room = '%s' COLLATE NOCASE"
+                        " AND kind <> 'msg' ORDER BY id" % room):
+        nick, body, rname = r["nick"], r["body"], r["room"]
+        text = {"say": "<%s> %s" % (nick, body), "me": "* %s %s" % (nick, body),
+                "join": "%s joined %s" % (nick, rname),
+                "leave": "%s left %s" % (nick, rname) + (" (%s)" % body if body else ""),
+                "nick": "%s is now known as %s" % (nick, body)}[r["kind"]]
+        out.append("*** [%s %s] %s" % (r["at"][0:10], r["at"][11:19], text))
+    return out
 
 
 def no_line(lines, pred, what):
@@ -419,36 +438,70 @@ def case_me_and_msg():
               "a private message was stored without --log-private")
         check(stored(relay, "kind = 'me'") == [("lobby", "alice", "me", "waves")], "the action was not stored")
         hist = ask(b, "/history 200")
-        check(hist and all(l.startswith("*** [") for l in hist) and hist[-1].endswith("* alice waves"),
-              "/history: %r" % hist[-3:])
-        no_line(hist, lambda l: "games?" in l or "across" in l, "a private message is in /history")
+        want = history_form(relay, "lobby")
+        check(want[-1].endswith("] * alice waves"), "the newest lobby row is not the action: %r" % want[-1:])
+        check(hist == want, "/history 200 differs from the stored lobby rows:\n%r\n%r" % (hist, want))
 
 
 def case_msg_log_private():
-    with Relay("proto_logpriv", PLAIN + ["--log-private"]) as relay:
+    """--log-private stores /msg (kind msg, the sender's room, body "to <nick>: <text>"), and a stored
+    private message is never shown back: not in the replay on connect or on /join, not in /history,
+    not in /search, while the room lines around it are (replay on, so there is a replay to check)."""
+    with Relay("proto_logpriv", ["--flood-burst", "0", "--replay", "20", "--log-private"]) as relay:
         a = named(relay, "alice")
         b = named(relay, "bob", [a])
-        b.say("/join games")
-        expect_line(b, "*** You are now in games (1 here).")
+        a.say("public plans for the lobby")
+        expect_line(b, "<alice> public plans for the lobby")
         a.say("/msg bob secret plans")
         expect_line(b, "*alice* secret plans")
         expect_line(a, "*** to bob: secret plans")
-        b.say("/msg Alice secret reply")
-        expect_line(a, "*bob* secret reply")
-        expect_line(b, "*** to alice: secret reply")
+        a.say("after the secrets")
+        expect_line(b, "<alice> after the secrets")
+        b.say("/join games")
+        expect_line(b, "*** You are now in games (1 here).")
+        expect_line(a, "*** bob left lobby (joined games)")
+        b.say("games plans in the open")         # no one else in games: the /msg below orders it
+        b.say("/msg Alice secret reply plans")
+        expect_line(a, "*bob* secret reply plans")
+        expect_line(b, "*** to alice: secret reply plans")
         rows = stored(relay, "kind = 'msg'")
-        check(rows == [("lobby", "alice", "msg", "to bob: secret plans"), ("games", "bob", "msg", "to alice: secret reply")],
+        check(rows == [("lobby", "alice", "msg", "to bob: secret plans"),
+                       ("games", "bob", "msg", "to alice: secret reply plans")],
               "stored private messages: %r" % rows)
-        # never shown back: not in /history, not in /search
+        lobby = history_form(relay, "lobby")
+        games = history_form(relay, "games")
+        check([HISTORY_LINE.match(l).group(1) for l in lobby[-3:]] ==
+              ["<alice> public plans for the lobby", "<alice> after the secrets", "bob left lobby (joined games)"],
+              "the newest lobby rows: %r" % lobby[-3:])
+        check([HISTORY_LINE.match(l).group(1) for l in games] == ["bob joined games", "<bob> games plans in the open"],
+              "the games rows: %r" % games)
+
+        # /history: the room's lines, exactly; the private messages stored among them are not there
+        got = ask(a, "/history 200")
+        check(got == lobby, "alice's /history 200:\n%r\nexpected\n%r" % (got, lobby))
+        got = ask(b, "/history 200")
+        check(got == games, "bob's /history 200 in games:\n%r\nexpected\n%r" % (got, games))
+        # /search: every message of this case says "plans"; only the room lines are found
+        got = ask(a, "/search plans")
+        check(got == [lobby[-3]], "alice's /search plans: %r" % got)
+        got = ask(b, "/search plans")
+        check(got == [games[-1]], "bob's /search plans in games: %r" % got)
         for x in (a, b):
-            got = ask(x, "/history 200")
-            check(got and all(l.startswith("*** [") for l in got), "/history: %r" % got)
-            no_line(got, lambda l: "secret" in l, "a stored private message is in /history")
-            check(ask(x, "/search secret") == ["*** no matches"], "a stored private message was found by /search")
-        c, gc = connect(relay)   # replay on connect (default 20 lines)
-        c.say("/search plans")
-        got = read_to(c, "*** no matches")
-        no_line(got, lambda l: "secret" in l, "a stored private message was replayed")
+            got = ask(x, "/search secret")
+            check(got == ["*** no matches"], "/search secret found %r" % got)
+
+        # the replay on connect: the lobby's last 20 lines, exactly, without the message stored among them
+        c, gc = connect(relay)
+        c.say("/who")
+        got = read_through(c, lambda l: l.startswith("*** In "), what="/who after the replay")
+        check(got[:-1] == lobby[-20:], "the replay on connect:\n%r\nexpected\n%r" % (got[:-1], lobby[-20:]))
+        # the replay on /join: games' lines, without bob's message stored in games
+        c.say("/join games")
+        c.say("/who")
+        got = read_through(c, lambda l: l.startswith("*** In "), what="/who after /join games")
+        check(got == ["*** You are now in games (2 here)."] + games + ["*** In games (2): bob, %s." % gc],
+              "/join games: %r, expected the confirmation, then %r" % (got, games))
+        expect_line(b, "*** %s joined games" % gc)
 
 
 def case_history_search():
@@ -520,14 +573,50 @@ def case_history_search():
         got = ask(a, "/search quick fox")
         check([HISTORY_LINE.match(l).group(1) for l in got] == ["<alice> the quick brown fox"],
               "/search quick fox in Games: %r" % got)
-        for words in ('"quick OR', "fox*", "NEAR(quick fox)", "quick -fox", "^quick", "quick AND", "'", '"'):
+        # Hostile words (docs/HISTORY.md, Search): each word is a plain FTS5 string, so no operator,
+        # prefix star, column filter or parenthesis takes effect; the words' letters still count.
+        more = ["quick or slow, the fox decides", "near quick fox here", "quick and quiet", "the foxes are quick",
+                "not quick, not a fox", "we deploy friday", "the deployment is monday", "version a.b shipped",
+                "a then b"]
+        for t in more:
+            b.say(t)
+        expect_line(c, "<bobby> a then b")
+        L = lambda *ts: ["<bobby> " + t for t in ts]  # noqa: E731
+        hostile = [
+            ('"quick OR', L("quick or slow, the fox decides")),            # "quick" and the word "or"
+            ("OR", L("quick or slow, the fox decides")),
+            ("fox*", L("not quick, not a fox", "near quick fox here", "quick or slow, the fox decides",
+                       "a quick lobby fox")),                              # not "foxes": no prefix
+            ("NEAR(quick fox)", L("near quick fox here")),                # the phrase "near quick", and "fox"
+            ("quick -fox", L("not quick, not a fox", "near quick fox here", "quick or slow, the fox decides",
+                             "a quick lobby fox")),                        # no NOT: both words
+            ("quick NOT fox", L("not quick, not a fox")),                 # "not" is a word too
+            ("^quick", L("not quick, not a fox", "the foxes are quick", "quick and quiet", "near quick fox here",
+                         "quick or slow, the fox decides", "quick but no animal", "a quick lobby fox")),
+            ("quick AND", L("quick and quiet")),
+            ("deploy*", L("we deploy friday")),                           # deploy, not deployment
+            ("(deploy", L("we deploy friday")),
+            ("a.b", L("version a.b shipped")),                            # the phrase "a b"
+            ("body:quick", None),                                         # no column filter: the phrase "body quick"
+            ("'", None), ('"', None), ("()", None), ("*", None),          # no word left: nothing, no error
+        ]
+        for words, want in hostile:
             got = ask(c, "/search " + words)
-            check(got == ["*** no matches"] or (got and all(HISTORY_LINE.match(l) for l in got)),
-                  "/search %s: %r" % (words, got))
-            for l in got:
-                text = HISTORY_LINE.match(l)
-                check(text is None or all(w in text.group(1).lower() for w in ("quick", "fox") if w in words.lower()),
-                      "/search %s found %r" % (words, l))
+            if want is None:
+                check(got == ["*** no matches"], "/search %s: %r, expected *** no matches" % (words, got))
+            else:
+                check([HISTORY_LINE.match(l).group(1) if HISTORY_LINE.match(l) else l for l in got] == want,
+                      "/search %s: %r, expected %r" % (words, got, want))
+        # At most 16 questions wait for their answers; the refusals of the rest come after those
+        # answers (what the server has for you after a question waits behind its answer), then /who.
+        last2 = history_form(relay, "lobby")[-2:]
+        check([HISTORY_LINE.match(l).group(1) for l in last2] == L("version a.b shipped", "a then b"),
+              "the newest lobby rows: %r" % last2)
+        c.send("/history 2\r\n" * 20 + "/who\r\n")
+        got = read_through(c, lambda l: l.startswith("*** In "), what="/who after 20 questions")
+        want = last2 * 16 + ["*** too many requests waiting for their answers; try again later"] * 4
+        check(got[:-1] == want, "20 questions at once got %r (%d lines), expected 16 answers then 4 refusals"
+              % (got[:-1][-6:], len(got) - 1))
         check(ask(c, "/search nothingmatcheshere") == ["*** no matches"], "/search without a match")
         check(ask(c, "/search") == ["*** Usage: /search WORDS"], "/search alone")
         check(ask(c, "/search   \t ") == ["*** Usage: /search WORDS"], "/search with blanks only")
@@ -568,7 +657,8 @@ def case_quit():
         # The log names the reason each session ended.
         closed = [l.split(": closed ", 1)[1] for l in relay.log().splitlines() if ": closed (" in l]
         bytes(w.raw).decode("utf-8")      # strict: a reason cut inside a character would raise here
-        check(closed[:3] == ["(quit: see you)", "(quit)", "(quit: spaced   reason)"],
+        check(closed == ["(quit: see you)", "(quit)", "(quit: spaced   reason)", "(quit: " + "r" * 200 + ")",
+                        "(quit: " + "\u00e9" * 100 + ")"],
               "the log gives these reasons for the /quit sessions: %r" % closed)
 
 
@@ -663,6 +753,7 @@ def case_max_per_ip():
     with Relay("proto_per_ip", PLAIN + ["--max-per-ip", "2"]) as relay:
         a, ga = connect(relay)
         b, gb = connect(relay)
+        expect_line(a, "*** %s joined lobby" % gb)   # read: a close with unread data would be a reset
         c = Client(relay.port)
         got = read_through(c, lambda l: True, what="the refusal")
         check(got == ["*** too many connections from your address (limit 2)"], "third connection got %r" % got)
@@ -670,9 +761,10 @@ def case_max_per_ip():
         check(c.lines == [], "the refused connection got more: %r" % c.lines)
         a.say("still here")
         expect_line(b, "<%s> still here" % ga)
-        check("refused connection from 127.0.0.1" in relay.log(), "the refusal is not logged")
+        check("refused connection from 127.0.0.1: *** too many connections from your address (limit 2)"
+              in relay.log(), "the refusal is not logged")
         a.close()
-        b.wait_for(lambda l: l.startswith("*** %s left lobby (" % ga), timeout=3, what="a's leave")
+        expect_line(b, "*** %s left lobby (connection closed)" % ga, timeout=3)
         d, gd = connect(relay)      # a slot for this address is free again
         d.say("/who")
         expect_line(d, "*** In lobby (2): %s, %s." % (gb, gd))
@@ -786,7 +878,8 @@ def case_megabyte_line():
               "more than one line was made of the megabyte")
         big.send(b"\r\n")
         expect_line(big, "*** Your line was too long: it was cut at 1024 bytes.")
-        check(not [l for l in big.lines if "too long" in l], "the sender was told more than once: %r" % big.lines)
+        check("*** Your line was too long: it was cut at 1024 bytes." not in big.lines,
+              "the sender was told more than once: %r" % big.lines)
         big.say("after the megabyte")
         expect_line(reader, "<%s> after the megabyte" % gbig)
         rows = stored(relay, "nick = '%s' AND kind = 'say'" % gbig)

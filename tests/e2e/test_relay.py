@@ -1,7 +1,9 @@
 """End-to-end tests of the relay core: chatrelay.exe --console under Wine, real TCP clients."""
 import os
 import re
+import signal
 import socket
+import struct
 import threading
 import time
 
@@ -242,6 +244,95 @@ def case_ipv4_and_ipv6():
         v6.wait_for(lambda l: l == "<%s> hello over IPv4" % v4_nick, what="the IPv4 client's line")
 
 
+def _reset_connection(port):
+    """Connects, then closes with SO_LINGER 0: the kernel answers with RST instead of FIN."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)   # the kernel completes it: no relay needed
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def case_reset_storm():
+    """Connections reset while still in the backlog cost only themselves: during a storm of them,
+    and after a burst queued while the relay could not run, every fresh client is greeted within 1 s."""
+    bound = 1.0                     # the product promise for a greeting
+    with Relay("reset_storm", OPEN_LIMITS + ["--replay", "0"]) as relay:
+        made = [0]
+        cond = threading.Condition()
+        stop = threading.Event()
+        errors = []
+
+        def storm():
+            try:
+                while not stop.is_set():
+                    _reset_connection(relay.port)
+                    with cond:
+                        made[0] += 1
+                        cond.notify_all()
+                    time.sleep(0.02)    # paces the storm (~50/s), not an assertion
+            except OSError as e:
+                errors.append(e)
+                with cond:
+                    cond.notify_all()
+
+        def await_made(n):
+            with cond:
+                check(cond.wait_for(lambda: made[0] >= n or errors, 30), "the storm stalled at %d" % made[0])
+            check(not errors, "the storm could not connect: %r" % errors[:1])
+
+        def probe(what):
+            start = time.monotonic()
+            c = Client(relay.port)
+            try:
+                c.expect("/help", timeout=bound + 1)   # waits past the bound, to tell slow from never
+            except TestFailure:
+                raise TestFailure("%s: not greeted within %.0f s" % (what, bound + 1))
+            took = time.monotonic() - start
+            c.close()
+            return took
+
+        # 1. A live storm: probes spread over it (each after 10 more resets).
+        t = threading.Thread(target=storm, daemon=True)
+        t.start()
+        took = []
+        try:
+            for i in range(8):
+                await_made(20 + 10 * i)
+                took.append(probe("probe %d during the storm" % (i + 1)))
+        finally:
+            stop.set()
+            t.join(30)
+        check(all(x <= bound for x in took),
+              "greetings during the storm took %s s (bound %.0f s)" % (["%.2f" % x for x in took], bound))
+
+        # 2. Resets that are certainly in the backlog: made while the relay is stopped, so none
+        # of them can be accepted before its RST; a client queued behind them must not wait for them.
+        queued = 40
+        os.killpg(relay.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(queued):
+                _reset_connection(relay.port)
+            start = time.monotonic()
+            behind = Client(relay.port)
+        finally:
+            os.killpg(relay.proc.pid, signal.SIGCONT)
+        behind.expect("/help", timeout=bound + 4)
+        waited = time.monotonic() - start
+        check(waited <= bound, "a client queued behind %d resets was greeted after %.2f s" % (queued, waited))
+        behind.close()
+
+        # The log counts them (info, not a warning), once a minute at most, and the total at stop.
+        log = relay.log()
+        periodic = re.findall(r"INFO (\d+) connection\(s\) reset before they could be accepted \(last error", log)
+        check(len(periodic) == 1, "expected one periodic reset line in a short test: %r" % periodic)
+        check("accept failed" not in log, "per-connection failures were logged as accept failures")
+        relay.stop()
+        log = relay.log()
+        total = re.findall(r"(\d+) connection\(s\) reset before they could be accepted since the start", log)
+        check(len(total) == 1, "no total of resets at stop: %s" % log[-600:])
+        check(queued <= int(total[0]) <= made[0] + queued,
+              "%s resets counted; at least %d were queued, %d made" % (total[0], queued, made[0] + queued))
+
+
 CASES = {
     "ipv4_and_ipv6": case_ipv4_and_ipv6,
     "command_line": case_command_line,
@@ -253,6 +344,7 @@ CASES = {
     "long_line": case_long_line,
     "binary_garbage": case_binary_garbage,
     "stop_with_100_connected": case_stop_with_100_connected,
+    "reset_storm": case_reset_storm,
 }
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ docs/PROTOCOL.md promises: telnet works; the server refuses every option (WONT/D
 client stays in its simple line mode; negotiation bytes never show up as text; Backspace and
 Delete edit the line on the server when the client sends each key as it is pressed.
 
+What the real-telnet cases can and cannot show: once the relay has answered WONT ECHO / WONT SGA,
+inetutils telnet edits the line itself, even in `mode character`, and sends the finished line
+("typo fixed\r\n"): the server never sees a 0x08 or 0x7F from it.  So those cases prove the
+negotiation and a clean screen, not server-side editing; `server_side_editing` proves that, with a
+raw socket that sends one key per TCP segment the way the Windows telnet client does.
+
 Each case runs its own tmux server (tmux -L <private socket>) and kills only that.
 """
 import os
@@ -90,12 +96,18 @@ def check_clean_screen(lines, what):
     check(not bad, "%s: negotiation bytes or escapes on the telnet screen: %r" % (what, bad))
 
 
+def expect_line(client, text, timeout=10.0):
+    """Waits for the line equal to text (lines before it are dropped)."""
+    return client.wait_for(lambda l: l == text, timeout, what=repr(text))
+
+
 def watcher(relay):
     """An nc-like client called bob."""
     b = Client(relay.port)
-    b.expect("Type /help")
+    guest = re.match(r"\*\*\* Your nick is (guest\d+);", b.expect("*** Your nick is ")).group(1)
+    expect_line(b, "*** Type /help for the commands.")
     b.say("/nick bob")
-    b.expect("is now known as bob")
+    expect_line(b, "*** %s is now known as bob" % guest)
     return b
 
 
@@ -113,7 +125,7 @@ def greeting_on_screen(tm):
 def chat_both_ways(tm, b, nick, tag):
     """The telnet user and bob talk; both sides get exactly the text."""
     tm.line("hello from telnet " + tag)
-    b.expect("<%s> hello from telnet %s" % (nick, tag))
+    expect_line(b, "<%s> hello from telnet %s" % (nick, tag))
     b.say("hi telnet " + tag)
     tm.wait_screen("<bob> hi telnet " + tag)
 
@@ -124,28 +136,31 @@ def case_line_mode():
         b = watcher(relay)
         with Tmux("telnet 127.0.0.1 %d" % relay.port) as tm:
             nick = greeting_on_screen(tm)
-            b.expect("*** %s joined lobby" % nick)
+            expect_line(b, "*** %s joined lobby" % nick)
             chat_both_ways(tm, b, nick, "1")
             tm.line("/nick tel")
             tm.wait_screen("*** %s is now known as tel" % nick)
-            b.expect("*** %s is now known as tel" % nick)
+            expect_line(b, "*** %s is now known as tel" % nick)
             tm.type("hellp")
             tm.key("BSpace")
             tm.line("o after an edit")
-            line = b.expect("after an edit")
+            line = b.wait_for(lambda l: l.startswith("<tel> "), what="tel's edited line")
             check(line == "<tel> hello after an edit", "bob got %r" % line)
             tm.line("/who")
             tm.wait_screen("*** In lobby (2): bob, tel.")
             check_clean_screen(screen_after_connect(tm.screen()), "after chatting")
             tm.line("/quit done")
             tm.wait_screen("*** Bye.")
-            b.expect("*** tel left lobby (quit: done)")
+            expect_line(b, "*** tel left lobby (quit: done)")
             lines = tm.wait_screen("[telnet exited]", timeout=5)
             check("Connection closed by foreign host." in lines, "telnet's last screen: %r" % lines[-4:])
 
 
 def case_character_mode():
-    """`mode character`: telnet sends every key as it is pressed (DEL included); the server edits."""
+    """`mode character` on a real telnet: the client asks DO SGA / DO ECHO, the relay answers WONT,
+    and telnet falls back to editing the line itself; what it sends arrives as one clean line and
+    nothing of the negotiation reaches the screen.  (The Backspaces typed here are applied by
+    telnet, not by the server: see server_side_editing for that.)"""
     with Relay("telnet_char", ARGS) as relay:
         b = watcher(relay)
         with Tmux("telnet 127.0.0.1 %d" % relay.port) as tm:
@@ -163,7 +178,7 @@ def case_character_mode():
             check(line == "<%s> abc and more" % nick, "typed with Backspace in character mode, bob got %r" % line)
             chat_both_ways(tm, b, nick, "2")
             tm.line("/nick charmode")
-            b.expect("*** %s is now known as charmode" % nick)
+            expect_line(b, "*** %s is now known as charmode" % nick)
             tm.wait_screen("*** %s is now known as charmode" % nick)
             shown = [l for l in screen_after_connect(tm.screen()) if l not in ("^]", "telnet> mode character")]
             check_clean_screen(shown, "character mode")
@@ -171,7 +186,10 @@ def case_character_mode():
 
 
 def case_negotiating_client():
-    """`open HOST -PORT` makes this telnet negotiate like the Windows one (DO/WILL for ten options)."""
+    """`open HOST -PORT` makes this telnet negotiate like the Windows one (DO/WILL for ten options):
+    every option is refused, chat works both ways, UTF-8 reaches the screen intact and no
+    negotiation byte shows.  (The Backspace typed here is applied by telnet itself after the
+    refusals: the relay receives "typo fixed"; see server_side_editing for the server's editing.)"""
     with Relay("telnet_negotiate", ARGS) as relay:
         b = watcher(relay)
         with Tmux("telnet") as tm:
@@ -180,11 +198,11 @@ def case_negotiating_client():
             nick = greeting_on_screen(tm)
             chat_both_ways(tm, b, nick, "3")
             tm.line("/nick negotiator")
-            b.expect("*** %s is now known as negotiator" % nick)
+            expect_line(b, "*** %s is now known as negotiator" % nick)
             tm.type("typx")
             tm.key("BSpace")
             tm.line("o fixed")
-            line = b.expect("fixed")
+            line = b.wait_for(lambda l: l.startswith("<negotiator> "), what="the edited line")
             check(line == "<negotiator> typo fixed", "bob got %r" % line)
             b.say("/msg negotiator private \u00e9\u2713")
             tm.wait_screen("*bob* private \u00e9\u2713")
@@ -215,7 +233,7 @@ def case_iac_split_across_packets():
         while b"/help for the commands.\r\n" not in greeting:
             greeting += s.recv(4096)
         nick = re.search(rb"Your nick is (guest\d+)", greeting).group(1).decode()
-        b.expect("*** %s joined lobby" % nick)
+        expect_line(b, "*** %s joined lobby" % nick)
 
         def send_pieces(*pieces):
             for p in pieces:
@@ -255,7 +273,74 @@ def case_iac_split_across_packets():
         s.close()
 
 
+def case_server_side_editing():
+    """The server applies Backspace (0x08) and Delete (0x7F) to the line being typed, one key per
+    TCP segment, as the Windows telnet client sends them: a whole UTF-8 character is erased (2, 3
+    and 4 bytes), a Backspace at the start of a line erases nothing, a line erased to nothing is
+    ignored like any blank line, and a line end resets nothing the next line needs."""
+    BS, DEL = b"\x08", b"\x7f"
+    with Relay("telnet_editing", ARGS) as relay:
+        b = watcher(relay)
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        greeting = b""
+        while b"/help for the commands.\r\n" not in greeting:
+            greeting += s.recv(4096)
+        nick = re.search(rb"Your nick is (guest\d+)", greeting).group(1).decode()
+        expect_line(b, "*** %s joined lobby" % nick)
+
+        def keys(*ks):
+            """Each key its own send (TCP_NODELAY: its own segment), as a key-at-a-time client does;
+            a character typed is one key even when it is several bytes."""
+            for k in ks:
+                if isinstance(k, str):
+                    for ch in k:
+                        s.sendall(ch.encode("utf-8"))
+                        time.sleep(0.002)   # keeps the segments apart; the result must not depend on it
+                else:
+                    s.sendall(k)
+                    time.sleep(0.002)
+
+        typed_and_shown = [
+            (("hellp", BS, "o"), "hello"),                                    # Backspace
+            (("abx", DEL, "c"), "abc"),                                       # Delete
+            (("caf\u00e9", BS, "e"), "cafe"),                                 # a 2-byte character, BS
+            (("caf\u00e9", DEL, "e!"), "cafe!"),                              # ... and DEL
+            (("ok \u2713", BS, "done"), "ok done"),                           # 3 bytes
+            (("smile \U0001F600", DEL, ":)"), "smile :)"),                    # 4 bytes
+            (("\u00e9\u00e9", BS, BS, "x"), "x"),                             # erasing back to empty
+            ((BS, "start"), "start"),                                         # BS at the start of a line
+            ((DEL, BS, DEL, "from nothing"), "from nothing"),                 # several, on an empty line
+            (("ab", BS, BS, BS, BS, "cd"), "cd"),                             # more erases than characters
+            (("one two", BS, BS, BS, "2"), "one 2"),
+        ]
+        for ks, _ in typed_and_shown:
+            keys(*ks, b"\r\n")
+        keys("gone", BS, BS, BS, BS, b"\r\n")                               # erased to nothing: ignored
+        keys(BS, b"\r\n")                                                     # BS alone: ignored
+        keys("\u00e9", b"\r", b"\n", BS, "after the line end", b"\r\n")     # BS after CRLF: no effect on the old line
+        want = ["<%s> %s" % (nick, shown) for _, shown in typed_and_shown]
+        want += ["<%s> \u00e9" % nick, "<%s> after the line end" % nick]
+        got = []
+        while len(got) < len(want):
+            got.append(b.wait_for(lambda l: l.startswith("<%s> " % nick), what="line %d" % len(got)))
+        check(got == want, "bob got (got, expected):\n%s"
+              % "\n".join("%r\n%r" % p for p in zip(got, want) if p[0] != p[1]))
+        s.sendall(b"/who\r\n")
+        tail = b""
+        while not tail.endswith(b".\r\n"):
+            chunk = s.recv(4096)
+            check(chunk, "the connection closed before the /who reply")
+            tail += chunk
+        check(tail == ("*** In lobby (2): bob, %s.\r\n" % nick).encode(), "the typist got %r" % tail)
+        check(not [l for l in b.drain(0.3) if l.startswith("<")], "more lines than were typed")
+        rows = [r[0] for r in relay.query("SELECT body FROM messages WHERE kind = 'say' ORDER BY id")]
+        check(rows == [w[len("<%s> " % nick):] for w in want], "stored bodies: %r" % rows)
+        s.close()
+
+
 CASES = {
+    "server_side_editing": case_server_side_editing,
     "line_mode": case_line_mode,
     "character_mode": case_character_mode,
     "negotiating_client": case_negotiating_client,

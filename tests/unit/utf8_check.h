@@ -1,12 +1,25 @@
 /* utf8_check: an independent strict UTF-8 validator for the tests and the
  * fuzzer (RFC 3629 by code point arithmetic, not text.c's tables), plus the
- * promise of text.h: no control character except TAB. */
+ * promise of text.h: no control character except TAB, and none of the
+ * characters that make one line look like another in a GUI client. */
 #ifndef CHATRELAY_UTF8_CHECK_H
 #define CHATRELAY_UTF8_CHECK_H
 
 #include <stddef.h>
 
-/* 1 if s[0..n) is valid UTF-8 with no control characters but TAB. */
+/* 1 for a code point text.h promises never to let through although it is
+ * well-formed: C0 but TAB, DEL, C1; LINE and PARAGRAPH SEPARATOR; the bidi
+ * embeddings and overrides (LRE RLE PDF LRO RLO) and isolates (LRI RLI FSI PDI). */
+static int is_forbidden_code_point(unsigned long cp)
+{
+    if ((cp < 0x20 && cp != '\t') || (cp >= 0x7F && cp <= 0x9F)) return 1;
+    if (cp == 0x2028 || cp == 0x2029) return 1;
+    if (cp >= 0x202A && cp <= 0x202E) return 1;
+    if (cp >= 0x2066 && cp <= 0x2069) return 1;
+    return 0;
+}
+
+/* 1 if s[0..n) is valid UTF-8 with none of the forbidden code points. */
 static int is_clean_utf8(const unsigned char *s, size_t n)
 {
     size_t i = 0;
@@ -26,7 +39,7 @@ static int is_clean_utf8(const unsigned char *s, size_t n)
         }
         if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return 0;
         if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        if ((cp < 0x20 && cp != '\t') || (cp >= 0x7F && cp <= 0x9F)) return 0;
+        if (is_forbidden_code_point(cp)) return 0;
         i += len;
     }
     return 1;
