@@ -49,9 +49,25 @@ DB_START_FAILED = "the history database cannot be opened"
 
 # ---- running Windows commands --------------------------------------------------------------
 
+def system_tool(prog):
+    """C:\\windows\\system32\\PROG.exe for a bare tool name such as "sc" or "reg".
+
+    Given a bare name, Wine's loader finds no such file in the current folder and hands the whole
+    command to start.exe (`start /exec sc stop NAME`), which starts the tool as a second process
+    through ShellExecuteEx.  When that second process dies while starting, start.exe prints
+    "Application could not be started, or no application associated with the specified file.
+    ShellExecuteEx failed: Internal error." (1359, STATUS_INTERNAL_ERROR from NtCreateUserProcess)
+    and exits with 1: a `sc stop` that never reached sc, let alone the service.  With its full path
+    the tool is the process wine starts, and no start.exe is involved."""
+    if any(c in prog for c in "\\/:"):
+        return prog
+    return "C:\\windows\\system32\\" + prog + ("" if prog.lower().endswith(".exe") else ".exe")
+
+
 def wine(*args, timeout=60, env=None, cwd=None, loader=None):
     """Runs a Windows command; returns (rc, output).  Output goes through a file, not a pipe:
     a wine child that lingers must not keep the test waiting for EOF."""
+    args = (system_tool(args[0]),) + tuple(args[1:])
     with tempfile.TemporaryFile() as out:
         e = dict(os.environ)
         if env:
