@@ -674,7 +674,7 @@ static void defer_query(hub *h, const chat_effect *fx)
     }
     later_query lq;
     memset(&lq, 0, sizeof lq);
-    lq.max_id = history_last_id(h->cfg.history);
+    lq.max_id = history_newest_id(h->cfg.history);
     lq.limit = fx->limit;
     lq.is_search = fx->kind == CHAT_SEARCH;
     memcpy(m->data, &lq, sizeof lq);

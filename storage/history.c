@@ -545,8 +545,10 @@ void history_rollback(history *h)
 }
 
 
-int64_t history_last_id(const history *h)
+int64_t history_newest_id(history *h)
 {
+    if (!h->in_batch)
+        (void)hist_schema_read_last_id(h);   /* keeps h->last_id on failure */
     return h->last_id;
 }
 

@@ -118,9 +118,10 @@ int history_search(history *h, const char *room, const char *words, int limit,
                    history_row_fn fn, void *ctx);
 int history_search_upto(history *h, const char *room, const char *words, int limit, int64_t max_id,
                         history_row_fn fn, void *ctx);
-/* The newest id this handle has seen: the file's max(id) at open, then the
- * last row each of its commits stored. */
-int64_t history_last_id(const history *h);
+/* The newest id in the file now (one index seek), whoever stored it: the
+ * bound for a query answered later (history_*_upto).  If it cannot be read,
+ * the newest id this handle itself stored or saw at open. */
+int64_t history_newest_id(history *h);
 
 /* One bounded retention step (deletes at most max_rows rows that fall outside
  * retain_days/retain_messages, FTS kept consistent).  now_ms is Unix time in

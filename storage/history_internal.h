@@ -102,7 +102,7 @@ struct history {
      * it was last truncated (its file is at least that large). */
     int wal_pages, wal_copied, wal_peak;
     int merge_due;       /* rows changed since history_idle_step last found no merge work */
-    int64_t last_id;     /* the id of the last row stored through this handle */
+    int64_t last_id;     /* the newest id known: read by history_newest_id, or stored by a commit */
     char errmsg[HISTORY_ERRMSG_LEN];
 };
 

@@ -182,7 +182,7 @@ int hist_schema_prove_writable(history *h)
     return r;
 }
 
-/* history_last_id starts at the newest row already in the file. */
+/* h->last_id := the newest id in the file (history_newest_id). */
 int hist_schema_read_last_id(history *h)
 {
     int rc = sqlite3_step(h->stmt[STMT_MAX_ID]);

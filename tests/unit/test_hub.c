@@ -584,6 +584,17 @@ static void test_query_answers_keep_command_order(void)
     CHECK(a && b && who && g);
     CHECK(a && b && who && a < b && b < who);
     CHECK(g && strstr(g + sizeof "<guest1> gamma" - 1, "gamma") == NULL);   /* once: live, not replayed */
+
+    /* A row the sqlite3 shell inserted is part of the history at once. */
+    sqlite3 *cli;
+    CHECK_INT(sqlite3_open(path, &cli), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(cli, "INSERT INTO messages(at, room, nick, kind, body)"
+                                " VALUES ('2026-11-27T03:04:05.123Z', 'lobby', 'shell', 'say', 'from the shell')",
+                           NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(cli);
+    say(h, 1, "/history 1\r\n", 3);
+    hub_turn(h, 3);
+    CHECK(strstr(take_output(h, 1), "<shell> from the shell") != NULL);
     hub_destroy(h);
     history_close(db);
     remove_db(path);
