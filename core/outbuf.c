@@ -12,8 +12,28 @@
  * than the last class: plain malloc/free. */
 static const uint32_t class_caps[] = { 64, 128, 256, 512, 1024, 2048, 4096 };
 #define CLASS_COUNT (sizeof class_caps / sizeof class_caps[0])
-/* Bound on pooled buffers per class, so a burst does not pin memory forever. */
+/* Bound on pooled buffers per class, so a burst does not pin memory forever.
+ * Under AddressSanitizer there is no pool (POOL_KEEP 0): a recycled buffer
+ * would hide a use after free of exactly the refcounted object that most
+ * needs the check.  CHATRELAY_NO_POOLS switches them off elsewhere too. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CHATRELAY_NO_POOLS 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(CHATRELAY_NO_POOLS)
+#define CHATRELAY_NO_POOLS 1
+#endif
+#ifdef CHATRELAY_NO_POOLS
+#define POOL_KEEP 0
+#else
 #define POOL_KEEP 16384
+#endif
+
+int msgbuf_pooling(void)
+{
+    return POOL_KEEP > 0;
+}
 
 static struct pool {
     msgbuf *free;

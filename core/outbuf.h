@@ -40,6 +40,9 @@ static inline void msgbuf_retain(msgbuf *m) { m->refs++; }
 void msgbuf_release(msgbuf *m);
 /* Frees every pooled buffer (at exit, so leak checkers stay quiet). */
 void msgbuf_pool_drain(void);
+/* 1 if released buffers are kept for reuse; 0 under AddressSanitizer (or
+ * CHATRELAY_NO_POOLS), where every buffer is freed so a use after free shows. */
+int msgbuf_pooling(void);
 
 /* One contiguous piece of a send: the portable shape of a WSABUF. */
 typedef struct sendq_span {

@@ -107,11 +107,15 @@ static void test_ring_growth_keeps_order(void)
 
 static void test_pool_recycles_and_large_buffers(void)
 {
-    msgbuf *m = msgbuf_line("x", 1);
-    msgbuf_release(m);
-    msgbuf *again = msgbuf_line("y", 1);
-    CHECK(again == m);              /* the steady state reuses buffers */
-    msgbuf_release(again);
+    if (msgbuf_pooling()) {
+        msgbuf *m = msgbuf_line("x", 1);
+        msgbuf_release(m);
+        msgbuf *again = msgbuf_line("y", 1);
+        CHECK(again == m);              /* the steady state reuses buffers */
+        msgbuf_release(again);
+    } else {
+        printf("SKIPPED: buffer reuse (pools are off under AddressSanitizer, so a use after free shows)\n");
+    }
     char big[10000];
     memset(big, 'b', sizeof big);
     msgbuf *l = msgbuf_line(big, sizeof big);
