@@ -4,7 +4,7 @@ Cases (one ctest test each, run with `python3 test_service.py CASE`):
   lifecycle        sc create/start/query/stop/start/delete, clients chat, history survives a restart
   start_args       `sc start NAME --listen ...` overrides the binPath's --listen
   start_failures   port in use / bad start option -> STOPPED with a service-specific error, log says why
-  stop_1000        sc stop with 1000 connected clients: STOPPED within 2 s, every client sees the close
+  stop_1000        sc stop with 1000 connected clients: STOPPED within 2 s, each gets the goodbye, then the close
   stop_log_stalled sc stop is answered at once while the service's log cannot be written (a full FIFO)
   install_cmd      installer/install.cmd + uninstall.cmd from a folder with spaces, any current folder
   msi              msiexec /i chatrelay.msi, the service runs, net stop + msiexec /x removes everything
@@ -359,32 +359,28 @@ def stop_1000():
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
             s.setblocking(False)
             socks.append(s)
-        # Every client is a live session once it has its greeting.
+        # Every client is a live session once it has its greeting.  Everything a client is sent
+        # is kept: what came after the greeting is checked once its connection ended.
         sel = selectors.DefaultSelector()
-        pending = {}
+        received = {s: bytearray() for s in socks}
+        pending = set(socks)
         for s in socks:
             sel.register(s, selectors.EVENT_READ)
-            pending[s] = b""
         deadline = time.time() + 60
         while pending and time.time() < deadline:
             for key, _ in sel.select(timeout=1):
                 s = key.fileobj
-                if s not in pending:
-                    continue
                 try:
                     data = s.recv(65536)
                 except BlockingIOError:
                     continue
                 if not data:
                     raise TestFailure("a client was closed before the stop")
-                pending[s] += data
-                if b"/help" in pending[s]:
-                    del pending[s]
-                    sel.unregister(s)
+                received[s] += data
+                if s in pending and b"/help" in received[s]:
+                    pending.discard(s)
         check(not pending, "%d of %d clients got no greeting" % (len(pending), count))
 
-        for s in socks:
-            sel.register(s, selectors.EVENT_READ)
         start = time.time()
         rc, out = sc("stop", name)
         check(rc == 0, "sc stop failed (rc %d): %s" % (rc, out))
@@ -392,7 +388,7 @@ def stop_1000():
         elapsed = time.time() - start
         check(elapsed <= 2.0, "STOPPED %.2f s after sc stop with %d clients (limit 2 s)" % (elapsed, count))
 
-        # Every client sees its connection end (EOF or reset), after the goodbye notice.
+        # Every client sees its connection end (EOF or reset).
         open_socks = set(socks)
         deadline = time.time() + 10
         while open_socks and time.time() < deadline:
@@ -407,7 +403,27 @@ def stop_1000():
                 if not data:
                     open_socks.discard(s)
                     sel.unregister(s)
+                else:
+                    received[s] += data
         check(not open_socks, "%d of %d clients still connected 10 s after STOPPED" % (len(open_socks), count))
+
+        # ... right after exactly one goodbye notice (docs/PROTOCOL.md): after its greeting a
+        # client is sent the replay's stand-in (--no-history), the joins of those who came after
+        # it, and the goodbye as its last line.
+        goodbye = b"*** server is stopping; goodbye"
+        no_replay = b"*** history is switched off on this server"
+        join = re.compile(rb"\*\*\* guest\d+ joined lobby")
+        wrong = []
+        for k, s in enumerate(socks):
+            data = bytes(received[s])
+            after = data[data.index(b"/help"):].split(b"\r\n")[1:]
+            ok = len(after) >= 3 and after[0] == no_replay and after[-2:] == [goodbye, b""] and \
+                all(join.fullmatch(line) for line in after[1:-2])
+            if not ok:
+                wrong.append((k, [line for line in after[1:-2] if not join.fullmatch(line)][:2], after[-3:]))
+        check(not wrong, "%d of %d clients did not get exactly %r as their last line before the close; "
+              "the first (client, lines other than joins, last lines): %r"
+              % (len(wrong), count, goodbye.decode(), wrong[:5]))
         log_has(log, "service: stopped")
         print("stop with %d clients: STOPPED after %.2f s" % (count, elapsed))
     finally:
