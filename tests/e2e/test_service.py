@@ -384,9 +384,12 @@ def stop_1000():
         start = time.time()
         rc, out = sc("stop", name)
         check(rc == 0, "sc stop failed (rc %d): %s" % (rc, out))
+        # The stop's own bounds (core/relay.c: 0.5 s for queued sends, 3 s for
+        # cancelled routines) plus the SCM's polling: STOPPED within 10 s.  How
+        # fast it usually is belongs to the benchmark (bench/run-bench case f).
         wait_state(name, "STOPPED", 10)
         elapsed = time.time() - start
-        check(elapsed <= 2.0, "STOPPED %.2f s after sc stop with %d clients (limit 2 s)" % (elapsed, count))
+        print("STOPPED %.2f s after sc stop with %d clients" % (elapsed, count))
 
         # Every client sees its connection end (EOF or reset).
         open_socks = set(socks)
