@@ -374,8 +374,11 @@ def stop_1000():
                     data = s.recv(65536)
                 except BlockingIOError:
                     continue
+                except ConnectionResetError:
+                    data = b""
                 if not data:
-                    raise TestFailure("a client was closed before the stop")
+                    raise TestFailure("a client was closed (or reset) before the stop; the service is %r; "
+                                      "its log ends:\n%s" % (query(name), read_log(log)[-1500:]))
                 received[s] += data
                 if s in pending and b"/help" in received[s]:
                     pending.discard(s)
@@ -389,7 +392,9 @@ def stop_1000():
         # fast it usually is belongs to the benchmark (bench/run-bench case f).
         wait_state(name, "STOPPED", 10)
         elapsed = time.time() - start
-        print("STOPPED %.2f s after sc stop with %d clients" % (elapsed, count))
+        own = re.search(r"stopped in \d+ ms", read_log(log))
+        print("STOPPED %.2f s after sc stop with %d clients (the relay says %s)"
+              % (elapsed, count, own.group(0) if own else "nothing"))
 
         # Every client sees its connection end (EOF or reset).
         open_socks = set(socks)
