@@ -210,6 +210,16 @@ static void write_file(const char *line, size_t len)
     fflush(g_log.file);
 }
 
+void log_emergency(const char *line)
+{
+    if (g_log.file) {
+        fputs(line, g_log.file);
+        fflush(g_log.file);
+    }
+    if (g_log.to_stderr)
+        fputs(line, stderr);
+}
+
 void log_to_stderr(int on)
 {
     log_lock();

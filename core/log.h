@@ -32,6 +32,11 @@ void log_close(void);
 #endif
 
 void log_msg(log_level level, const char *fmt, ...) LOG_PRINTF(2, 3);
+/* For a crash handler only: writes line (with its newline) to the file and
+ * stderr sinks as it is, without the lock or a time stamp: the process is
+ * ending, and the lock may be held by the thread that crashed; a torn line
+ * beats no line. */
+void log_emergency(const char *line);
 
 #define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)

@@ -165,6 +165,19 @@ static char **utf8_argv(int *argc)
     return argv;
 }
 
+/* An exception nothing handled ends the process; under Wine (no crash
+ * debugger) and for a service (no console) it would end without a word.  The
+ * log says what and where, so a silent death of the service is never silent. */
+static LONG WINAPI on_unhandled_exception(EXCEPTION_POINTERS *ep)
+{
+    char line[200];
+    snprintf(line, sizeof line, "FATAL unhandled exception 0x%08lx at %p in thread %lu; the process ends\n",
+             (unsigned long)ep->ExceptionRecord->ExceptionCode, ep->ExceptionRecord->ExceptionAddress,
+             (unsigned long)GetCurrentThreadId());
+    log_emergency(line);
+    return EXCEPTION_CONTINUE_SEARCH;
+}
+
 int main(void)
 {
     int argc = 0;
@@ -178,6 +191,7 @@ int main(void)
         fprintf(stderr, "chatrelay: cannot read the command line (error %lu)\n", (unsigned long)GetLastError());
         return 2;
     }
+    (void)SetUnhandledExceptionFilter(on_unhandled_exception);   /* returns the previous filter */
     if (argc >= 2 && strcmp(argv[1], "install") == 0)
         return install_main(argc, argv, 2);
     if (argc >= 2 && strcmp(argv[1], "uninstall") == 0)
