@@ -134,6 +134,27 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 /* Tags of the later list's entries. */
 enum { LATER_BYTES = 0, LATER_BURST = 1, LATER_QUERY = 2 };
 
+void hub_config_from_options(hub_config *cfg, const relay_options *opt, history *db)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->chat.server_name = opt->server_name;
+    cfg->chat.replay = opt->replay;
+    /* flood control is on only with both a burst and a rate */
+    cfg->chat.flood_burst = opt->flood_rate > 0 ? opt->flood_burst : 0;
+    cfg->chat.flood_rate = opt->flood_burst > 0 ? opt->flood_rate : 0;
+    cfg->chat.flood_kick = opt->flood_kick;
+    cfg->chat.log_private = opt->log_private;
+    cfg->max_sessions = opt->max_sessions;
+    cfg->max_queue_bytes = opt->max_queue_bytes;
+    cfg->max_per_ip = opt->max_per_ip;
+    cfg->idle_timeout_ms = opt->idle_timeout * 1000;
+    cfg->history = db;
+    cfg->retention = db && (opt->retain_days > 0 || opt->retain_messages > 0);
+    cfg->pending_max_lines = HUB_OUTAGE_MAX_LINES;
+    cfg->pending_max_bytes = HUB_OUTAGE_MAX_BYTES;
+    cfg->pending_max_ms = HUB_OUTAGE_MAX_MS;
+}
+
 hub *hub_create(const hub_config *cfg)
 {
     hub *h = calloc(1, sizeof *h);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "chat.h"
+#include "options.h"
 #include "outbuf.h"
 #include "../storage/history.h"
 
@@ -43,6 +44,16 @@ typedef struct hub_stats {
     uint64_t rejected_lines;     /* records the database refused (HISTORY_REJECTED): dropped, sender told */
     uint32_t sessions;
 } hub_stats;
+
+/* While the database is unavailable, new chat is refused once the held lines
+ * pass any of these (docs/ARCHITECTURE.md, "Store-then-forward"). */
+#define HUB_OUTAGE_MAX_LINES 10000
+#define HUB_OUTAGE_MAX_BYTES (8u << 20)
+#define HUB_OUTAGE_MAX_MS 5000
+
+/* The hub's configuration for the relay's options (db: the opened history,
+ * or NULL with --no-history): the one place options become hub policy. */
+void hub_config_from_options(hub_config *cfg, const relay_options *opt, history *db);
 
 hub *hub_create(const hub_config *cfg);
 void hub_destroy(hub *h);

@@ -915,22 +915,7 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
         progress(ctx);
 
     hub_config hc;
-    memset(&hc, 0, sizeof hc);
-    hc.chat.server_name = r->opt.server_name;
-    hc.chat.replay = opt->replay;
-    hc.chat.flood_burst = opt->flood_rate > 0 ? opt->flood_burst : 0;
-    hc.chat.flood_rate = opt->flood_burst > 0 ? opt->flood_rate : 0;
-    hc.chat.flood_kick = opt->flood_kick;
-    hc.chat.log_private = opt->log_private;
-    hc.max_sessions = max;
-    hc.max_queue_bytes = opt->max_queue_bytes;
-    hc.max_per_ip = opt->max_per_ip;
-    hc.idle_timeout_ms = opt->idle_timeout * 1000;
-    hc.history = r->db;
-    hc.retention = opt->retain_days > 0 || opt->retain_messages > 0;
-    hc.pending_max_lines = 10000;
-    hc.pending_max_bytes = 8u << 20;
-    hc.pending_max_ms = 5000;
+    hub_config_from_options(&hc, &r->opt, r->db);
     r->hub = hub_create(&hc);
     if (!r->hub) {
         log_error("out of memory creating the hub for %u sessions", (unsigned)max);

@@ -635,6 +635,35 @@ static void test_held_msg_to_a_leaver(void)
     remove_db(path);
 }
 
+/* The options become the hub's policy in one portable place. */
+static void test_config_from_options(void)
+{
+    relay_options o;
+    hub_config c;
+    options_defaults(&o);
+    hub_config_from_options(&c, &o, NULL);
+    CHECK_INT(c.max_sessions, 1024);
+    CHECK_INT(c.max_queue_bytes, 256 * 1024);
+    CHECK_INT(c.max_per_ip, 16);
+    CHECK_INT(c.chat.replay, 20);
+    CHECK_INT(c.chat.flood_burst, 10);
+    CHECK_INT(c.chat.flood_rate, 5);
+    CHECK_INT(c.retention, 0);
+    CHECK(c.history == NULL);
+    CHECK_INT(c.pending_max_lines, 10000);
+    CHECK_INT(c.pending_max_bytes, 8u << 20);
+    CHECK_INT(c.pending_max_ms, 5000);
+    CHECK_STR(c.chat.server_name, "chatrelay");
+    o.flood_rate = 0;            /* either one at 0 switches flood control off */
+    o.idle_timeout = 30;
+    o.retain_days = 7;           /* retention needs a database */
+    hub_config_from_options(&c, &o, NULL);
+    CHECK_INT(c.chat.flood_burst, 0);
+    CHECK_INT(c.chat.flood_rate, 0);
+    CHECK_INT(c.idle_timeout_ms, 30000);
+    CHECK_INT(c.retention, 0);
+}
+
 int main(void)
 {
     log_to_stderr(0);
@@ -651,6 +680,7 @@ int main(void)
     test_refused_record_is_isolated();
     test_query_answers_keep_command_order();
     test_held_msg_to_a_leaver();
+    test_config_from_options();
     msgbuf_pool_drain();
     return check_done();
 }
