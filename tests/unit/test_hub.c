@@ -95,6 +95,34 @@ static int count_rows(const char *path, const char *where)
     return n;
 }
 
+/* The sqlite3 CLI user holding the write lock (BEGIN IMMEDIATE) until cli_unlock. */
+static sqlite3 *cli_lock(const char *path)
+{
+    sqlite3 *locker = NULL;
+    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    return locker;
+}
+
+static void cli_unlock(sqlite3 *locker)
+{
+    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(locker);
+}
+
+/* A hub on cfg with sessions 0 and 1 (guest1, guest2) in the lobby, their
+ * greetings and joins delivered and read. */
+static hub *two_in_lobby(const hub_config *cfg)
+{
+    hub *h = hub_create(cfg);
+    CHECK(h != NULL);
+    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_turn(h, 0);
+    drain_all(h);
+    return h;
+}
+
 static void test_broadcast_not_echoed_and_ordered(void)
 {
     const char *path = "test_hub_a.db";
@@ -152,15 +180,9 @@ static void test_busy_database_holds_then_delivers_in_order(void)
     const char *path = "test_hub_b.db";
     history *db = open_db(path);
     hub_config cfg = base_config(db);
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
+    hub *h = two_in_lobby(&cfg);
 
-    sqlite3 *locker;
-    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
-    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3 *locker = cli_lock(path);
 
     say(h, 0, "held 1\r\nheld 2\r\nheld 3\r\n", 10);
     int wait = hub_turn(h, 10);
@@ -187,8 +209,7 @@ static void test_busy_database_holds_then_delivers_in_order(void)
     CHECK_INT(st.dropped_notices, 65);
     CHECK_INT(count_rows(path, "kind='join'"), 2);           /* the file is still locked: nothing new yet */
 
-    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(locker);
+    cli_unlock(locker);
     hub_turn(h, 200);
     CHECK_INT(count_rows(path, "kind='join' OR kind='leave'"), 2 + 15);
     /* the held lines first, in order; then the announcements that were kept */
@@ -214,21 +235,14 @@ static void test_private_confirmation_waits_for_the_message(void)
     history *db = open_db(path);
     hub_config cfg = base_config(db);
     cfg.chat.log_private = 1;
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
+    hub *h = two_in_lobby(&cfg);
 
-    sqlite3 *locker;
-    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
-    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3 *locker = cli_lock(path);
     say(h, 0, "/msg guest2 psst\r\n", 10);
     hub_turn(h, 10);
     CHECK_STR(take_output(h, 0), "");                     /* not confirmed before it is stored */
     CHECK_STR(take_output(h, 1), "");
-    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(locker);
+    cli_unlock(locker);
     hub_turn(h, 100);
     CHECK_STR(take_output(h, 1), "*guest1* psst\r\n");
     CHECK(strstr(take_output(h, 0), "to guest2: psst") != NULL);
@@ -294,16 +308,10 @@ static void test_reader_survives_server_bursts(void)
     cfg.pending_max_lines = 100000;
     cfg.pending_max_bytes = 64u << 20;
     cfg.chat.replay = 20;
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
+    hub *h = two_in_lobby(&cfg);
 
     /* An outage: 400 lines of ~900 bytes held, then stored at once. */
-    sqlite3 *locker;
-    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
-    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3 *locker = cli_lock(path);
     char body[1000];
     memset(body, 'x', sizeof body);
     for (int i = 0; i < 400; i++) {
@@ -314,8 +322,7 @@ static void test_reader_survives_server_bursts(void)
         hub_turn(h, 10 + i);
     }
     CHECK_STR(take_output(h, 1), "");
-    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(locker);
+    cli_unlock(locker);
     int got = 0;
     size_t peak = 0;
     uint32_t slot;
@@ -429,11 +436,7 @@ static void test_idle_timeout_and_telnet_reply(void)
 {
     hub_config cfg = base_config(NULL);
     cfg.idle_timeout_ms = 5000;
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
+    hub *h = two_in_lobby(&cfg);
     /* telnet: IAC DO ECHO is refused with IAC WONT ECHO */
     const unsigned char iac_do_echo[] = { 255, 253, 1 };
     hub_session_input(h, 0, iac_do_echo, sizeof iac_do_echo, 100);
@@ -457,11 +460,7 @@ static void test_idle_timeout_and_telnet_reply(void)
 static void test_no_history_delivers_at_once(void)
 {
     hub_config cfg = base_config(NULL);
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
+    hub *h = two_in_lobby(&cfg);
     say(h, 1, "/history\r\n", 1);
     CHECK(strstr(take_output(h, 1), "history is switched off") != NULL);
     say(h, 1, "plain\r\n", 1);
@@ -506,11 +505,7 @@ static void test_refused_record_is_isolated(void)
     hub_config cfg = base_config(db);
     cfg.chat.log_private = 1;
     cfg.pending_max_lines = 100000;
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
+    hub *h = two_in_lobby(&cfg);
 
     sqlite3 *cli;
     CHECK_INT(sqlite3_open(path, &cli), SQLITE_OK);
@@ -609,21 +604,14 @@ static void test_held_msg_to_a_leaver(void)
     const char *path = "test_hub_leaver.db";
     history *db = open_db(path);
     hub_config cfg = base_config(db);
-    hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_turn(h, 0);
-    drain_all(h);
-    sqlite3 *locker;
-    CHECK_INT(sqlite3_open(path, &locker), SQLITE_OK);
-    CHECK_INT(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    hub *h = two_in_lobby(&cfg);
+    sqlite3 *locker = cli_lock(path);
     say(h, 0, "a room line first\r\n/msg guest2 you will never see this\r\n", 10);
     hub_turn(h, 10);
     hub_session_closed(h, 1, "connection closed");
     hub_session_open(h, 1, "127.0.0.1", 20);          /* guest3 in guest2's slot */
     hub_turn(h, 20);
-    CHECK_INT(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(locker);
+    cli_unlock(locker);
     hub_turn(h, 100);
     const char *newcomer = take_output(h, 1);
     CHECK(strstr(newcomer, "never see this") == NULL);
