@@ -49,20 +49,6 @@ BUDGET = "*** search stopped: too many matches elsewhere to scan; try more speci
 HELD_REFUSED = "*** history unavailable, message not sent"
 REJECTED = "*** message not sent: the history database refused to store it"
 UNDELIVERED = "*** message not delivered: the recipient left before it could be"
-HELP_LINES = [
-    "*** Commands (the command word is case-insensitive):",
-    "*** /nick NAME      change your nick (1-32 letters, digits, _ or -)",
-    "*** /join ROOM      leave this room for ROOM (created if new)",
-    "*** /rooms          list the rooms and how many are in each",
-    "*** /who            list who is in your room",
-    "*** /me ACTION      send an action: * yournick ACTION",
-    "*** /msg NICK TEXT  send TEXT to NICK only",
-    "*** /history [N]    show the last N lines of this room (default 20, at most 200)",
-    "*** /search WORDS   show up to 20 lines of this room containing WORDS",
-    "*** /help           this list",
-    "*** /quit [REASON]  leave the server",
-    "*** Any other line is said to your room; start it with // to say a line beginning with /.",
-]
 
 
 # ---- clients ---------------------------------------------------------------------------------
