@@ -38,6 +38,7 @@ import threading
 import time
 
 from harness import Client, Relay, TestFailure, check, free_port, raise_fd_limit, run_cases, read_through, read_to, expect_line
+from test_protocol import HELP_LINES   # the /help text as docs/PROTOCOL.md gives it
 
 OPEN = ["--flood-burst", "0", "--max-per-ip", "0", "--replay", "0"]
 HISTORY_LINE = re.compile(r"^\*\*\* \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] (.*)$")
