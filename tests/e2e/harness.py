@@ -68,7 +68,10 @@ class Relay:
         os.makedirs(WORK, exist_ok=True)
         self.name = name
         self.port = port or free_port()
-        self.listen = listen        # None: 127.0.0.1 on self.port (which a test may change between runs)
+        self.port_chosen = port is None   # ours to change if another process takes it first
+        # None: 127.0.0.1 on self.port (which a test may change between runs);
+        # "{port}" in it stands for self.port.
+        self.listen = listen
         self.db = os.path.join(WORK, name + ".db")
         self.log_path = os.path.join(WORK, name + ".log")
         self.args = list(args)
@@ -84,7 +87,23 @@ class Relay:
                 pass
 
     def start(self, extra=()):
-        cmd = [WINE, EXE, "--console", "--listen", self.listen or "127.0.0.1:%d" % self.port]
+        """Starts the relay and waits until it runs.  free_port's port can be taken by another
+        process before the relay binds it (other test runs share this machine): on the first
+        start, a port of our own choosing that turns out to be in use is chosen anew."""
+        for attempt in range(5):
+            try:
+                return self._start_once(extra)
+            except TestFailure:
+                if not (self.port_chosen and self.starts == 1 and attempt < 4 and
+                        "the port is already in use" in self.log()):
+                    raise
+                self.logf.close()
+                self.starts = 0
+                self.port = free_port()
+
+    def _start_once(self, extra):
+        listen = self.listen.replace("{port}", str(self.port)) if self.listen else "127.0.0.1:%d" % self.port
+        cmd = [WINE, EXE, "--console", "--listen", listen]
         if self.history:
             cmd += ["--db", winpath(self.db)]
         else:

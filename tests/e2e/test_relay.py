@@ -309,8 +309,8 @@ def case_command_line():
 
 def case_ipv4_and_ipv6():
     """Listening on all interfaces serves IPv4 and IPv6 clients alike."""
-    port = free_port()
-    with Relay("dual_stack", OPEN_LIMITS, port=port, listen=":%d" % port) as relay:
+    with Relay("dual_stack", OPEN_LIMITS, listen=":{port}") as relay:
+        port = relay.port
         check("[::]:%d" % port in relay.log(), "no IPv6 listener in the log: %s" % relay.log()[-400:])
         v4 = Client(port, host="127.0.0.1")
         v4_nick = nick_of(v4)
