@@ -1254,6 +1254,7 @@ static void test_search_budget(void)
     CHECK_INT(history_search(h, "busy", "hello", 20, collect, &got), HISTORY_OK);   /* bounded by LIMIT */
     CHECK_INT(got.n, 20);
     history_close(h);
+    remove_db(path);
 }
 
 

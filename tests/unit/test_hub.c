@@ -173,6 +173,7 @@ static void test_broadcast_not_echoed_and_ordered(void)
     CHECK_INT(count_rows(path, "kind='leave' AND nick='guest3'"), 1);
     hub_destroy(h);
     history_close(db);
+    remove_db(path);
 }
 
 static void test_busy_database_holds_then_delivers_in_order(void)
@@ -225,6 +226,7 @@ static void test_busy_database_holds_then_delivers_in_order(void)
     CHECK_STR(take_output(h, 1), "<guest1> normal again\r\n");
     hub_destroy(h);
     history_close(db);
+    remove_db(path);
 }
 
 /* The /msg confirmation travels with the message: while the message waits
@@ -249,6 +251,7 @@ static void test_private_confirmation_waits_for_the_message(void)
     CHECK_INT(count_rows(path, "kind='msg'"), 1);
     hub_destroy(h);
     history_close(db);
+    remove_db(path);
 }
 
 /* A session that stops reading is cut once its queue has stayed over the
@@ -491,6 +494,7 @@ static void test_replay_on_connect(void)
     CHECK(strstr(out, "*** [") != NULL);                  /* marked as history */
     hub_destroy(h);
     history_close(db);
+    remove_db(path);
 }
 
 
