@@ -88,7 +88,14 @@ SC_ENV = {"WINEPREFIX": WINEPREFIX, "WINEDEBUG": "-all,err+sc", "WINEDLLOVERRIDE
 
 
 def sc(*args, timeout=60):
-    return wine("sc", *args, timeout=timeout, env=SC_ENV, loader=["/usr/lib/wine/wine64"])
+    rc, out = wine("sc", *args, timeout=timeout, env=SC_ENV, loader=["/usr/lib/wine/wine64"])
+    # With err+sc on, Wine's sc says why every create/start/stop/delete failed.  rc 1 with no
+    # word at all means sc never ran (the Wine process died while starting: seen once for sc
+    # create and once, through start.exe, for sc stop in ~40 suite runs): once more, and say so.
+    if rc == 1 and not out.strip() and args and args[0] in ("create", "start", "stop", "delete"):
+        print("sc %s: rc 1 and no output (sc did not run); trying once more" % args[0])
+        rc, out = wine("sc", *args, timeout=timeout, env=SC_ENV, loader=["/usr/lib/wine/wine64"])
+    return rc, out
 
 
 def query(name):
