@@ -31,14 +31,14 @@ page and the promise it checks.  One case per guarantee (one ctest test each:
 import datetime
 import json
 import re
-import selectors
 import socket
 import subprocess
 import threading
 import time
 
 from harness import Client, Relay, TestFailure, check, free_port, raise_fd_limit, run_cases, read_through, read_to, expect_line
-from test_protocol import HELP_LINES   # the /help text as docs/PROTOCOL.md gives it
+from test_history import CliWriteLock
+from test_protocol import HELP_LINES, history_form   # as docs/PROTOCOL.md gives them
 
 OPEN = ["--flood-burst", "0", "--max-per-ip", "0", "--replay", "0"]
 HISTORY_LINE = re.compile(r"^\*\*\* \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] (.*)$")
@@ -150,58 +150,10 @@ def rows(relay, where="1"):
             for r in cli(relay, "SELECT room, nick, kind, body FROM messages WHERE %s ORDER BY id" % where)]
 
 
-def history_form(relay, room):
-    """The stored rows of room but private messages, oldest first, as /history shows them."""
-    out = []
-    for r in cli(relay, "SELECT at, room, nick, kind, body FROM messages WHERE room = '%s' COLLATE NOCASE"
-                        " AND kind <> 'msg' ORDER BY id" % room):
-        nick, body, rname = r["nick"], r["body"], r["room"]
-        text = {"say": "<%s> %s" % (nick, body), "me": "* %s %s" % (nick, body),
-                "join": "%s joined %s" % (nick, rname),
-                "leave": "%s left %s" % (nick, rname) + (" (%s)" % body if body else ""),
-                "nick": "%s is now known as %s" % (nick, body)}[r["kind"]]
-        out.append("*** [%s %s] %s" % (r["at"][0:10], r["at"][11:19], text))
-    return out
-
-
 def fts_consistent(relay):
     check(cli(relay, "INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)", False) == "",
           "the full-text index is not consistent with messages")
     check(cli(relay, "PRAGMA integrity_check", False) == "ok", "integrity_check is not ok")
-
-
-class CliWriteLock:
-    """The sqlite3 shell holding the write lock: `BEGIN IMMEDIATE;` typed into it, `COMMIT;` later."""
-
-    def __init__(self, relay):
-        self.proc = subprocess.Popen(["sqlite3", "-batch", "-bail", relay.db], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
-        # .timeout: the relay may be committing at this moment; -bail: a failed BEGIN ends the shell.
-        self._type(".timeout 5000\nBEGIN IMMEDIATE;\nSELECT 'locked';\n", "locked")
-        self.since = time.time()
-
-    def _type(self, text, answer):
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
-        check(self.sel.select(15), "the sqlite3 shell did not answer %r" % answer)
-        line = self.proc.stdout.readline().strip()
-        if line != answer:
-            self.proc.kill()
-            raise TestFailure("sqlite3 shell: expected %r, got %r (stderr %r)" % (answer, line, self.proc.stderr.read()))
-
-    def release(self):
-        self._type("COMMIT;\nSELECT 'released';\n", "released")
-        self.proc.stdin.close()
-        self.proc.wait(10)
-        self.proc = None
-        return time.time()
-
-    def abandon(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def utc_at(t):
@@ -223,7 +175,7 @@ def case_held_msg_slot_reuse():
         expect_line(a, "*** %s joined lobby" % gb)
 
         # 1. The recipient leaves while the message is held; a newcomer takes its slot.
-        lock = CliWriteLock(relay)
+        lock = CliWriteLock(relay.db)
         a.say("/msg %s held for the recipient" % gb)
         b.close()
         slot_b = session_closed(relay, "connection closed")[-1]
@@ -239,7 +191,7 @@ def case_held_msg_slot_reuse():
               "the held message was not stored (--log-private): %r" % rows(relay, "kind = 'msg'"))
 
         # 2. The sender leaves while its message (and its confirmation) are held; a newcomer takes its slot.
-        lock = CliWriteLock(relay)
+        lock = CliWriteLock(relay.db)
         n.say("/msg %s held from the sender" % ga)
         n.close()
         slot_n = session_closed(relay, "connection closed", 2)[-1]
@@ -274,7 +226,7 @@ def case_held_msg_confirmation():
         expect_line(a, "*** %s joined lobby" % gb)
         expect_line(a, "*** %s joined lobby" % gw)
         expect_line(b, "*** %s joined lobby" % gw)
-        lock = CliWriteLock(relay)
+        lock = CliWriteLock(relay.db)
         a.say("a room line first")                        # held: the /msg waits behind it
         a.say("/msg %s you will never see this" % gb)
         b.close()
@@ -478,7 +430,7 @@ def case_stop_while_locked():
         expect_line(a, "*** %s joined lobby" % gb)
         a.say("before the lock")
         expect_line(b, "<%s> before the lock" % ga)
-        lock = CliWriteLock(relay)
+        lock = CliWriteLock(relay.db)
         for i in range(1, 4):
             a.say("held %d" % i)
         log_wait(relay, r"history: cannot write \(database is locked by another connection\); \d+ line\(s\) held")
@@ -551,7 +503,7 @@ def case_outage_bounds():
         a.say("/nick n0")
         expect_line(w, "*** %s is now known as n0" % ga)
         expect_line(a, "*** %s is now known as n0" % ga)
-        lock = CliWriteLock(relay)
+        lock = CliWriteLock(relay.db)
         a.send("".join("c%05d\r\n" % i for i in range(1, held_lines + refused + 1)))
         notices = read_through(a, lambda l: l == HELD_REFUSED, timeout=30, what="the first refusal")
         t_refused = time.time()     # writing had failed before this: the outage is at least this old
@@ -569,7 +521,7 @@ def case_outage_bounds():
         want += ["*** n%d is now known as n%d" % (i - 1, i) for i in range(1, nick_changes - dropped + 1)]
         wr = Collector(w, want[-1])
         ar = Collector(a, want[-1])
-        t_release = lock.release()
+        t_release = lock.since + lock.release()   # release gives the time held
         lock = None
         got = wr.result()
         check(got == want, "after the release the watcher got %d lines (first difference at %r), expected %d"
