@@ -222,18 +222,25 @@ def recv_all(sock, quiet=0.4):
         data += chunk
 
 
+def raw_client(relay, watcher_client):
+    """A raw TCP client (TCP_NODELAY: each send its own segment), greeted, and its nick, once the
+    watcher has seen it join."""
+    s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    greeting = b""
+    while b"/help for the commands.\r\n" not in greeting:
+        greeting += s.recv(4096)
+    nick = re.search(rb"Your nick is (guest\d+)", greeting).group(1).decode()
+    expect_line(watcher_client, "*** %s joined lobby" % nick)
+    return s, nick
+
+
 def case_iac_split_across_packets():
     """Raw negotiation as telnet sends it, cut into one TCP segment per piece."""
     IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
     with Relay("telnet_iac", ARGS) as relay:
         b = watcher(relay)
-        s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        greeting = b""
-        while b"/help for the commands.\r\n" not in greeting:
-            greeting += s.recv(4096)
-        nick = re.search(rb"Your nick is (guest\d+)", greeting).group(1).decode()
-        expect_line(b, "*** %s joined lobby" % nick)
+        s, nick = raw_client(relay, b)
 
         def send_pieces(*pieces):
             for p in pieces:
@@ -281,13 +288,7 @@ def case_server_side_editing():
     BS, DEL = b"\x08", b"\x7f"
     with Relay("telnet_editing", ARGS) as relay:
         b = watcher(relay)
-        s = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        greeting = b""
-        while b"/help for the commands.\r\n" not in greeting:
-            greeting += s.recv(4096)
-        nick = re.search(rb"Your nick is (guest\d+)", greeting).group(1).decode()
-        expect_line(b, "*** %s joined lobby" % nick)
+        s, nick = raw_client(relay, b)
 
         def keys(*ks):
             """Each key its own send (TCP_NODELAY: its own segment), as a key-at-a-time client does;
