@@ -6,6 +6,7 @@
 #include "check.h"
 #include "db_support.h"
 #include "hub.h"
+#include "hub_support.h"
 #include "log.h"
 
 #include <sqlite3.h>
@@ -14,29 +15,7 @@
 #include <string.h>
 
 #define MAX_SLOTS 8
-static char out_text[1 << 16];
 
-/* Everything queued for slot, as one string, marked sent. */
-static const char *take_output(hub *h, uint32_t slot)
-{
-    sendq *q = hub_sendq(h, slot);
-    sendq_span spans[64];
-    size_t used = 0;
-    size_t n;
-    while ((n = sendq_gather(q, spans, 64, 1 << 20)) > 0) {
-        size_t total = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (used + spans[i].len < sizeof out_text - 1) {
-                memcpy(out_text + used, spans[i].ptr, spans[i].len);
-                used += spans[i].len;
-            }
-            total += spans[i].len;
-        }
-        hub_session_sent(h, slot, total);
-    }
-    out_text[used] = '\0';
-    return out_text;
-}
 
 static void drain_all(hub *h)
 {
