@@ -1,91 +1,30 @@
-/* chat: nicks, rooms, commands and flood control, turned into effects.
- * The wire forms and every user-visible rule are documented in docs/PROTOCOL.md;
- * keep the two in step.
+/* chat: the engine: sessions, nicks, rooms and memberships, flood control,
+ * and the operations that change them, each emitting its protocol-neutral
+ * event.  What a client's line means is its dialect's business
+ * (dialect_line.c, dialect_irc.c); the user-visible rules are documented in
+ * docs/PROTOCOL.md.
  *
- * Memory: everything is allocated in chat_create (sessions, rooms, hash
- * buckets, the effect list and its string arena), so a line costs no
- * allocation.  Each public call resets the arena and the effect list; every
+ * Memory: sessions and the hash buckets are allocated in chat_create; rooms
+ * and memberships grow by doubling when an IRC client joins more rooms than
+ * there were slots (a line client is in one, so a line-only server never
+ * grows them).  Each public call resets the arena and the effect list; every
  * string an effect points to lives in the arena or is a constant.
  *
  * Hot path (a plain chat line): bucket arithmetic, two name copies and one
- * "<nick> text" copy; no scan of sessions or rooms.
+ * copy of the text; no scan of sessions or rooms.
  *
  * One exception to "valid until the next call": a CHAT_CLOSE effect's reason
  * stays valid until chat_session_close for that slot, because the hub keeps it
  * and hands it back there (it is a constant, or the session's own copy of
  * "quit: <message>", allocated once at /quit).
  */
-#include "chat.h"
+#include "chat_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "text.h"
-
-#define CHAT_LINE_MAX TEXT_MAX_LINE
-#define CHAT_ARENA_BYTES (32u * 1024u)  /* worst single call (/msg, /who) needs under 8 KiB */
-#define CHAT_EFFECTS_MAX 48u            /* worst single call (/help on a cut line) needs 13 */
-#define CHAT_LIST_SHOWN 100u            /* /who and /rooms name at most this many entries */
-#define CHAT_LIST_LINE 400u             /* list replies wrap near this many bytes */
-#define CHAT_REASON_MAX 200u            /* a /quit reason is cut here (it is logged and stored) */
-#define CHAT_ECHO_MAX 32u               /* bad input quoted back in an error is cut here */
-#define CHAT_SERVER_NAME_MAX 64u
-#define CHAT_HISTORY_DEFAULT 20
-#define CHAT_LOBBY_NAME "lobby"
-#define CHAT_LOBBY 0u                   /* rooms[0] is the lobby, which never goes away */
-#define NONE UINT32_MAX
-#define TOKEN 1000                      /* flood buckets count thousandths of a line */
-/* A /search scans the full-text index: it costs this many lines of the flood
- * bucket (the line itself and the rest, which may leave the bucket below
- * zero: the next lines wait for the refill). */
-#define SEARCH_FLOOD_COST 4
-
-enum { SESSION_FREE = 0, SESSION_LIVE, SESSION_CLOSING };
-
-typedef struct session {
-    uint8_t state;
-    uint8_t nick_len;
-    char nick[CHAT_NAME_MAX + 1];
-    uint32_t conn_id;
-    uint32_t room;
-    uint32_t room_prev, room_next;   /* members of the room, in joining order */
-    uint32_t nick_next;              /* nick hash chain */
-    uint32_t flood_refused;          /* lines refused since the last accepted one */
-    int64_t flood_tokens;            /* in 1/TOKEN lines */
-    int64_t flood_last_ms;
-    char *quit_reason;               /* "quit: <message>", from /quit until chat_session_close */
-} session;
-
-typedef struct room {
-    uint8_t name_len;
-    uint8_t live;
-    char name[CHAT_NAME_MAX + 1];
-    uint32_t members;
-    uint32_t head, tail;             /* member sessions */
-    uint32_t hash_next;              /* room hash chain */
-    uint32_t prev, next;             /* live rooms in creation order; free list uses next */
-} room;
-
-struct chat {
-    chat_config cfg;
-    char server_name[CHAT_SERVER_NAME_MAX + 1];
-    uint32_t max_slots;
-    session *sessions;               /* max_slots */
-    room *rooms;                     /* max_slots + 1: every non-lobby room has a member */
-    uint32_t room_free;
-    uint32_t room_first, room_last;
-    uint32_t room_count;
-    uint32_t *nick_buckets;
-    uint32_t *room_buckets;
-    uint32_t bucket_mask;
-    uint64_t hash_seed;
-    size_t effect_count;
-    chat_effect effects[CHAT_EFFECTS_MAX];
-    chat_effect overflow_effect;     /* absorbs effects past the bound (never expected) */
-    size_t arena_used;
-    char arena[CHAT_ARENA_BYTES];
-};
+#include "invariant.h"
 
 /* ---- small text helpers (names are ASCII by construction) ---- */
 
@@ -105,49 +44,71 @@ static int name_char_ok(char ch)
            ch == '_' || ch == '-';
 }
 
-static int name_valid(const char *s, size_t n)
+int chat_name_valid(const char *s, size_t n)
 {
-    size_t i;
     if (n < 1 || n > CHAT_NAME_MAX)
         return 0;
-    for (i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++)
         if (!name_char_ok(s[i]))
             return 0;
     return 1;
 }
 
-static int name_equal_nocase(const char *a, size_t an, const char *b, size_t bn)
+int chat_name_equal(const char *a, size_t an, const char *b, size_t bn)
 {
-    size_t i;
     if (an != bn)
         return 0;
-    for (i = 0; i < an; i++)
+    for (size_t i = 0; i < an; i++)
         if (ascii_lower(a[i]) != ascii_lower(b[i]))
             return 0;
     return 1;
 }
 
-static int word_equal_nocase(const char *w, size_t wn, const char *lower)
+int chat_word_is(const char *w, size_t wn, const char *lower)
 {
-    size_t i;
-    for (i = 0; i < wn; i++)
+    for (size_t i = 0; i < wn; i++)
         if (lower[i] == '\0' || ascii_lower(w[i]) != lower[i])
             return 0;
     return lower[wn] == '\0';
 }
 
-/* s[0..len) cut to at most max bytes, never inside a character. */
-static size_t cut_to(const char *s, size_t len, size_t max)
+size_t chat_cut(const char *s, size_t len, size_t max)
 {
     return len <= max ? len : text_utf8_boundary(s, max);
+}
+
+size_t chat_format_u64(char *out, uint64_t v)
+{
+    char digits[20];
+    size_t n = sizeof digits;
+    do {
+        digits[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    memcpy(out, digits + n, sizeof digits - n);
+    return sizeof digits - n;
+}
+
+args chat_next_word(args *a)
+{
+    args w;
+    size_t i = 0;
+    while (i < a->n && !is_blank_char(a->p[i]))
+        i++;
+    w.p = a->p;
+    w.n = i;
+    while (i < a->n && is_blank_char(a->p[i]))
+        i++;
+    a->p += i;
+    a->n -= i;
+    return w;
 }
 
 /* Seeded so that nicks chosen to collide on one build do not collide on another run. */
 static uint32_t name_hash(const chat *c, const char *s, size_t n)
 {
     uint64_t h = c->hash_seed ^ 0xcbf29ce484222325ull;
-    size_t i;
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)ascii_lower(s[i]);
         h *= 0x100000001b3ull;
     }
@@ -157,15 +118,9 @@ static uint32_t name_hash(const chat *c, const char *s, size_t n)
     return (uint32_t)h;
 }
 
-/* ---- string builder: into the arena, or into a caller's buffer ---- */
+/* ---- string builder ---- */
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;   /* cap excludes the terminating NUL */
-    int full;          /* something did not fit: later puts are dropped so the text stays a prefix */
-} sbuf;
-
-static void sb_open(chat *c, sbuf *b)
+void sb_open(chat *c, sbuf *b)
 {
     if (c->arena_used >= CHAT_ARENA_BYTES - 1) {
         b->p = c->arena + CHAT_ARENA_BYTES - 1;
@@ -178,10 +133,19 @@ static void sb_open(chat *c, sbuf *b)
     b->full = 0;
 }
 
-/* NUL-terminates and keeps the text in the arena; returns its start. */
-static const char *sb_close(chat *c, sbuf *b, size_t *len)
+void sb_init(sbuf *b, char *out, size_t cap)
+{
+    b->p = out;
+    b->cap = cap - 1;
+    b->len = 0;
+    b->full = 0;
+}
+
+const char *sb_close(chat *c, sbuf *b, size_t *len)
 {
     b->p[b->len] = '\0';
+    if (b->full)
+        c->effects_lost = 1;
     c->arena_used += b->len + 1;
     if (c->arena_used > CHAT_ARENA_BYTES)
         c->arena_used = CHAT_ARENA_BYTES;
@@ -190,48 +154,33 @@ static const char *sb_close(chat *c, sbuf *b, size_t *len)
     return b->p;
 }
 
-/* s is valid UTF-8: a cut lands on a character boundary. */
-static void sb_put(sbuf *b, const char *s, size_t n)
+void sb_put(sbuf *b, const char *s, size_t n)
 {
     if (b->full)
         return;
     if (n > b->cap - b->len) {
-        n = cut_to(s, n, b->cap - b->len);
+        n = chat_cut(s, n, b->cap - b->len);
         b->full = 1;
     }
     memcpy(b->p + b->len, s, n);
     b->len += n;
 }
 
-static void sb_puts(sbuf *b, const char *s)
+void sb_puts(sbuf *b, const char *s)
 {
     sb_put(b, s, strlen(s));
 }
 
-/* Decimal digits of v into out (at least 20 bytes, not NUL-terminated); returns the count. */
-static size_t format_u64(char *out, uint64_t v)
+void sb_put_u64(sbuf *b, uint64_t v)
 {
     char digits[20];
-    size_t n = sizeof digits;
-    do {
-        digits[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    memcpy(out, digits + n, sizeof digits - n);
-    return sizeof digits - n;
+    sb_put(b, digits, chat_format_u64(digits, v));
 }
 
-static void sb_put_u64(sbuf *b, uint64_t v)
-{
-    char digits[20];
-    sb_put(b, digits, format_u64(digits, v));
-}
-
-/* Untrusted text quoted in an error: at most CHAT_ECHO_MAX bytes, then "...". */
-static void sb_put_echo(sbuf *b, const char *s, size_t n)
+void sb_put_echo(sbuf *b, const char *s, size_t n)
 {
     if (n > CHAT_ECHO_MAX) {
-        sb_put(b, s, cut_to(s, n, CHAT_ECHO_MAX));
+        sb_put(b, s, chat_cut(s, n, CHAT_ECHO_MAX));
         sb_puts(b, "...");
     } else {
         sb_put(b, s, n);
@@ -241,7 +190,7 @@ static void sb_put_echo(sbuf *b, const char *s, size_t n)
 /* Text read back from the database, which anyone may edit with the sqlite3
  * CLI, goes through text_clean again, so history never carries terminal
  * escapes or ill-formed UTF-8 to a client. */
-static void sb_put_clean(sbuf *b, const char *s, size_t n)
+void sb_put_clean(sbuf *b, const char *s, size_t n)
 {
     int cut = 0;
     if (b->full)
@@ -252,27 +201,7 @@ static void sb_put_clean(sbuf *b, const char *s, size_t n)
         b->full = 1;
 }
 
-/* ---- effects ---- */
-
-static void effects_reset(chat *c)
-{
-    c->effect_count = 0;
-    c->arena_used = 0;
-}
-
-static chat_effect *effect_add(chat *c, chat_effect_kind kind, uint32_t slot)
-{
-    chat_effect *e = c->effect_count < CHAT_EFFECTS_MAX ? &c->effects[c->effect_count++]
-                                                        : &c->overflow_effect;
-    memset(e, 0, sizeof *e);
-    e->kind = kind;
-    e->slot = slot;
-    e->to_slot = NONE;
-    e->except_slot = NONE;
-    return e;
-}
-
-static const char *arena_copy(chat *c, const char *s, size_t n)
+const char *chat_copy(chat *c, const char *s, size_t n)
 {
     sbuf b;
     sb_open(c, &b);
@@ -280,27 +209,75 @@ static const char *arena_copy(chat *c, const char *s, size_t n)
     return sb_close(c, &b, NULL);
 }
 
-static void reply_const(chat *c, uint32_t slot, const char *text)
+/* ---- effects ---- */
+
+static void effects_reset(chat *c)
 {
-    chat_effect *e = effect_add(c, CHAT_REPLY, slot);
+    c->effect_count = 0;
+    c->arena_used = 0;
+    c->effects_lost = 0;
+}
+
+chat_effect *chat_effect_add(chat *c, chat_effect_kind kind, uint32_t slot)
+{
+    chat_effect *e;
+    if (c->effect_count < CHAT_EFFECTS_MAX) {
+        e = &c->effects[c->effect_count++];
+    } else {
+        e = &c->overflow_effect;
+        c->effects_lost = 1;
+    }
+    /* The bounds are sized for the worst single call (chat_internal.h): an
+     * effect or text lost means a bound is wrong, which the tests must see. */
+    CR_ASSERT(!c->effects_lost);
+    memset(e, 0, sizeof *e);
+    e->kind = kind;
+    e->slot = slot;
+    e->to_slot = NONE;
+    return e;
+}
+
+void chat_reply(chat *c, uint32_t slot, const char *text)
+{
+    chat_effect *e = chat_effect_add(c, CHAT_REPLY, slot);
     e->text = text;
     e->text_len = strlen(text);
 }
 
-static void reply_built(chat *c, uint32_t slot, sbuf *b)
+void chat_reply_built(chat *c, uint32_t slot, sbuf *b)
 {
-    chat_effect *e = effect_add(c, CHAT_REPLY, slot);
+    chat_effect *e = chat_effect_add(c, CHAT_REPLY, slot);
     e->text = sb_close(c, b, &e->text_len);
+}
+
+void chat_close(chat *c, uint32_t slot, const char *text, size_t len, const char *reason)
+{
+    chat_effect *e = chat_effect_add(c, CHAT_CLOSE, slot);
+    e->text = text;
+    e->text_len = len;
+    e->reason = reason;
+    c->sessions[slot].state = SESSION_CLOSING;
+}
+
+void chat_query(chat *c, uint32_t slot, uint32_t ri, const char *words, size_t words_len, int limit)
+{
+    const room *r = &c->rooms[ri];
+    const char *rname = chat_copy(c, r->name, r->name_len);
+    const char *w = words ? chat_copy(c, words, words_len) : NULL;
+    chat_effect *e = chat_effect_add(c, CHAT_QUERY, slot);
+    e->room = rname;
+    e->words = w;
+    e->limit = limit;
 }
 
 /* ---- the name tables ---- */
 
-static uint32_t nick_find(const chat *c, const char *s, size_t n)
+uint32_t chat_nick_find(const chat *c, const char *s, size_t n)
 {
     uint32_t i = c->nick_buckets[name_hash(c, s, n) & c->bucket_mask];
     while (i != NONE) {
         const session *ss = &c->sessions[i];
-        if (name_equal_nocase(ss->nick, ss->nick_len, s, n))
+        if (chat_name_equal(ss->nick, ss->nick_len, s, n))
             return i;
         i = ss->nick_next;
     }
@@ -336,26 +313,47 @@ static void nick_set(session *s, const char *name, size_t n)
     s->nick_len = (uint8_t)n;
 }
 
-static uint32_t room_find(const chat *c, const char *s, size_t n)
+uint32_t chat_room_find(const chat *c, const char *s, size_t n)
 {
     uint32_t i = c->room_buckets[name_hash(c, s, n) & c->bucket_mask];
     while (i != NONE) {
         const room *r = &c->rooms[i];
-        if (name_equal_nocase(r->name, r->name_len, s, n))
+        if (chat_name_equal(r->name, r->name_len, s, n))
             return i;
         i = r->hash_next;
     }
     return NONE;
 }
 
+/* Doubles an array of n-byte elements; the new part is zeroed.  0 or -1. */
+static int grow_array(void **arr, uint32_t *cap, size_t elem)
+{
+    uint32_t ncap = *cap * 2;
+    if (ncap <= *cap || ncap > UINT32_MAX / 2)
+        return -1;
+    char *p = realloc(*arr, (size_t)ncap * elem);
+    if (!p)
+        return -1;
+    memset(p + (size_t)*cap * elem, 0, (size_t)(ncap - *cap) * elem);
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}
+
 static uint32_t room_create(chat *c, const char *name, size_t n)
 {
+    if (c->room_free == NONE) {
+        uint32_t old = c->room_cap;
+        void *arr = c->rooms;
+        if (grow_array(&arr, &c->room_cap, sizeof *c->rooms) != 0)
+            return NONE;
+        c->rooms = arr;
+        for (uint32_t k = old; k < c->room_cap; k++)
+            c->rooms[k].next = k + 1 < c->room_cap ? k + 1 : NONE;
+        c->room_free = old;
+    }
     uint32_t i = c->room_free;
-    room *r;
-    uint32_t *bucket;
-    if (i == NONE)
-        return NONE;
-    r = &c->rooms[i];
+    room *r = &c->rooms[i];
     c->room_free = r->next;
     memcpy(r->name, name, n);
     r->name[n] = '\0';
@@ -363,7 +361,7 @@ static uint32_t room_create(chat *c, const char *name, size_t n)
     r->live = 1;
     r->members = 0;
     r->head = r->tail = NONE;
-    bucket = &c->room_buckets[name_hash(c, name, n) & c->bucket_mask];
+    uint32_t *bucket = &c->room_buckets[name_hash(c, name, n) & c->bucket_mask];
     r->hash_next = *bucket;
     *bucket = i;
     r->prev = c->room_last;
@@ -380,6 +378,7 @@ static uint32_t room_create(chat *c, const char *name, size_t n)
 static void room_destroy(chat *c, uint32_t i)
 {
     room *r = &c->rooms[i];
+    CR_ASSERT(r->live && r->members == 0 && i != CHAT_LOBBY);
     uint32_t *link = &c->room_buckets[name_hash(c, r->name, r->name_len) & c->bucket_mask];
     while (*link != NONE) {
         if (*link == i) {
@@ -404,157 +403,117 @@ static void room_destroy(chat *c, uint32_t i)
     c->room_count--;
 }
 
-static void member_add(chat *c, uint32_t slot, uint32_t ri)
+uint32_t chat_member_of(const chat *c, uint32_t slot, uint32_t ri)
 {
+    for (uint32_t m = c->sessions[slot].first_member; m != NONE; m = c->members[m].sess_next)
+        if (c->members[m].room == ri)
+            return m;
+    return NONE;
+}
+
+uint32_t chat_first_room(const chat *c, uint32_t slot)
+{
+    uint32_t m = c->sessions[slot].first_member;
+    return m == NONE ? NONE : c->members[m].room;
+}
+
+/* -1 when out of memory. */
+static int member_add(chat *c, uint32_t slot, uint32_t ri)
+{
+    if (c->member_free == NONE) {
+        uint32_t old = c->member_cap;
+        void *arr = c->members;
+        if (grow_array(&arr, &c->member_cap, sizeof *c->members) != 0)
+            return -1;
+        c->members = arr;
+        for (uint32_t k = old; k < c->member_cap; k++)
+            c->members[k].sess_next = k + 1 < c->member_cap ? k + 1 : NONE;
+        c->member_free = old;
+    }
+    uint32_t mi = c->member_free;
+    member *m = &c->members[mi];
     session *s = &c->sessions[slot];
     room *r = &c->rooms[ri];
-    s->room = ri;
-    s->room_prev = r->tail;
-    s->room_next = NONE;
+    c->member_free = m->sess_next;
+    m->slot = slot;
+    m->room = ri;
+    m->room_prev = r->tail;
+    m->room_next = NONE;
     if (r->tail != NONE)
-        c->sessions[r->tail].room_next = slot;
+        c->members[r->tail].room_next = mi;
     else
-        r->head = slot;
-    r->tail = slot;
+        r->head = mi;
+    r->tail = mi;
     r->members++;
+    /* the session's list keeps joining order: append */
+    m->sess_next = NONE;
+    uint32_t *link = &s->first_member;
+    while (*link != NONE)
+        link = &c->members[*link].sess_next;
+    *link = mi;
+    s->room_count++;
+    return 0;
 }
 
 /* Rooms other than the lobby disappear with their last member. */
-static void member_remove(chat *c, uint32_t slot)
+static void member_remove(chat *c, uint32_t mi)
 {
-    session *s = &c->sessions[slot];
-    uint32_t ri = s->room;
+    member *m = &c->members[mi];
+    session *s = &c->sessions[m->slot];
+    uint32_t ri = m->room;
     room *r = &c->rooms[ri];
-    if (s->room_prev != NONE)
-        c->sessions[s->room_prev].room_next = s->room_next;
+    if (m->room_prev != NONE)
+        c->members[m->room_prev].room_next = m->room_next;
     else
-        r->head = s->room_next;
-    if (s->room_next != NONE)
-        c->sessions[s->room_next].room_prev = s->room_prev;
+        r->head = m->room_next;
+    if (m->room_next != NONE)
+        c->members[m->room_next].room_prev = m->room_prev;
     else
-        r->tail = s->room_prev;
-    s->room_prev = s->room_next = NONE;
-    s->room = NONE;
+        r->tail = m->room_prev;
+    uint32_t *link = &s->first_member;
+    while (*link != mi) {
+        CR_ASSERT(*link != NONE);
+        link = &c->members[*link].sess_next;
+    }
+    *link = m->sess_next;
+    s->room_count--;
     r->members--;
+    m->sess_next = c->member_free;
+    c->member_free = mi;
     if (r->members == 0 && ri != CHAT_LOBBY)
         room_destroy(c, ri);
 }
 
-/* ---- room events: one text form shared by live delivery and history ---- */
+/* ---- events ---- */
 
-/* What a room line is: the record kind it is stored as (history.h). */
-typedef history_kind event;
-
-/* The form after "*** " (notices) or "*** [time] " (history), or the whole
- * line for say/me/msg, whose body always comes last.  clean: the fields come
- * from the database. */
-static void put_event(sbuf *b, event ev, const char *nick, size_t nick_len,
-                      const char *room_name, size_t room_len, const char *body, size_t body_len,
-                      int clean)
+static chat_effect *event_add(chat *c, uint32_t slot, history_kind kind, int stored)
 {
-    void (*put)(sbuf *, const char *, size_t) = clean ? sb_put_clean : sb_put;
-    switch (ev) {
-    case HISTORY_SAY:
-        sb_put(b, "<", 1);
-        put(b, nick, nick_len);
-        sb_put(b, "> ", 2);
-        put(b, body, body_len);
-        break;
-    case HISTORY_ME:
-        sb_put(b, "* ", 2);
-        put(b, nick, nick_len);
-        sb_put(b, " ", 1);
-        put(b, body, body_len);
-        break;
-    case HISTORY_MSG:
-        sb_put(b, "*", 1);
-        put(b, nick, nick_len);
-        sb_put(b, "* ", 2);
-        put(b, body, body_len);
-        break;
-    case HISTORY_JOIN:
-        put(b, nick, nick_len);
-        sb_puts(b, " joined ");
-        put(b, room_name, room_len);
-        break;
-    case HISTORY_LEAVE:
-        put(b, nick, nick_len);
-        sb_puts(b, " left ");
-        put(b, room_name, room_len);
-        if (body_len > 0) {
-            sb_puts(b, " (");
-            put(b, body, body_len);
-            sb_puts(b, ")");
-        }
-        break;
-    case HISTORY_NICK:
-        put(b, nick, nick_len);
-        sb_puts(b, " is now known as ");
-        put(b, body, body_len);
-        break;
-    case HISTORY_KIND_NONE:
-    case HISTORY_KIND_COUNT:
-        break;   /* never an event: callers map a foreign row to HISTORY_SAY */
-    }
-}
-
-/* A stored notice (join/leave/nick) to the room; text "*** <form>". */
-static chat_effect *room_notice(chat *c, uint32_t slot, uint32_t except, event ev,
-                                const session *s, const char *room_name, size_t room_len,
-                                const char *body, size_t body_len)
-{
-    chat_effect *e;
-    const char *nick = arena_copy(c, s->nick, s->nick_len);
-    const char *rname = arena_copy(c, room_name, room_len);
-    const char *stored_body = arena_copy(c, body, body_len);
-    sbuf b;
-    sb_open(c, &b);
-    sb_puts(&b, "*** ");
-    put_event(&b, ev, s->nick, s->nick_len, room_name, room_len, body, body_len, 0);
-    e = effect_add(c, CHAT_ROOM, slot);
-    e->text = sb_close(c, &b, &e->text_len);
-    e->except_slot = except;
-    e->record_kind = ev;
-    e->room = rname;
-    e->nick = nick;
-    e->body = stored_body;
-    e->body_len = body_len;
+    const session *s = &c->sessions[slot];
+    const char *nick = chat_copy(c, s->nick, s->nick_len);
+    chat_effect *e = chat_effect_add(c, CHAT_EVENT, slot);
+    e->event.kind = kind;
+    e->event.nick = nick;
+    e->event.body = "";
+    e->stored = (uint8_t)stored;
     return e;
 }
 
-static void history_effect(chat *c, uint32_t slot, const room *r, int limit)
+static void event_in_room(chat *c, chat_effect *e, uint32_t ri)
 {
-    chat_effect *e;
-    const char *rname = arena_copy(c, r->name, r->name_len);
-    e = effect_add(c, CHAT_HISTORY, slot);
-    e->room = rname;
-    e->limit = limit;
+    const room *r = &c->rooms[ri];
+    CR_ASSERT(e->event.room_count < CHAT_ROOMS_PER_SESSION);
+    e->event.rooms[e->event.room_count++] = chat_copy(c, r->name, r->name_len);
 }
 
-/* Removes the session from its room and the nick table, frees the slot and
- * announces the leave. */
-static void session_detach(chat *c, uint32_t slot, const char *reason, size_t reason_len)
+static void event_body(chat *c, chat_effect *e, const char *body, size_t len)
 {
-    session *s = &c->sessions[slot];
-    const room *r = &c->rooms[s->room];
-    char room_name[CHAT_NAME_MAX + 1];
-    size_t room_len = r->name_len;
-    memcpy(room_name, r->name, room_len + 1);
-    nick_unlink(c, slot);
-    member_remove(c, slot);
-    /* The slot is already out of the room, so nobody needs excepting; naming it
-     * would hide the line from a new session reusing the slot before delivery. */
-    room_notice(c, slot, NONE, HISTORY_LEAVE, s, room_name, room_len, reason, reason_len);
-    s->state = SESSION_FREE;
-    s->nick_len = 0;
-    s->nick[0] = '\0';
-    free(s->quit_reason);
-    s->quit_reason = NULL;
+    e->event.body = chat_copy(c, body, len);
+    e->event.body_len = len;
 }
 
 /* ---- flood control ---- */
 
-static int flood_enabled(const chat *c)
+int chat_flood_on(const chat *c)
 {
     return c->cfg.flood_burst > 0 && c->cfg.flood_rate > 0;
 }
@@ -577,10 +536,10 @@ static void flood_refill(const chat *c, session *s, int64_t now_ms)
     s->flood_last_ms = now_ms;
 }
 
-/* 1 if the line may go through (a token was spent), 0 if it is refused. */
-static int flood_take(chat *c, session *s, int64_t now_ms)
+int chat_flood_take(chat *c, uint32_t slot, int64_t now_ms)
 {
-    if (!flood_enabled(c))
+    session *s = &c->sessions[slot];
+    if (!chat_flood_on(c))
         return 1;
     flood_refill(c, s, now_ms);
     if (s->flood_tokens >= TOKEN) {
@@ -588,491 +547,231 @@ static int flood_take(chat *c, session *s, int64_t now_ms)
         s->flood_refused = 0;
         return 1;
     }
+    if (s->flood_refused < UINT32_MAX)
+        s->flood_refused++;
+    int kicked = c->cfg.flood_kick > 0 && s->flood_refused >= (uint32_t)c->cfg.flood_kick;
+    if (s->dialect == CHAT_DIALECT_IRC)
+        irc_flood_refused(c, slot, kicked);
+    else
+        line_flood_refused(c, slot, kicked);
     return 0;
 }
 
-static void flood_refuse(chat *c, uint32_t slot)
+void chat_flood_charge(chat *c, uint32_t slot, int lines)
+{
+    if (chat_flood_on(c))
+        c->sessions[slot].flood_tokens -= (int64_t)lines * TOKEN;
+}
+
+/* ---- operations ---- */
+
+chat_result chat_op_register(chat *c, uint32_t slot, const char *nick, size_t n)
 {
     session *s = &c->sessions[slot];
-    sbuf b;
-    if (s->flood_refused < UINT32_MAX)
-        s->flood_refused++;
-    if (c->cfg.flood_kick > 0 && s->flood_refused >= (uint32_t)c->cfg.flood_kick) {
-        chat_effect *e;
-        sb_open(c, &b);
-        sb_puts(&b, "*** Disconnected for flooding: ");
-        sb_put_u64(&b, s->flood_refused);
-        sb_puts(&b, " lines in a row were over the limit.");
-        e = effect_add(c, CHAT_CLOSE, slot);
-        e->text = sb_close(c, &b, &e->text_len);
-        e->reason = "flood";
-        s->state = SESSION_CLOSING;
-        return;
-    }
-    sb_open(c, &b);
-    sb_puts(&b, "*** Too fast: line not sent (limit ");
-    sb_put_u64(&b, (uint64_t)c->cfg.flood_rate);
-    sb_puts(&b, " lines/s, bursts of ");
-    sb_put_u64(&b, (uint64_t)c->cfg.flood_burst);
-    sb_puts(&b, ").");
-    reply_built(c, slot, &b);
-}
-
-/* ---- commands ---- */
-
-typedef struct args {
-    const char *p;
-    size_t n;
-} args;
-
-typedef void (*command_fn)(chat *c, uint32_t slot, args a);
-
-static args next_word(args *a)
-{
-    args w;
-    size_t i = 0;
-    while (i < a->n && !is_blank_char(a->p[i]))
-        i++;
-    w.p = a->p;
-    w.n = i;
-    while (i < a->n && is_blank_char(a->p[i]))
-        i++;
-    a->p += i;
-    a->n -= i;
-    return w;
-}
-
-static void cmd_help(chat *c, uint32_t slot, args a)
-{
-    static const char *const lines[] = {
-        "*** Commands (the command word is case-insensitive):",
-        "*** /nick NAME      change your nick (1-32 letters, digits, _ or -)",
-        "*** /join ROOM      leave this room for ROOM (created if new)",
-        "*** /rooms          list the rooms and how many are in each",
-        "*** /who            list who is in your room",
-        "*** /me ACTION      send an action: * yournick ACTION",
-        "*** /msg NICK TEXT  send TEXT to NICK only",
-        "*** /history [N]    show the last N lines of this room (default 20, at most 200)",
-        "*** /search WORDS   show up to 20 lines of this room containing WORDS",
-        "*** /help           this list",
-        "*** /quit [REASON]  leave the server",
-        "*** Any other line is said to your room; start it with // to say a line beginning with /.",
-    };
-    size_t i;
-    (void)a;
-    for (i = 0; i < sizeof lines / sizeof lines[0]; i++)
-        reply_const(c, slot, lines[i]);
-}
-
-static void bad_name(chat *c, uint32_t slot, const char *what, args name)
-{
-    sbuf b;
-    sb_open(c, &b);
-    sb_puts(&b, "*** Invalid ");
-    sb_puts(&b, what);
-    sb_puts(&b, " \"");
-    sb_put_echo(&b, name.p, name.n);
-    sb_puts(&b, "\": use 1-32 letters, digits, _ or -.");
-    reply_built(c, slot, &b);
-}
-
-static void cmd_nick(chat *c, uint32_t slot, args a)
-{
-    session *s = &c->sessions[slot];
-    uint32_t holder;
-    sbuf b;
-    if (a.n == 0) {
-        reply_const(c, slot, "*** Usage: /nick NAME (1-32 letters, digits, _ or -)");
-        return;
-    }
-    if (!name_valid(a.p, a.n)) {
-        bad_name(c, slot, "nick", a);
-        return;
-    }
-    holder = nick_find(c, a.p, a.n);
-    if (holder != NONE && holder != slot) {
-        sb_open(c, &b);
-        sb_puts(&b, "*** The nick ");
-        sb_put(&b, c->sessions[holder].nick, c->sessions[holder].nick_len);
-        sb_puts(&b, " is taken.");
-        reply_built(c, slot, &b);
-        return;
-    }
-    if (holder == slot && s->nick_len == a.n && memcmp(s->nick, a.p, a.n) == 0) {
-        sb_open(c, &b);
-        sb_puts(&b, "*** You are already ");
-        sb_put(&b, s->nick, s->nick_len);
-        sb_puts(&b, ".");
-        reply_built(c, slot, &b);
-        return;
-    }
-    /* Announced to everyone in the room, the sender included (that is their confirmation). */
-    room_notice(c, slot, NONE, HISTORY_NICK, s, c->rooms[s->room].name, c->rooms[s->room].name_len,
-                a.p, a.n);
-    nick_unlink(c, slot);
-    nick_set(s, a.p, a.n);
+    if (!chat_name_valid(nick, n))
+        return CHAT_INVALID_NAME;
+    if (chat_nick_find(c, nick, n) != NONE)
+        return CHAT_TAKEN;
+    nick_set(s, nick, n);
     nick_link(c, slot);
+    s->state = SESSION_LIVE;
+    return CHAT_OK;
 }
 
-static void cmd_join(chat *c, uint32_t slot, args a)
+chat_result chat_op_nick(chat *c, uint32_t slot, const char *nick, size_t n)
 {
     session *s = &c->sessions[slot];
-    uint32_t target;
-    char old_name[CHAT_NAME_MAX + 1];
-    size_t old_len;
-    char leave_body[CHAT_NAME_MAX + 8];
-    size_t leave_len;
-    const room *r;
-    sbuf b;
-    if (a.n == 0) {
-        reply_const(c, slot, "*** Usage: /join ROOM (1-32 letters, digits, _ or -)");
-        return;
-    }
-    if (!name_valid(a.p, a.n)) {
-        bad_name(c, slot, "room name", a);
-        return;
-    }
-    target = room_find(c, a.p, a.n);
-    if (target == s->room) {
-        sb_open(c, &b);
-        sb_puts(&b, "*** You are already in ");
-        sb_put(&b, c->rooms[target].name, c->rooms[target].name_len);
-        sb_puts(&b, ".");
-        reply_built(c, slot, &b);
-        return;
-    }
-    if (target == NONE && c->room_free == NONE) {   /* cannot happen: rooms >= sessions + 1 */
-        reply_const(c, slot, "*** No room can be created right now.");
-        return;
-    }
-    old_len = c->rooms[s->room].name_len;
-    memcpy(old_name, c->rooms[s->room].name, old_len + 1);
-    member_remove(c, slot);
-    if (target == NONE)
-        target = room_create(c, a.p, a.n);
-    member_add(c, slot, target);
-    r = &c->rooms[target];
-
-    memcpy(leave_body, "joined ", 7);
-    memcpy(leave_body + 7, r->name, r->name_len);
-    leave_len = 7 + (size_t)r->name_len;
-    room_notice(c, slot, NONE, HISTORY_LEAVE, s, old_name, old_len, leave_body, leave_len);
-
-    sb_open(c, &b);
-    sb_puts(&b, "*** You are now in ");
-    sb_put(&b, r->name, r->name_len);
-    sb_puts(&b, " (");
-    sb_put_u64(&b, r->members);
-    sb_puts(&b, " here).");
-    reply_built(c, slot, &b);
-    if (c->cfg.replay > 0)
-        history_effect(c, slot, r, c->cfg.replay);
-    room_notice(c, slot, slot, HISTORY_JOIN, s, r->name, r->name_len, "", 0);
+    if (!chat_name_valid(nick, n))
+        return CHAT_INVALID_NAME;
+    uint32_t holder = chat_nick_find(c, nick, n);
+    if (holder != NONE && holder != slot)
+        return CHAT_TAKEN;
+    if (holder == slot && s->nick_len == n && memcmp(s->nick, nick, n) == 0)
+        return CHAT_SAME;
+    /* One event for all its rooms: stored once per room, shown once to each
+     * person who shares one, and to the renamed session (its confirmation). */
+    chat_effect *e = event_add(c, slot, HISTORY_NICK, s->room_count > 0);
+    for (uint32_t m = s->first_member; m != NONE; m = c->members[m].sess_next)
+        event_in_room(c, e, c->members[m].room);
+    event_body(c, e, nick, n);
+    nick_unlink(c, slot);
+    nick_set(s, nick, n);
+    nick_link(c, slot);
+    return CHAT_OK;
 }
 
-/* Packs "a, b, c" lists into reply lines of about CHAT_LIST_LINE bytes. */
-typedef struct lister {
-    chat *c;
-    uint32_t slot;
-    sbuf b;
-    size_t items;   /* in the current line */
-} lister;
-
-static void lister_item(lister *l, const char *s, size_t n, uint32_t count, int with_count)
-{
-    if (l->items > 0 && l->b.len + n + 16 > CHAT_LIST_LINE) {
-        reply_built(l->c, l->slot, &l->b);
-        sb_open(l->c, &l->b);
-        sb_puts(&l->b, "***   ");
-        l->items = 0;
-    } else if (l->items > 0) {
-        sb_puts(&l->b, ", ");
-    }
-    sb_put(&l->b, s, n);
-    if (with_count) {
-        sb_puts(&l->b, " (");
-        sb_put_u64(&l->b, count);
-        sb_puts(&l->b, ")");
-    }
-    l->items++;
-}
-
-static void lister_end(lister *l, uint64_t not_shown, const char *what)
-{
-    if (not_shown > 0) {
-        sb_puts(&l->b, " and ");
-        sb_put_u64(&l->b, not_shown);
-        sb_puts(&l->b, " more ");
-        sb_puts(&l->b, what);
-    }
-    sb_puts(&l->b, ".");
-    reply_built(l->c, l->slot, &l->b);
-}
-
-static void cmd_rooms(chat *c, uint32_t slot, args a)
-{
-    lister l;
-    uint32_t i, shown = 0;
-    (void)a;
-    l.c = c;
-    l.slot = slot;
-    l.items = 0;
-    sb_open(c, &l.b);
-    sb_puts(&l.b, "*** ");
-    sb_put_u64(&l.b, c->room_count);
-    sb_puts(&l.b, c->room_count == 1 ? " room: " : " rooms: ");
-    for (i = c->room_first; i != NONE && shown < CHAT_LIST_SHOWN; i = c->rooms[i].next, shown++)
-        lister_item(&l, c->rooms[i].name, c->rooms[i].name_len, c->rooms[i].members, 1);
-    lister_end(&l, c->room_count - shown, "rooms");
-}
-
-static void cmd_who(chat *c, uint32_t slot, args a)
-{
-    const room *r = &c->rooms[c->sessions[slot].room];
-    lister l;
-    uint32_t i, shown = 0;
-    (void)a;
-    l.c = c;
-    l.slot = slot;
-    l.items = 0;
-    sb_open(c, &l.b);
-    sb_puts(&l.b, "*** In ");
-    sb_put(&l.b, r->name, r->name_len);
-    sb_puts(&l.b, " (");
-    sb_put_u64(&l.b, r->members);
-    sb_puts(&l.b, "): ");
-    for (i = r->head; i != NONE && shown < CHAT_LIST_SHOWN; i = c->sessions[i].room_next, shown++)
-        lister_item(&l, c->sessions[i].nick, c->sessions[i].nick_len, 0, 0);
-    lister_end(&l, r->members - shown, "people");
-}
-
-/* "<nick> text" or "* nick text" to the room except the sender, stored with body = text.
- * The hot path: two name copies and one formatted copy of the line. */
-static void say(chat *c, uint32_t slot, event ev, const char *text, size_t len)
+chat_result chat_op_join(chat *c, uint32_t slot, const char *name, size_t n, uint32_t *room_out)
 {
     session *s = &c->sessions[slot];
-    const room *r = &c->rooms[s->room];
-    chat_effect *e;
-    const char *nick = arena_copy(c, s->nick, s->nick_len);
-    const char *rname = arena_copy(c, r->name, r->name_len);
-    size_t prefix;
-    sbuf b;
-    sb_open(c, &b);
-    put_event(&b, ev, s->nick, s->nick_len, NULL, 0, "", 0, 0);   /* "<nick> " or "* nick " */
-    prefix = b.len;
-    sb_put(&b, text, len);
-    e = effect_add(c, CHAT_ROOM, slot);
-    e->text = sb_close(c, &b, &e->text_len);
-    e->except_slot = slot;
-    e->record_kind = ev;
-    e->room = rname;
-    e->nick = nick;
-    e->body = e->text + prefix;   /* the text's own tail: no second copy */
-    e->body_len = e->text_len - prefix;
+    if (!chat_name_valid(name, n))
+        return CHAT_INVALID_NAME;
+    uint32_t ri = chat_room_find(c, name, n);
+    if (ri != NONE && chat_member_of(c, slot, ri) != NONE) {
+        *room_out = ri;
+        return CHAT_SAME;
+    }
+    if (s->room_count >= CHAT_ROOMS_PER_SESSION)
+        return CHAT_TOO_MANY;
+    int created = ri == NONE;
+    if (created)
+        ri = room_create(c, name, n);
+    if (ri == NONE || member_add(c, slot, ri) != 0) {
+        if (created && ri != NONE)
+            room_destroy(c, ri);
+        return CHAT_TOO_MANY;   /* out of memory: reported as "no more rooms" */
+    }
+    chat_effect *e = event_add(c, slot, HISTORY_JOIN, 1);
+    event_in_room(c, e, ri);
+    *room_out = ri;
+    return CHAT_OK;
 }
 
-static void cmd_me(chat *c, uint32_t slot, args a)
+chat_result chat_op_part(chat *c, uint32_t slot, uint32_t ri, const char *reason, size_t reason_len)
 {
-    if (a.n == 0) {
-        reply_const(c, slot, "*** Usage: /me ACTION");
-        return;
-    }
-    say(c, slot, HISTORY_ME, a.p, a.n);
+    uint32_t mi = ri == NONE ? NONE : chat_member_of(c, slot, ri);
+    if (mi == NONE)
+        return CHAT_NOT_IN;
+    chat_effect *e = event_add(c, slot, HISTORY_LEAVE, 1);
+    event_in_room(c, e, ri);
+    event_body(c, e, reason, reason_len);
+    member_remove(c, mi);
+    return CHAT_OK;
 }
 
-static void cmd_msg(chat *c, uint32_t slot, args a)
+chat_result chat_op_say(chat *c, uint32_t slot, uint32_t ri, history_kind kind, int notice,
+                        const char *text, size_t len)
 {
-    session *s = &c->sessions[slot];
-    args name = next_word(&a);
-    uint32_t to;
-    chat_effect *e;
-    const char *nick, *rname, *confirm;
-    size_t confirm_len;
-    sbuf b;
-    if (name.n == 0 || a.n == 0) {
-        reply_const(c, slot, "*** Usage: /msg NICK TEXT");
-        return;
-    }
-    to = name_valid(name.p, name.n) ? nick_find(c, name.p, name.n) : NONE;
-    if (to == NONE) {
-        sb_open(c, &b);
-        sb_puts(&b, "*** No such nick: ");
-        sb_put_echo(&b, name.p, name.n);
-        sb_puts(&b, ".");
-        reply_built(c, slot, &b);
-        return;
-    }
-    if (to == slot) {
-        reply_const(c, slot, "*** That is you: /msg sends to someone else.");
-        return;
-    }
-    nick = arena_copy(c, s->nick, s->nick_len);
-    rname = arena_copy(c, c->rooms[s->room].name, c->rooms[s->room].name_len);
-    /* The stored body names the recipient (there is no column for it): the
-     * confirmation "*** to bob: text" without its "*** ", "to bob: text". */
-    sb_open(c, &b);
-    sb_puts(&b, "*** to ");
-    sb_put(&b, c->sessions[to].nick, c->sessions[to].nick_len);
-    sb_puts(&b, ": ");
-    sb_put(&b, a.p, a.n);
-    confirm = sb_close(c, &b, &confirm_len);
+    if (ri == NONE || chat_member_of(c, slot, ri) == NONE)
+        return CHAT_NOT_IN;
+    chat_effect *e = event_add(c, slot, kind, 1);
+    e->event.notice = (uint8_t)notice;
+    event_in_room(c, e, ri);
+    event_body(c, e, text, len);
+    return CHAT_OK;
+}
 
-    sb_open(c, &b);
-    put_event(&b, HISTORY_MSG, s->nick, s->nick_len, NULL, 0, a.p, a.n, 0);
-    e = effect_add(c, CHAT_PRIVATE, slot);
-    e->text = sb_close(c, &b, &e->text_len);
+chat_result chat_op_msg(chat *c, uint32_t slot, const char *nick, size_t n, int notice,
+                        const char *text, size_t len, uint32_t *to_out)
+{
+    uint32_t to = chat_name_valid(nick, n) ? chat_nick_find(c, nick, n) : NONE;
+    if (to == NONE || c->sessions[to].state != SESSION_LIVE)
+        return CHAT_NO_SUCH;
+    *to_out = to;
+    if (to == slot)
+        return CHAT_SELF;
+    chat_effect *e = event_add(c, slot, HISTORY_MSG, c->cfg.log_private);
+    const session *r = &c->sessions[to];
     e->to_slot = to;
-    e->record_kind = c->cfg.log_private ? HISTORY_MSG : HISTORY_KIND_NONE;
-    e->room = rname;
-    e->nick = nick;
-    e->body = confirm + (sizeof "*** " - 1);
-    e->body_len = confirm_len - (sizeof "*** " - 1);
-    e->confirm = confirm;
-    e->confirm_len = confirm_len;
+    e->event.notice = (uint8_t)notice;
+    e->event.target = chat_copy(c, r->nick, r->nick_len);
+    /* Stored under the sender's room (the row needs one; "" when in none). */
+    uint32_t ri = chat_first_room(c, slot);
+    if (ri != NONE)
+        event_in_room(c, e, ri);
+    else
+        e->event.rooms[e->event.room_count++] = "";
+    event_body(c, e, text, len);
+    return CHAT_OK;
 }
 
-static void cmd_history(chat *c, uint32_t slot, args a)
-{
-    int limit = CHAT_HISTORY_DEFAULT;
-    if (a.n > 0) {
-        size_t i;
-        long v = 0;
-        for (i = 0; i < a.n; i++) {
-            if (a.p[i] < '0' || a.p[i] > '9')
-                break;
-            v = v * 10 + (a.p[i] - '0');
-            if (v > CHAT_HISTORY_MAX)
-                v = CHAT_HISTORY_MAX + 1;   /* saturate: any larger N is capped below */
-        }
-        if (i < a.n || v == 0) {
-            reply_const(c, slot, "*** Usage: /history [N] (N from 1 to 200, default 20)");
-            return;
-        }
-        limit = v > CHAT_HISTORY_MAX ? CHAT_HISTORY_MAX : (int)v;
-    }
-    history_effect(c, slot, &c->rooms[c->sessions[slot].room], limit);
-}
-
-static void cmd_search(chat *c, uint32_t slot, args a)
-{
-    const room *r = &c->rooms[c->sessions[slot].room];
-    chat_effect *e;
-    const char *rname, *words;
-    if (a.n == 0) {
-        reply_const(c, slot, "*** Usage: /search WORDS");
-        return;
-    }
-    if (flood_enabled(c))
-        c->sessions[slot].flood_tokens -= (int64_t)(SEARCH_FLOOD_COST - 1) * TOKEN;
-    rname = arena_copy(c, r->name, r->name_len);
-    words = arena_copy(c, a.p, a.n);
-    e = effect_add(c, CHAT_SEARCH, slot);
-    e->room = rname;
-    e->words = words;
-    e->limit = CHAT_SEARCH_MAX;
-}
-
-static void cmd_quit(chat *c, uint32_t slot, args a)
+void chat_op_quit(chat *c, uint32_t slot, const char *why, size_t why_len, const char *text)
 {
     session *s = &c->sessions[slot];
-    chat_effect *e;
     const char *reason = "quit";
-    if (a.n > 0) {
-        size_t n = cut_to(a.p, a.n, CHAT_REASON_MAX);
+    if (why_len > 0) {
+        size_t n = chat_cut(why, why_len, CHAT_REASON_MAX);
         free(s->quit_reason);
         s->quit_reason = (char *)malloc(6 + n + 1);
         if (s->quit_reason) {   /* without memory the leave just says "quit" */
             memcpy(s->quit_reason, "quit: ", 6);
-            memcpy(s->quit_reason + 6, a.p, n);
+            memcpy(s->quit_reason + 6, why, n);
             s->quit_reason[6 + n] = '\0';
             reason = s->quit_reason;
         }
     }
-    e = effect_add(c, CHAT_CLOSE, slot);
-    e->text = "*** Bye.";
-    e->text_len = strlen(e->text);
-    e->reason = reason;
-    s->state = SESSION_CLOSING;
+    chat_close(c, slot, text, text ? strlen(text) : 0, reason);
 }
 
-static const struct command {
-    const char *name;   /* lower case */
-    command_fn run;
-} commands[] = {
-    {"nick", cmd_nick},     {"join", cmd_join}, {"rooms", cmd_rooms}, {"who", cmd_who},
-    {"me", cmd_me},         {"msg", cmd_msg},   {"history", cmd_history},
-    {"search", cmd_search}, {"help", cmd_help}, {"quit", cmd_quit},
-};
-
-static const struct command *command_lookup(const char *word, size_t n)
+/* Removes the session from its rooms and the nick table, frees the slot and
+ * announces the leave (one event for all its rooms). */
+static void session_detach(chat *c, uint32_t slot, const char *reason, size_t reason_len)
 {
-    size_t i;
-    for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (word_equal_nocase(word, n, commands[i].name))
-            return &commands[i];
-    return NULL;
-}
-
-/* line[0] == '/': splits "/word args", args without surrounding blanks. */
-static args command_split(const char *line, size_t len, args *word)
-{
-    args rest;
-    rest.p = line + 1;
-    rest.n = len - 1;
-    *word = next_word(&rest);
-    while (rest.n > 0 && is_blank_char(rest.p[rest.n - 1]))
-        rest.n--;
-    return rest;
+    session *s = &c->sessions[slot];
+    if (s->nick_len > 0) {
+        if (s->room_count > 0) {
+            chat_effect *e = event_add(c, slot, HISTORY_LEAVE, 1);
+            e->event.quit = 1;
+            for (uint32_t m = s->first_member; m != NONE; m = c->members[m].sess_next)
+                event_in_room(c, e, c->members[m].room);
+            event_body(c, e, reason, reason_len);
+        }
+        nick_unlink(c, slot);
+    }
+    while (s->first_member != NONE)
+        member_remove(c, s->first_member);
+    s->state = SESSION_FREE;
+    s->nick_len = 0;
+    s->nick[0] = '\0';
+    free(s->quit_reason);
+    s->quit_reason = NULL;
+    irc_free(s->irc);
+    s->irc = NULL;
 }
 
 /* ---- public face ---- */
 
 chat *chat_create(const chat_config *cfg, uint32_t max_slots)
 {
-    chat *c;
-    uint32_t buckets = 16, i;
-    const char *name;
-    sbuf b;
+    uint32_t buckets = 16;
     if (!cfg || max_slots == 0 || max_slots >= UINT32_MAX / 4)
         return NULL;
     while (buckets < max_slots * 2u)
         buckets *= 2;
-    c = (chat *)calloc(1, sizeof *c);
+    chat *c = (chat *)calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    c->room_cap = max_slots + 1;
+    c->member_cap = max_slots;
     c->sessions = (session *)calloc(max_slots, sizeof *c->sessions);
-    c->rooms = (room *)calloc((size_t)max_slots + 1, sizeof *c->rooms);
+    c->rooms = (room *)calloc(c->room_cap, sizeof *c->rooms);
+    c->members = (member *)calloc(c->member_cap, sizeof *c->members);
     c->nick_buckets = (uint32_t *)malloc((size_t)buckets * sizeof *c->nick_buckets);
     c->room_buckets = (uint32_t *)malloc((size_t)buckets * sizeof *c->room_buckets);
-    if (!c->sessions || !c->rooms || !c->nick_buckets || !c->room_buckets) {
+    if (!c->sessions || !c->rooms || !c->members || !c->nick_buckets || !c->room_buckets) {
         chat_destroy(c);
         return NULL;
     }
     c->cfg = *cfg;
     c->cfg.server_name = c->server_name;
+    c->cfg.motd = NULL;   /* the configured text is not kept: see irc_open */
     if (c->cfg.replay < 0)
         c->cfg.replay = 0;
     /* The server name comes from configuration, not from cleaned input. */
-    name = cfg->server_name && cfg->server_name[0] ? cfg->server_name : "chatrelay";
-    b.p = c->server_name;
-    b.cap = CHAT_SERVER_NAME_MAX;
-    b.len = 0;
-    b.full = 0;
+    const char *name = cfg->server_name && cfg->server_name[0] ? cfg->server_name : "chatrelay";
+    sbuf b;
+    sb_init(&b, c->server_name, sizeof c->server_name);
     sb_put_clean(&b, name, strlen(name));
     c->server_name[b.len] = '\0';
+    for (size_t i = 0; i <= b.len; i++) {
+        char ch = c->server_name[i];
+        c->irc_name[i] = ch == '\0' || name_char_ok(ch) || ch == '.' ? ch : '-';
+    }
     c->max_slots = max_slots;
     c->bucket_mask = buckets - 1;
     c->hash_seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)c ^
                    ((uint64_t)clock() << 32);
-    for (i = 0; i < buckets; i++)
+    for (uint32_t i = 0; i < buckets; i++)
         c->nick_buckets[i] = c->room_buckets[i] = NONE;
-    for (i = 0; i < max_slots; i++) {
+    for (uint32_t i = 0; i < max_slots; i++) {
         session *s = &c->sessions[i];
-        s->room = s->room_prev = s->room_next = s->nick_next = NONE;
+        s->first_member = s->nick_next = NONE;
     }
-    for (i = 0; i <= max_slots; i++)
-        c->rooms[i].next = i < max_slots ? i + 1 : NONE;
+    for (uint32_t i = 0; i < c->room_cap; i++)
+        c->rooms[i].next = i + 1 < c->room_cap ? i + 1 : NONE;
+    for (uint32_t i = 0; i < c->member_cap; i++)
+        c->members[i].sess_next = i + 1 < c->member_cap ? i + 1 : NONE;
     c->room_free = 0;
+    c->member_free = 0;
     c->room_first = c->room_last = NONE;
     room_create(c, CHAT_LOBBY_NAME, strlen(CHAT_LOBBY_NAME));   /* takes index 0 == CHAT_LOBBY */
     return c;
@@ -1082,13 +781,14 @@ void chat_destroy(chat *c)
 {
     if (!c)
         return;
-    if (c->sessions) {
-        uint32_t i;
-        for (i = 0; i < c->max_slots; i++)
+    if (c->sessions)
+        for (uint32_t i = 0; i < c->max_slots; i++) {
             free(c->sessions[i].quit_reason);
-    }
+            irc_free(c->sessions[i].irc);
+        }
     free(c->sessions);
     free(c->rooms);
+    free(c->members);
     free(c->nick_buckets);
     free(c->room_buckets);
     free(c);
@@ -1106,119 +806,76 @@ size_t chat_effects(const chat *c, const chat_effect **out)
     return c->effect_count;
 }
 
-void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, int64_t now_ms)
+void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect dialect, int64_t now_ms)
 {
-    session *s;
-    const room *lobby;
-    char nick[CHAT_NAME_MAX + 1];
-    size_t base_len, nick_len;
-    uint32_t suffix;
-    sbuf b;
     if (!c)
         return;
     effects_reset(c);
     if (slot >= c->max_slots)
         return;
-    s = &c->sessions[slot];
+    session *s = &c->sessions[slot];
     if (s->state != SESSION_FREE)   /* the hub missed a close: clean up before reuse */
         session_detach(c, slot, "connection lost", strlen("connection lost"));
-
+    s->conn_id = conn_id;
+    s->dialect = (uint8_t)dialect;
+    s->flood_refused = 0;
+    s->flood_tokens = chat_flood_on(c) ? (int64_t)c->cfg.flood_burst * TOKEN : 0;
+    s->flood_last_ms = now_ms;
+    if (dialect == CHAT_DIALECT_IRC) {
+        s->state = SESSION_UNREGISTERED;
+        if (irc_open(c, slot) != 0)
+            chat_close(c, slot, NULL, 0, "out of memory");
+        return;
+    }
     /* guest<conn_id>, or guest<conn_id>-2, -3... if someone took it with /nick.
      * At most max_slots names exist, so this ends; the longest is 5+10+1+10 chars. */
+    char nick[CHAT_NAME_MAX + 1];
     memcpy(nick, "guest", 5);
-    base_len = 5 + format_u64(nick + 5, conn_id);
-    nick_len = base_len;
-    for (suffix = 2; nick_find(c, nick, nick_len) != NONE; suffix++) {
+    size_t base_len = 5 + chat_format_u64(nick + 5, conn_id);
+    size_t nick_len = base_len;
+    for (uint32_t suffix = 2; chat_nick_find(c, nick, nick_len) != NONE; suffix++) {
         nick[base_len] = '-';
-        nick_len = base_len + 1 + format_u64(nick + base_len + 1, suffix);
+        nick_len = base_len + 1 + chat_format_u64(nick + base_len + 1, suffix);
     }
     nick_set(s, nick, nick_len);
-    s->conn_id = conn_id;
-    s->state = SESSION_LIVE;
-    s->flood_refused = 0;
-    s->flood_tokens = flood_enabled(c) ? (int64_t)c->cfg.flood_burst * TOKEN : 0;
-    s->flood_last_ms = now_ms;
     nick_link(c, slot);
-    member_add(c, slot, CHAT_LOBBY);
-    lobby = &c->rooms[CHAT_LOBBY];
-
-    sb_open(c, &b);
-    sb_puts(&b, "*** Welcome to ");
-    sb_puts(&b, c->server_name);
-    sb_puts(&b, ".");
-    reply_built(c, slot, &b);
-    sb_open(c, &b);
-    sb_puts(&b, "*** Your nick is ");
-    sb_put(&b, s->nick, s->nick_len);
-    sb_puts(&b, "; change it with /nick NAME.");
-    reply_built(c, slot, &b);
-    sb_open(c, &b);
-    sb_puts(&b, "*** You are in ");
-    sb_put(&b, lobby->name, lobby->name_len);
-    sb_puts(&b, " (");
-    sb_put_u64(&b, lobby->members);
-    sb_puts(&b, " here).");
-    reply_built(c, slot, &b);
-    reply_const(c, slot, "*** Type /help for the commands.");
-    if (c->cfg.replay > 0)
-        history_effect(c, slot, lobby, c->cfg.replay);
-    room_notice(c, slot, slot, HISTORY_JOIN, s, lobby->name, lobby->name_len, "", 0);
+    s->state = SESSION_LIVE;
+    line_open(c, slot);
 }
 
 void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
                        int truncated, int64_t now_ms)
 {
-    session *s;
-    args word, rest;
-    const struct command *cmd = NULL;
-    int is_command;
     if (!c)
         return;
     effects_reset(c);
     if (slot >= c->max_slots || !line)
         return;
-    s = &c->sessions[slot];
-    if (s->state != SESSION_LIVE)   /* closing: whatever else it sent is dropped */
-        return;
+    session *s = &c->sessions[slot];
+    if (s->state != SESSION_LIVE && s->state != SESSION_UNREGISTERED)
+        return;   /* closing: whatever else it sent is dropped */
     if (len > CHAT_LINE_MAX) {
-        len = cut_to(line, len, CHAT_LINE_MAX);
+        len = chat_cut(line, len, CHAT_LINE_MAX);
         truncated = 1;
     }
     if (text_is_blank(line, len))
         return;
-    is_command = line[0] == '/' && !(len >= 2 && line[1] == '/');
-    if (is_command) {
-        rest = command_split(line, len, &word);
-        cmd = command_lookup(word.p, word.n);
-    }
-    /* /quit costs nothing, so a flooded client can still leave cleanly. */
-    if (!(cmd && cmd->run == cmd_quit) && !flood_take(c, s, now_ms)) {
-        flood_refuse(c, slot);
+    if (s->dialect == CHAT_DIALECT_IRC)
+        irc_input(c, slot, line, len, truncated, now_ms);
+    else
+        line_input(c, slot, line, len, truncated, now_ms);
+}
+
+void chat_session_tick(chat *c, uint32_t slot, int64_t idle_ms)
+{
+    if (!c)
         return;
-    }
-    if (truncated) {
-        sbuf b;
-        sb_open(c, &b);
-        sb_puts(&b, "*** Your line was too long: it was cut at ");
-        sb_put_u64(&b, CHAT_LINE_MAX);
-        sb_puts(&b, " bytes.");
-        reply_built(c, slot, &b);
-    }
-    if (!is_command) {
-        if (line[0] == '/')
-            say(c, slot, HISTORY_SAY, line + 1, len - 1);
-        else
-            say(c, slot, HISTORY_SAY, line, len);
-    } else if (cmd) {
-        cmd->run(c, slot, rest);
-    } else {
-        sbuf b;
-        sb_open(c, &b);
-        sb_puts(&b, "*** Unknown command /");
-        sb_put_echo(&b, word.p, word.n);
-        sb_puts(&b, "; type /help for the list.");
-        reply_built(c, slot, &b);
-    }
+    effects_reset(c);
+    if (slot >= c->max_slots)
+        return;
+    session *s = &c->sessions[slot];
+    if ((s->state == SESSION_LIVE || s->state == SESSION_UNREGISTERED) && s->dialect == CHAT_DIALECT_IRC)
+        irc_tick(c, slot, idle_ms);
 }
 
 void chat_session_close(chat *c, uint32_t slot, const char *reason)
@@ -1232,7 +889,7 @@ void chat_session_close(chat *c, uint32_t slot, const char *reason)
     if (reason) {
         why_len = strlen(reason);
         if (why_len > sizeof why - 1)
-            why_len = cut_to(reason, why_len, sizeof why - 1);
+            why_len = chat_cut(reason, why_len, sizeof why - 1);
         memcpy(why, reason, why_len);
     }
     why[why_len] = '\0';
@@ -1244,7 +901,8 @@ void chat_session_close(chat *c, uint32_t slot, const char *reason)
 
 const char *chat_session_nick(const chat *c, uint32_t slot)
 {
-    if (!c || slot >= c->max_slots || c->sessions[slot].state == SESSION_FREE)
+    if (!c || slot >= c->max_slots || c->sessions[slot].state == SESSION_FREE ||
+        c->sessions[slot].nick_len == 0)
         return NULL;
     return c->sessions[slot].nick;
 }
@@ -1253,69 +911,126 @@ const char *chat_session_room(const chat *c, uint32_t slot)
 {
     if (!c || slot >= c->max_slots || c->sessions[slot].state == SESSION_FREE)
         return NULL;
-    return c->rooms[c->sessions[slot].room].name;
+    uint32_t ri = chat_first_room(c, slot);
+    return ri == NONE ? NULL : c->rooms[ri].name;
+}
+
+int chat_irc_first_line(const char *line, size_t len)
+{
+    args a = { line, len };
+    args w = chat_next_word(&a);
+    return chat_word_is(w.p, w.n, "cap") || chat_word_is(w.p, w.n, "nick") ||
+           chat_word_is(w.p, w.n, "user") || chat_word_is(w.p, w.n, "pass");
+}
+
+chat_dialect chat_session_dialect(const chat *c, uint32_t slot)
+{
+    if (!c || slot >= c->max_slots)
+        return CHAT_DIALECT_LINE;
+    return (chat_dialect)c->sessions[slot].dialect;
+}
+
+chat_form chat_session_form(const chat *c, uint32_t slot)
+{
+    if (!c || slot >= c->max_slots || c->sessions[slot].dialect != CHAT_DIALECT_IRC)
+        return CHAT_FORM_LINE;
+    return irc_form(&c->sessions[slot]);
+}
+
+int chat_session_echoes(const chat *c, uint32_t slot, const chat_event *ev)
+{
+    if (!c || slot >= c->max_slots)
+        return 0;
+    const session *s = &c->sessions[slot];
+    if (s->dialect == CHAT_DIALECT_IRC)
+        return irc_echoes(s, ev);
+    /* A line client sees its nick change (its confirmation) and "*** to bob:
+     * text" for a private message; its own lines it typed itself. */
+    return ev->kind == HISTORY_NICK || ev->kind == HISTORY_MSG;
 }
 
 void chat_room_members(const chat *c, const char *room_name, chat_member_fn fn, void *ctx)
 {
     size_t n;
-    uint32_t ri, i;
     if (!c || !room_name || !fn)
         return;
     for (n = 0; n <= CHAT_NAME_MAX && room_name[n] != '\0'; n++) {
     }
-    if (!name_valid(room_name, n))
+    if (!chat_name_valid(room_name, n))
         return;
-    ri = room_find(c, room_name, n);
+    uint32_t ri = chat_room_find(c, room_name, n);
     if (ri == NONE)
         return;
-    for (i = c->rooms[ri].head; i != NONE; i = c->sessions[i].room_next)
-        fn(ctx, i);
+    for (uint32_t m = c->rooms[ri].head; m != NONE; m = c->members[m].room_next)
+        fn(ctx, c->members[m].slot);
 }
 
-/* "2026-11-27T03:04:05.123Z" -> "2026-11-27 03:04:05"; 0 if at is not of that shape. */
-static int history_time(const char *at, char out[20])
+size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, uint32_t room,
+                         int echo, const char *at, char *out, size_t cap)
 {
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    size_t i;
-    for (i = 0; i < 19; i++) {
-        char ch = at[i];
-        if (shape[i] == 'd' ? (ch < '0' || ch > '9') : ch != shape[i])
-            return 0;
-    }
-    if (at[19] != '\0' && at[19] != '.' && at[19] != 'Z')
+    sbuf b;
+    if (!out || cap < 3)
         return 0;
-    memcpy(out, at, 19);
-    out[10] = ' ';
-    out[19] = '\0';
-    return 1;
+    sb_init(&b, out, cap);
+    if (form == CHAT_FORM_LINE) {
+        if (line_render_event(ev, room, echo, &b) == 0)
+            return 0;
+        sb_put(&b, "\r\n", 2);
+    } else {
+        irc_render_event(c, form, ev, echo, at, &b);   /* complete lines */
+    }
+    out[b.len] = '\0';
+    return b.len;
+}
+
+int chat_form_names_room(chat_form form, const chat_event *ev)
+{
+    return form == CHAT_FORM_LINE && ev->room_count > 1;
+}
+
+size_t chat_render_notice(const chat *c, uint32_t slot, const char *text, size_t len, char *out, size_t cap)
+{
+    sbuf b;
+    if (!out || cap < 3)
+        return 0;
+    sb_init(&b, out, cap);
+    if (c && slot < c->max_slots && c->sessions[slot].dialect == CHAT_DIALECT_IRC) {
+        irc_render_notice(c, &c->sessions[slot], text, len, &b);
+    } else {
+        sb_put(&b, text, chat_cut(text, len, cap > 3 ? cap - 3 : 0));
+        sb_put(&b, "\r\n", 2);
+    }
+    out[b.len] = '\0';
+    return b.len;
+}
+
+size_t chat_render_history(const chat *c, uint32_t slot, const history_record *rec, char *out, size_t cap)
+{
+    sbuf b;
+    if (!out || cap < 3 || !rec)
+        return 0;
+    sb_init(&b, out, cap);
+    if (c && slot < c->max_slots && c->sessions[slot].dialect == CHAT_DIALECT_IRC) {
+        irc_render_history(c, &c->sessions[slot], rec, &b);
+    } else {
+        b.cap -= 2;   /* room for the CRLF after a cut */
+        line_render_history(rec, &b);
+        b.cap += 2;
+        b.full = 0;
+        sb_put(&b, "\r\n", 2);
+    }
+    out[b.len] = '\0';
+    return b.len;
 }
 
 size_t chat_format_history(const history_record *rec, char *out, size_t cap)
 {
     sbuf b;
-    char when[20];
-    const char *nick, *room_name, *body;
     if (!out || cap == 0)
         return 0;
-    b.p = out;
-    b.cap = cap - 1;
-    b.len = 0;
-    b.full = 0;
-    if (rec) {
-        nick = rec->nick ? rec->nick : "";
-        room_name = rec->room ? rec->room : "";
-        body = rec->body ? rec->body : "";
-        sb_puts(&b, "*** [");
-        if (rec->at && history_time(rec->at, when))
-            sb_puts(&b, when);
-        else if (rec->at)
-            sb_put_clean(&b, rec->at, strlen(rec->at));
-        sb_puts(&b, "] ");
-        put_event(&b, rec->kind == HISTORY_KIND_NONE ? HISTORY_SAY : rec->kind,  /* not ours: shown as said */
-                  nick, strlen(nick), room_name, strlen(room_name), body,
-                  rec->body ? rec->body_len : 0, 1);
-    }
+    sb_init(&b, out, cap);
+    if (rec)
+        line_render_history(rec, &b);
     out[b.len] = '\0';
     return b.len;
 }

@@ -1,17 +1,17 @@
-/* chat: what a line typed by a user means: nicks, rooms, commands, flood control.
+/* chat: the chat engine: who is here, under which nick, in which rooms, and
+ * what each thing someone does means for everyone else.
  *
- * Owns: each session's nick (guestN at connect), room (lobby at connect) and
- * flood bucket; the rooms and their members; the parsing of commands (/nick
- * /join /rooms /who /me /msg /history /search /help /quit, case-insensitive,
- * "//text" sends "/text"); and every text the server writes to clients
- * (chat lines, notices, errors, history lines).
- * Never: touches sockets, Win32 or SQLite.  It turns inputs into a list of
- * effects that the hub executes (persist + deliver, reply, close, queries).
- * Portable C11.
- *
- * Wire forms (CRLF is appended by the hub):
- *   chat "<nick> text", action "* nick text", private "*nick* text",
- *   notices and replies "*** ...", history lines "*** [YYYY-MM-DD HH:MM:SS] <form above>".
+ * Owns: each session's nick (guestN at connect, or what an IRC client asked
+ * for), its dialect and its rooms (a line client is in exactly one room,
+ * lobby at connect; an IRC client in 0 to CHAT_ROOMS_PER_SESSION); the rooms
+ * and their members and topics; flood buckets; and the turning of inputs
+ * into a list of effects that the hub executes.  Events (someone said X in
+ * rooms R, joined, left, renamed, a private message, a topic) are
+ * protocol-neutral: the hub renders each one once per dialect in use with
+ * chat_render_event.  Replies to one session are already in its dialect.
+ * The dialects themselves (what a line means, every text the server writes)
+ * are dialect_line.c and dialect_irc.c, behind chat_internal.h.
+ * Never: touches sockets, Win32 or SQLite.  Portable C11.
  */
 #ifndef CHATRELAY_CHAT_H
 #define CHATRELAY_CHAT_H
@@ -19,9 +19,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../storage/history.h"   /* history_record, for chat_format_history */
+#include "../storage/history.h"   /* history_kind (the one typed record kind) and history_record */
 
 #define CHAT_NAME_MAX 32          /* nick and room names: 1-32 of [A-Za-z0-9_-] */
+#define CHAT_ROOMS_PER_SESSION 20 /* IRC's CHANLIMIT; a line client is in one */
 #define CHAT_HISTORY_MAX 200      /* /history N is capped here */
 #define CHAT_SEARCH_MAX 20
 #define CHAT_NO_SLOT UINT32_MAX
@@ -33,37 +34,58 @@ typedef struct chat_config {
     int flood_rate;            /* lines per second refilled */
     int flood_kick;            /* refused lines within one burst window before disconnect; 0 = never */
     int log_private;           /* store /msg with kind "msg" */
+    const char *motd;          /* IRC message of the day (NULL = none: 422) */
 } chat_config;
 
+/* How a session speaks.  Detected by the hub from the first line. */
+typedef enum chat_dialect {
+    CHAT_DIALECT_LINE = 0,     /* docs/PROTOCOL.md: nc, telnet, PuTTY */
+    CHAT_DIALECT_IRC,          /* docs/PROTOCOL.md "IRC": irssi, HexChat, mIRC... */
+    CHAT_DIALECT_COUNT
+} chat_dialect;
+
+/* The byte forms an event can take: a broadcast renders each form in use once. */
+typedef enum chat_form {
+    CHAT_FORM_LINE = 0,
+    CHAT_FORM_IRC,             /* IRC without tags */
+    CHAT_FORM_IRC_TIME,        /* IRC with the server-time tag */
+    CHAT_FORM_COUNT
+} chat_form;
+
+/* One thing that happened, for everyone it concerns. */
+typedef struct chat_event {
+    history_kind kind;         /* SAY ME MSG JOIN LEAVE NICK TOPIC */
+    uint8_t quit;              /* LEAVE: the session left the server, not only these rooms */
+    uint8_t notice;            /* SAY/MSG sent as an IRC NOTICE (stored as say/msg) */
+    const char *nick;          /* who did it (before the change, for NICK) */
+    const char *target;        /* MSG: the recipient's nick */
+    const char *body;          /* SAY/ME/MSG: the text; LEAVE: the reason; NICK: the new nick; TOPIC: the topic */
+    size_t body_len;
+    uint32_t room_count;       /* rooms it happened in (MSG: 0) */
+    const char *rooms[CHAT_ROOMS_PER_SESSION];
+} chat_event;
+
 typedef enum chat_effect_kind {
-    CHAT_REPLY,      /* text to session `slot` only, now */
-    CHAT_ROOM,       /* text to every member of `room` except `except_slot`; persisted first if kind != NULL */
-    CHAT_PRIVATE,    /* text to session `to_slot`; persisted first if kind != NULL (kind "msg");
-                      * then `confirm` to the sender, only once the message went out */
-    CHAT_HISTORY,    /* send session `slot` the last `limit` history lines of `room` */
-    CHAT_SEARCH,     /* send session `slot` up to `limit` lines of `room` matching `words` */
+    CHAT_REPLY,      /* `text` (one line, no CRLF, in the session's dialect) to session `slot` */
+    CHAT_EVENT,      /* `event` by session `slot`: stored first (one row per room) when `stored`,
+                      * then delivered to the members of its rooms but the actor, to `to_slot`
+                      * (MSG), and to the actor in its dialect's echo form (chat_render_event) */
+    CHAT_QUERY,      /* answer session `slot` from history: recent lines or a search of `room` */
     CHAT_CLOSE       /* close session `slot`, after sending it `text` if not NULL; reason for the log */
 } chat_effect_kind;
 
 typedef struct chat_effect {
     chat_effect_kind kind;
-    uint32_t slot;          /* REPLY/HISTORY/SEARCH/CLOSE: the session; ROOM/PRIVATE: the sender */
-    uint32_t to_slot;       /* PRIVATE: recipient */
-    uint32_t except_slot;   /* ROOM: not delivered to this session (CHAT_NO_SLOT = none) */
-    const char *text;       /* wire text without CRLF (REPLY/ROOM/PRIVATE/CLOSE notice) */
+    uint32_t slot;          /* the session it is for, or the actor of an EVENT */
+    uint32_t to_slot;       /* EVENT MSG: recipient */
+    const char *text;       /* REPLY/CLOSE */
     size_t text_len;
-    /* What to store (ROOM/PRIVATE); HISTORY_KIND_NONE = not stored: */
-    history_kind record_kind;
-    const char *room;       /* ROOM/HISTORY/SEARCH: room name; stored room */
-    const char *nick;       /* stored nick */
-    const char *body;       /* stored body */
-    size_t body_len;
-    const char *words;      /* SEARCH */
-    int limit;              /* HISTORY/SEARCH */
+    chat_event event;       /* EVENT */
+    uint8_t stored;         /* EVENT: must be in the history file before anyone sees it */
+    const char *room;       /* QUERY */
+    const char *words;      /* QUERY: NULL = recent lines, else a search */
+    int limit;              /* QUERY */
     const char *reason;     /* CLOSE: "quit", "flood", ... for the log and the leave record */
-    const char *confirm;    /* PRIVATE: the sender's confirmation ("*** to bob: text"): delivered
-                             * behind the message, never if the message is refused or dropped */
-    size_t confirm_len;
 } chat_effect;
 
 typedef struct chat chat;
@@ -75,29 +97,58 @@ void chat_destroy(chat *c);
  * the next call.  Strings in effects stay valid until the next call. */
 size_t chat_effects(const chat *c, const chat_effect **out);
 
-/* A new session in slot with connection number conn_id (its nick is guest<conn_id>,
- * made unique if taken): greeting replies, a HISTORY replay, the join announcement. */
-void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, int64_t now_ms);
-/* One cleaned line (text.h output, valid UTF-8, no controls) from slot.
- * truncated: the client sent more than the maximum line length (tell them). */
+/* A new session in slot with connection number conn_id.  A line session is
+ * guest<conn_id> (made unique if taken) in the lobby: greeting, replay, join
+ * announcement.  An IRC session is nobody until it registers (no effects). */
+void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect dialect, int64_t now_ms);
+/* One cleaned line (text.h output, valid UTF-8, no controls) from slot, read
+ * by the session's dialect.  truncated: the client sent more than the
+ * maximum line length (tell them). */
 void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
                        int truncated, int64_t now_ms);
+/* A timer tick for slot (IRC: ping a silent client, cut it after the ping
+ * timeout).  idle_ms: how long the client has sent nothing. */
+void chat_session_tick(chat *c, uint32_t slot, int64_t idle_ms);
 /* The session is gone (reason: "quit", "timeout", "slow consumer", "flood",
- * "server stopping", "connection lost"...): leave announcement to its room. */
+ * "server stopping", "connection lost"...): leave announcement to its rooms. */
 void chat_session_close(chat *c, uint32_t slot, const char *reason);
 
-/* The session's current nick / room (for logs and tests); NULL if slot is free. */
+/* The session's current nick / first room (for logs and tests); NULL if slot
+ * is free (or, for the room, in none). */
 const char *chat_session_nick(const chat *c, uint32_t slot);
 const char *chat_session_room(const chat *c, uint32_t slot);
+/* 1 if a connection's first line is an IRC registration command (CAP,
+ * NICK, USER, PASS, any case, no slash): the session speaks IRC. */
+int chat_irc_first_line(const char *line, size_t len);
+chat_dialect chat_session_dialect(const chat *c, uint32_t slot);
+/* The form in which events reach slot (its dialect and capabilities). */
+chat_form chat_session_form(const chat *c, uint32_t slot);
+/* 1 if the actor of an event of kind gets it back (its echo form). */
+int chat_session_echoes(const chat *c, uint32_t slot, const chat_event *ev);
 
 /* Room membership, for delivery: calls fn for every slot in room (by name,
  * case-insensitive).  A room that no longer exists has no members. */
 typedef void (*chat_member_fn)(void *ctx, uint32_t slot);
 void chat_room_members(const chat *c, const char *room, chat_member_fn fn, void *ctx);
 
-/* Formats one history row for a client: "*** [2026-11-27 03:04:05] <nick> body"
- * (or the action/join/leave/nick form).  Returns the length written into out
- * (capacity cap, NUL-terminated, truncated at a character boundary). */
+/* Renders ev in form into out (capacity cap): complete lines, each ending in
+ * CRLF (IRC may need several for one long line).  room: which of ev's rooms
+ * the recipient sees it in (the line form names it; see
+ * chat_form_names_room); echo: the actor's own copy.  at: the event's time
+ * (HISTORY_TIME_LEN chars), for the server-time tag.  Returns the bytes
+ * written, 0 if this form shows nothing for it. */
+size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, uint32_t room,
+                         int echo, const char *at, char *out, size_t cap);
+/* 1 if form renders ev differently per room (so a multi-room event is
+ * rendered once per room, still never per recipient). */
+int chat_form_names_room(chat_form form, const chat_event *ev);
+/* A server notice (hub texts such as "*** history unavailable...", given in
+ * the line form) for slot, in its dialect; CRLF-terminated. */
+size_t chat_render_notice(const chat *c, uint32_t slot, const char *text, size_t len, char *out, size_t cap);
+/* One history row for slot in its dialect ("*** [2026-11-27 03:04:05] <nick> body"
+ * for a line client); CRLF-terminated lines; 0 if its dialect shows no such row. */
+size_t chat_render_history(const chat *c, uint32_t slot, const history_record *rec, char *out, size_t cap);
+/* The line form of one history row without CRLF (for tests and logs). */
 size_t chat_format_history(const history_record *rec, char *out, size_t cap);
 
 #endif

@@ -37,6 +37,12 @@ typedef struct hub_slot {
     char close_reason[HUB_REASON_MAX]; /* a copy: chat's strings do not live that long */
     uint8_t in_later_list;
     uint8_t sent_since_check;   /* a send completed with bytes since the last slow check */
+    uint8_t detecting;          /* the dialect is not known yet: waiting for a first line */
+    uint8_t irc;                /* the session speaks IRC (its cleaning keeps the CTCP delimiter) */
+    uint32_t ob_pending;        /* outbox entries by or for this slot: its replies queue behind them */
+    uint32_t queries;           /* queries asked and not answered yet (bounded by LATER_MAX_QUERIES) */
+    uint32_t deliver_stamp;     /* the last room delivery that reached it (one copy per event) */
+    int64_t detect_until;
     int64_t last_input_ms;
     int64_t over_since;         /* when the queue was first seen over max_queue_bytes without progress; 0 = not */
     char ip[HUB_IP_MAX];
@@ -47,23 +53,31 @@ typedef struct hub_slot {
     framer fr;
 } hub_slot;
 
-/* A line waiting to be stored and/or delivered, in arrival order. */
+/* What waits in the outbox, in arrival order: an event to store and then
+ * deliver, or a reply or query for one session that must not overtake that
+ * session's own earlier events (an IRC client learns its nick from the NICK
+ * echo: the reply to its next command must come after it). */
+enum { ENTRY_EVENT, ENTRY_REPLY, ENTRY_QUERY };
+
 typedef struct outbox_entry {
-    uint8_t is_private;
+    uint8_t type;
     uint8_t persist;            /* must be stored before delivery */
     uint8_t stored;
     uint8_t user_line;          /* say/me/msg (refused when the database is down) */
     uint8_t rejected;           /* the database refused this record: neither stored nor delivered */
-    uint8_t confirms_previous;  /* the sender's confirmation of the private message before it */
     uint8_t held;               /* a commit failed while it waited: delivered as part of a backlog */
-    uint32_t from_slot, from_conn;  /* the sender (its conn_id guards against slot reuse) */
-    uint8_t skip_sender;            /* ROOM: not delivered back to the sender */
-    uint32_t last_conn;             /* ROOM: connections newer than this came after the line */
-    uint32_t to_slot, to_conn;      /* PRIVATE: the recipient */
-    msgbuf *wire;               /* the encoded line, shared by all recipients */
-    msgbuf *record;             /* "room\0nick\0body" for storage */
-    uint8_t kind;               /* history_kind of the record */
-    uint32_t nick_off, body_off, body_len;
+    uint8_t kind, quit, notice; /* the event's */
+    uint8_t room_count;
+    uint8_t pending_for_slot;   /* counted in from_slot's ob_pending: it will output to that session */
+    uint32_t from_slot, from_conn;  /* the actor, or the session a reply/query is for */
+    uint32_t last_conn;             /* connections newer than this came after the event */
+    uint32_t to_slot, to_conn;      /* MSG: the recipient */
+    /* EVENT: "nick\0target\0body\0" then room_count "room\0", then for a
+     * stored MSG the stored body "to NICK: text\0"; REPLY: the bytes to send;
+     * QUERY: the later-list entry (later_query). */
+    msgbuf *data;
+    uint32_t target_off, body_off, body_len, rooms_off, stored_off, stored_len;
+    msgbuf *wire[CHAT_FORM_COUNT];  /* the event rendered once per form, at delivery */
     char at[HISTORY_TIME_LEN + 1];
 } outbox_entry;
 
@@ -97,6 +111,9 @@ struct hub {
     int upkeep_due;             /* commits happened since history_idle_step last said "nothing due" */
     int64_t next_prune;
 
+    uint32_t deliver_stamp;     /* one per room delivery (see hub_slot.deliver_stamp) */
+    uint32_t detecting;         /* slots still waiting for their first line */
+    uint32_t irc_sessions;      /* open IRC sessions (pinged when silent) */
     uint32_t input_slot;        /* the slot whose bytes the framer callbacks belong to */
     int64_t input_now;
     int64_t input_wall_ms;      /* wall clock for `at`, read once per input batch */
@@ -115,7 +132,7 @@ static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconne
 #define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
 #define PRUNE_BATCH 500
 #define UPKEEP_DELAY_MS 200
-#define OUTBOX_HARD_FACTOR 4    /* bound on held announcements, in units of pending_max_lines */
+#define OUTBOX_NOTICES_FACTOR 4 /* bound on held announcements, in units of pending_max_lines */
 /* Slow consumers (see queue_to): a session whose queue pins more than
  * max_queue_bytes is cut once it has sent nothing for SLOW_GRACE_MS (checked
  * every SLOW_CHECK_MS), or at once when what it was sent of its own (not a
@@ -153,6 +170,7 @@ void hub_config_from_options(hub_config *cfg, const relay_options *opt, history 
     cfg->pending_max_lines = HUB_OUTAGE_MAX_LINES;
     cfg->pending_max_bytes = HUB_OUTAGE_MAX_BYTES;
     cfg->pending_max_ms = HUB_OUTAGE_MAX_MS;
+    cfg->detect_ms = opt->greet_delay_ms;
 }
 
 hub *hub_create(const hub_config *cfg)
@@ -176,10 +194,11 @@ hub *hub_create(const hub_config *cfg)
 
 static void outbox_entry_free(outbox_entry *e)
 {
-    if (e->wire)
-        msgbuf_release(e->wire);
-    if (e->record)
-        msgbuf_release(e->record);
+    if (e->data)
+        msgbuf_release(e->data);
+    for (int f = 0; f < CHAT_FORM_COUNT; f++)
+        if (e->wire[f])
+            msgbuf_release(e->wire[f]);
 }
 
 void hub_destroy(hub *h)
@@ -241,12 +260,15 @@ static void cut_slow_consumer(hub *h, uint32_t slot)
     hub_slot *s = &h->slots[slot];
     /* Best effort: the notice goes out only if the socket drains before the
      * shell's linger ends.  The later list will never be sent. */
-    msgbuf *notice = msgbuf_line(NOTICE_SLOW, sizeof NOTICE_SLOW - 1);
+    char out[256];
+    size_t n = chat_render_notice(h->chat, slot, NOTICE_SLOW, sizeof NOTICE_SLOW - 1, out, sizeof out);
+    msgbuf *notice = msgbuf_bytes(out, n);
     if (notice) {
         sendq_push(&s->q, notice);
         msgbuf_release(notice);
     }
     sendq_clear(&s->later);
+    s->queries = 0;
     mark_flush(h, slot);
     request_close(h, slot, "slow consumer");
 }
@@ -302,6 +324,35 @@ static void queue_to(hub *h, uint32_t slot, msgbuf *m)
     queue_to_as(h, slot, m, 0);
 }
 
+static outbox_entry *outbox_push(hub *h);
+
+/* Bytes for slot, now or, when the slot has entries waiting in the outbox
+ * (its own events, earlier replies), behind them: a session's output keeps
+ * the order of its commands. */
+static void send_bytes(hub *h, uint32_t slot, msgbuf *m)
+{
+    if (!slot_live(h, slot))
+        return;
+    hub_slot *s = &h->slots[slot];
+    if (s->ob_pending > 0) {
+        outbox_entry *e = outbox_push(h);
+        if (!e) {
+            request_close(h, slot, "out of memory");
+            return;
+        }
+        e->type = ENTRY_REPLY;
+        e->from_slot = slot;
+        e->from_conn = s->conn_id;
+        msgbuf_retain(m);
+        e->data = m;
+        e->pending_for_slot = 1;
+        s->ob_pending++;
+        return;
+    }
+    queue_to(h, slot, m);
+}
+
+/* A reply chat wrote in the session's dialect (one line, no CRLF). */
 static void reply_text(hub *h, uint32_t slot, const char *text, size_t len)
 {
     msgbuf *m = msgbuf_line(text, len);
@@ -309,8 +360,31 @@ static void reply_text(hub *h, uint32_t slot, const char *text, size_t len)
         request_close(h, slot, "out of memory");
         return;
     }
-    queue_to(h, slot, m);
+    send_bytes(h, slot, m);
     msgbuf_release(m);
+}
+
+/* One of the hub's own notices (given in the line form) in slot's dialect;
+ * now: about the outbox entry being delivered, so nothing earlier waits. */
+static void notice_as(hub *h, uint32_t slot, const char *text, size_t len, int now)
+{
+    char out[512];
+    size_t n = chat_render_notice(h->chat, slot, text, len, out, sizeof out);
+    msgbuf *m = msgbuf_bytes(out, n);
+    if (!m) {
+        request_close(h, slot, "out of memory");
+        return;
+    }
+    if (now)
+        queue_to(h, slot, m);
+    else
+        send_bytes(h, slot, m);
+    msgbuf_release(m);
+}
+
+static void notice_text(hub *h, uint32_t slot, const char *text, size_t len)
+{
+    notice_as(h, slot, text, len, 0);
 }
 
 /* ---- the outbox (store-then-forward) ----------------------------------- */
@@ -335,6 +409,11 @@ static outbox_entry *outbox_push(hub *h)
     return e;
 }
 
+static size_t held_cost(const outbox_entry *e)
+{
+    return sizeof *e + e->data->len;
+}
+
 /* While the database is failing, new user lines are refused once the pending
  * ones pass a bound (count, bytes, or age): never delivered unrecorded, never
  * silently dropped, and memory stays bounded. */
@@ -352,88 +431,123 @@ static int is_user_kind(history_kind kind)
     return kind == HISTORY_SAY || kind == HISTORY_ME || kind == HISTORY_MSG;
 }
 
-/* Queues a ROOM/PRIVATE effect.  Returns 0, or -1 if the line was refused
- * (the sender has been told). */
-static int outbox_add(hub *h, const chat_effect *fx)
+/* Queues an event.  Returns 0, or -1 if it was refused (the actor has been told). */
+static int outbox_add_event(hub *h, const chat_effect *fx)
 {
-    uint32_t sender = fx->slot;
-    int persist = fx->record_kind != HISTORY_KIND_NONE && h->cfg.history != NULL;
+    const chat_event *ev = &fx->event;
+    uint32_t actor = fx->slot;
+    int persist = fx->stored && h->cfg.history != NULL && ev->room_count > 0;
     /* Stored chat is refused while the database is down past the bound; an
      * unstored /msg (no --log-private) still waits in order but needs no database. */
-    int user_line = is_user_kind(fx->record_kind) && persist;
+    int user_line = is_user_kind(ev->kind) && persist;
     if (user_line && outbox_over_bound(h, h->input_now)) {
         h->stats.refused_lines++;
-        reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+        notice_text(h, actor, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
         return -1;
     }
     /* Joins, leaves and nick changes are never refused to anyone, but during a
      * long outage with reconnect churn they must not grow memory without end:
-     * past OUTBOX_HARD_FACTOR times the line bound they are dropped (neither
+     * past OUTBOX_NOTICES_FACTOR times the line bound they are dropped (neither
      * stored nor shown: nothing is ever shown unrecorded), and counted. */
     if (persist && !user_line && h->db_failing &&
-        h->ob_count >= h->cfg.pending_max_lines * OUTBOX_HARD_FACTOR) {
+        h->ob_count >= h->cfg.pending_max_lines * OUTBOX_NOTICES_FACTOR) {
         if (h->stats.dropped_notices++ == 0)
             log_warn("history: unavailable for long; join/leave/nick announcements are dropped until it returns");
         return -1;
     }
-    msgbuf *wire = msgbuf_line(fx->text, fx->text_len);
-    msgbuf *record = NULL;
-    size_t room_len = 0, nick_len = 0;
-    if (persist) {
-        room_len = strlen(fx->room);
-        nick_len = strlen(fx->nick);
-        record = msgbuf_alloc(room_len + nick_len + fx->body_len + 3);
-    }
-    outbox_entry *e = (wire && (record || !persist)) ? outbox_push(h) : NULL;
+    size_t nick_len = strlen(ev->nick), target_len = ev->target ? strlen(ev->target) : 0;
+    size_t need = nick_len + target_len + ev->body_len + 3;
+    for (uint32_t r = 0; r < ev->room_count; r++)
+        need += strlen(ev->rooms[r]) + 1;
+    size_t stored_len = 0;
+    if (persist && ev->kind == HISTORY_MSG)   /* the row names the recipient: "to bob: text" */
+        stored_len = 3 + target_len + 2 + ev->body_len;
+    need += stored_len + 1;
+    msgbuf *data = msgbuf_alloc(need);
+    outbox_entry *e = data ? outbox_push(h) : NULL;
     if (!e) {
-        if (wire)
-            msgbuf_release(wire);
-        if (record)
-            msgbuf_release(record);
-        log_error("hub: out of memory queueing a line from session %u", (unsigned)sender);
-        reply_text(h, sender, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+        if (data)
+            msgbuf_release(data);
+        log_error("hub: out of memory queueing a line from session %u", (unsigned)actor);
+        notice_text(h, actor, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
         return -1;
     }
-    e->is_private = fx->kind == CHAT_PRIVATE;
+    char *p = data->data;
+    size_t off = 0;
+#define PUT(s_, n_) do { memcpy(p + off, (s_), (n_)); off += (n_); p[off++] = '\0'; } while (0)
+    PUT(ev->nick, nick_len);
+    e->target_off = (uint32_t)off;
+    PUT(ev->target ? ev->target : "", target_len);
+    e->body_off = (uint32_t)off;
+    e->body_len = (uint32_t)ev->body_len;
+    PUT(ev->body, ev->body_len);
+    e->rooms_off = (uint32_t)off;
+    for (uint32_t r = 0; r < ev->room_count; r++)
+        PUT(ev->rooms[r], strlen(ev->rooms[r]));
+    if (stored_len) {
+        e->stored_off = (uint32_t)off;
+        e->stored_len = (uint32_t)stored_len;
+        memcpy(p + off, "to ", 3);
+        memcpy(p + off + 3, ev->target, target_len);
+        memcpy(p + off + 3 + target_len, ": ", 2);
+        memcpy(p + off + 5 + target_len, ev->body, ev->body_len);
+        off += stored_len;
+        p[off++] = '\0';
+    } else {
+        e->stored_off = e->body_off;
+        e->stored_len = e->body_len;
+    }
+#undef PUT
+    CR_ASSERT(off <= need);
+    data->len = (uint32_t)off;
+    e->type = ENTRY_EVENT;
+    e->data = data;
+    e->kind = (uint8_t)ev->kind;
+    e->quit = ev->quit;
+    e->notice = ev->notice;
+    e->room_count = (uint8_t)ev->room_count;
     e->user_line = (uint8_t)user_line;
     e->held = (uint8_t)h->db_failing;   /* it joins the backlog of an outage */
-    e->from_slot = sender;
-    e->from_conn = sender < h->cfg.max_sessions ? h->slots[sender].conn_id : 0;
-    e->skip_sender = fx->kind == CHAT_ROOM && fx->except_slot == sender;
+    e->from_slot = actor;
+    e->from_conn = actor < h->cfg.max_sessions ? h->slots[actor].conn_id : 0;
     e->last_conn = h->next_conn_id;
-    if (e->is_private) {
+    if (ev->kind == HISTORY_MSG) {
         e->to_slot = fx->to_slot;
         e->to_conn = fx->to_slot < h->cfg.max_sessions ? h->slots[fx->to_slot].conn_id : 0;
     }
-    e->wire = wire;
+    history_format_time(h->input_wall_ms, e->at);
+    /* Only an event the actor will see (its echo) holds the actor's later
+     * replies back: a line client's own chat lines never delay its notices. */
+    if (actor < h->cfg.max_sessions && chat_session_echoes(h->chat, actor, ev)) {
+        e->pending_for_slot = 1;
+        h->slots[actor].ob_pending++;
+    }
     if (persist) {
-        char *p = record->data;
-        memcpy(p, fx->room, room_len + 1);
-        e->nick_off = (uint32_t)(room_len + 1);
-        memcpy(p + e->nick_off, fx->nick, nick_len + 1);
-        e->kind = (uint8_t)fx->record_kind;
-        e->body_off = e->nick_off + (uint32_t)nick_len + 1;
-        memcpy(p + e->body_off, fx->body, fx->body_len);
-        p[e->body_off + fx->body_len] = '\0';
-        e->body_len = (uint32_t)fx->body_len;
-        record->len = (uint32_t)(e->body_off + fx->body_len + 1);
-        e->record = record;
         e->persist = 1;
-        history_format_time(h->input_wall_ms, e->at);
         h->ob_unstored++;
         /* what the held line really costs while it waits */
-        h->ob_unstored_bytes += sizeof *e + wire->len + record->len;
-    } else if (!e->is_private) {
-        /* Not stored, but still ordered after the stored lines before it. The
-         * room name is needed at delivery: keep it in the record buffer. */
-        size_t rl = strlen(fx->room);
-        e->record = msgbuf_alloc(rl + 1);
-        if (e->record) {
-            memcpy(e->record->data, fx->room, rl + 1);
-            e->record->len = (uint32_t)rl + 1;
-        }
+        h->ob_unstored_bytes += held_cost(e);
     }
     return 0;
+}
+
+/* The event an entry holds, pointing into its data. */
+static void entry_event(const outbox_entry *e, chat_event *ev)
+{
+    const char *p = e->data->data;
+    memset(ev, 0, sizeof *ev);
+    ev->kind = (history_kind)e->kind;
+    ev->quit = e->quit;
+    ev->notice = e->notice;
+    ev->nick = p;
+    ev->target = p + e->target_off;
+    ev->body = p + e->body_off;
+    ev->body_len = e->body_len;
+    const char *r = p + e->rooms_off;
+    for (uint32_t k = 0; k < e->room_count; k++) {
+        ev->rooms[ev->room_count++] = r;
+        r += strlen(r) + 1;
+    }
 }
 
 static outbox_entry *outbox_at(hub *h, uint32_t i)
@@ -441,10 +555,6 @@ static outbox_entry *outbox_at(hub *h, uint32_t i)
     return &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
 }
 
-static size_t held_cost(const outbox_entry *e)
-{
-    return sizeof *e + e->wire->len + e->record->len;
-}
 
 /* The entry no longer waits for the database (stored, or refused by it). */
 static void entry_settled(hub *h, outbox_entry *e)
@@ -461,15 +571,20 @@ static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
     int rc = history_begin(db);
     for (uint32_t k = 0; k < n && rc == HISTORY_OK; k++) {
         const outbox_entry *e = outbox_at(h, idx[k]);
-        history_record r;
-        r.id = 0;
-        r.at = e->at;
-        r.room = e->record->data;
-        r.nick = e->record->data + e->nick_off;
-        r.kind = (history_kind)e->kind;
-        r.body = e->record->data + e->body_off;
-        r.body_len = e->body_len;
-        rc = history_append(db, &r);
+        const char *room = e->data->data + e->rooms_off;
+        /* one row per room it happened in (a nick change or quit in several) */
+        for (uint32_t i = 0; i < e->room_count && rc == HISTORY_OK; i++) {
+            history_record r;
+            r.id = 0;
+            r.at = e->at;
+            r.room = room;
+            r.nick = e->data->data;
+            r.kind = (history_kind)e->kind;
+            r.body = e->data->data + e->stored_off;
+            r.body_len = e->stored_len;
+            rc = history_append(db, &r);
+            room += strlen(room) + 1;
+        }
     }
     if (rc == HISTORY_OK)
         rc = history_commit(db);
@@ -483,7 +598,7 @@ static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
         outbox_entry *e = outbox_at(h, idx[k]);
         e->stored = 1;
         entry_settled(h, e);
-        h->stats.lines_stored++;
+        h->stats.lines_stored += e->room_count;
     }
     h->stats.commits++;
     return HISTORY_OK;
@@ -508,7 +623,7 @@ static int commit_isolating(hub *h, const uint32_t *idx, uint32_t n)
         entry_settled(h, e);
         h->stats.rejected_lines++;
         log_error("history: the database refused a '%s' line of %s in %s, which is dropped, not delivered: %s",
-                  history_kind_name((history_kind)e->kind), e->record->data + e->nick_off, e->record->data,
+                  history_kind_name((history_kind)e->kind), e->data->data, e->data->data + e->rooms_off,
                   history_errmsg(h->cfg.history));
         return HISTORY_OK;
     }
@@ -572,55 +687,121 @@ static int outbox_commit(hub *h, int64_t now)
 
 typedef struct deliver_ctx {
     hub *h;
-    const outbox_entry *e;
-    int burst;           /* the line was held during an outage: part of the backlog */
+    outbox_entry *e;
+    const chat_event *ev;
+    uint32_t room;       /* which of the event's rooms is being delivered */
+    uint32_t stamp;
 } deliver_ctx;
+
+/* The event in form, rendered once per entry and form (and per room for a
+ * form that names it); NULL if the form shows nothing. */
+static msgbuf *event_wire(hub *h, outbox_entry *e, const chat_event *ev, chat_form form, uint32_t room,
+                          int echo, msgbuf **own)
+{
+    int cacheable = !echo && !chat_form_names_room(form, ev);
+    if (cacheable && e->wire[form])
+        return e->wire[form];
+    char out[4 * TEXT_MAX_LINE];
+    size_t n = chat_render_event(h->chat, form, ev, room, echo, e->at, out, sizeof out);
+    if (n == 0)
+        return NULL;
+    msgbuf *m = msgbuf_bytes(out, n);
+    if (m && cacheable)
+        e->wire[form] = m;
+    else
+        *own = m;   /* the caller releases it after queueing */
+    return m;
+}
+
+static void deliver_to(hub *h, outbox_entry *e, const chat_event *ev, uint32_t slot, uint32_t room, int echo)
+{
+    msgbuf *own = NULL;
+    msgbuf *m = event_wire(h, e, ev, chat_session_form(h->chat, slot), room, echo, &own);
+    if (m)
+        queue_to_as(h, slot, m, e->held);
+    if (own)
+        msgbuf_release(own);
+}
 
 static void deliver_member(void *ctx, uint32_t slot)
 {
     deliver_ctx *d = ctx;
-    uint32_t conn = d->h->slots[slot].conn_id;
-    if (d->e->skip_sender && slot == d->e->from_slot && conn == d->e->from_conn)
+    hub_slot *s = &d->h->slots[slot];
+    /* the actor gets its echo form, below */
+    if (slot == d->e->from_slot && s->conn_id == d->e->from_conn)
         return;
-    /* A session that connected after the line was said (while it waited for
-     * its commit) was already counted in its greeting, or never saw it said.
+    /* A session that connected after the event (while it waited for its
+     * commit) was already counted in its greeting, or never saw it happen.
      * (conn ids only grow; after 2^32 connections a wrap merely loosens this.) */
-    if (conn > d->e->last_conn)
+    if (s->conn_id > d->e->last_conn)
         return;
-    queue_to_as(d->h, slot, d->e->wire, d->burst);
+    if (s->deliver_stamp == d->stamp)
+        return;   /* it shares another of the event's rooms: one copy */
+    s->deliver_stamp = d->stamp;
+    deliver_to(d->h, d->e, d->ev, slot, d->room, 0);
 }
+
+static int is_actor(const hub *h, const outbox_entry *e)
+{
+    return slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn;
+}
+
+/* Delivers one event entry; for a private message, whether it reached its recipient. */
+static int deliver_event(hub *h, outbox_entry *e)
+{
+    chat_event ev;
+    entry_event(e, &ev);
+    if (e->rejected) {
+        if (e->user_line && is_actor(h, e))
+            notice_as(h, e->from_slot, NOTICE_REJECTED, sizeof NOTICE_REJECTED - 1, 1);
+        return 0;
+    }
+    if (ev.kind == HISTORY_MSG) {
+        if (!(slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)) {
+            /* the recipient left while the message waited: no confirmation
+             * may claim it reached them */
+            if (is_actor(h, e))
+                notice_as(h, e->from_slot, NOTICE_UNDELIVERED, sizeof NOTICE_UNDELIVERED - 1, 1);
+            return 0;
+        }
+        deliver_to(h, e, &ev, e->to_slot, 0, 0);
+    } else {
+        if (++h->deliver_stamp == 0)
+            h->deliver_stamp = 1;
+        deliver_ctx d = { h, e, &ev, 0, h->deliver_stamp };
+        for (d.room = 0; d.room < ev.room_count; d.room++)
+            chat_room_members(h->chat, ev.rooms[d.room], deliver_member, &d);
+    }
+    if (is_actor(h, e) && chat_session_echoes(h->chat, e->from_slot, &ev))
+        deliver_to(h, e, &ev, e->from_slot, 0, 1);
+    return 1;
+}
+
+static void later_push_query(hub *h, uint32_t slot, msgbuf *m);
 
 static void outbox_deliver(hub *h)
 {
-    /* What became of the private message before this entry: its confirmation
-     * ("*** to bob: ...") is sent only if the message really went out. */
-    enum { SENT, REFUSED, UNDELIVERED } previous = SENT;
     while (h->ob_count > 0) {
-        outbox_entry *e = &h->outbox[h->ob_head];
-        int outcome = SENT;
-        if (e->persist && !e->stored)
+        if (h->outbox[h->ob_head].persist && !h->outbox[h->ob_head].stored)
             break;
-        if (e->rejected) {
-            outcome = REFUSED;
-            if (e->user_line && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
-                reply_text(h, e->from_slot, NOTICE_REJECTED, sizeof NOTICE_REJECTED - 1);
-        } else if (e->confirms_previous && previous != SENT) {
-            /* the confirmation would claim a message that reached no one */
-            if (previous == UNDELIVERED && slot_live(h, e->from_slot) && h->slots[e->from_slot].conn_id == e->from_conn)
-                reply_text(h, e->from_slot, NOTICE_UNDELIVERED, sizeof NOTICE_UNDELIVERED - 1);
-        } else if (e->is_private) {
-            if (slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)
-                queue_to_as(h, e->to_slot, e->wire, e->held);
-            else
-                outcome = UNDELIVERED;   /* the recipient left while the message waited */
-        } else if (e->record) {
-            deliver_ctx d = { h, e, e->held };
-            chat_room_members(h->chat, e->record->data, deliver_member, &d);
+        /* A copy: delivering may queue more entries and move the ring. */
+        outbox_entry cur = h->outbox[h->ob_head];
+        outbox_entry *e = &cur;
+        /* Off the outbox before it is delivered: what it queues for its
+         * slot goes straight out (or to the later list), not behind itself. */
+        if (e->pending_for_slot) {
+            CR_ASSERT(h->slots[e->from_slot].ob_pending > 0);
+            h->slots[e->from_slot].ob_pending--;
         }
-        previous = e->is_private && !e->confirms_previous ? outcome : SENT;
-        outbox_entry_free(e);
         h->ob_head = (h->ob_head + 1) & (h->ob_cap - 1);
         h->ob_count--;
+        if (e->type == ENTRY_EVENT)
+            (void)deliver_event(h, e);
+        else if (is_actor(h, e) && e->type == ENTRY_REPLY)
+            queue_to(h, e->from_slot, e->data);
+        else if (is_actor(h, e))
+            later_push_query(h, e->from_slot, e->data);
+        outbox_entry_free(e);
     }
 }
 
@@ -656,17 +837,28 @@ typedef struct later_query {
 static int send_history_row(void *ctx, const history_record *rec)
 {
     query_ctx *q = ctx;
-    char line[TEXT_MAX_LINE + 128];
-    size_t n = chat_format_history(rec, line, sizeof line);
-    msgbuf *m = msgbuf_line(line, n);
+    char out[4 * TEXT_MAX_LINE];
+    size_t n = chat_render_history(q->h->chat, q->slot, rec, out, sizeof out);
+    q->rows++;
+    if (n == 0)
+        return 0;   /* a row its dialect does not show */
+    msgbuf *m = msgbuf_bytes(out, n);
     if (!m) {
         request_close(q->h, q->slot, "out of memory");
         return 1;
     }
     queue_to_as(q->h, q->slot, m, 1);
     msgbuf_release(m);
-    q->rows++;
     return 0;
+}
+
+static void later_push_query(hub *h, uint32_t slot, msgbuf *m)
+{
+    hub_slot *s = &h->slots[slot];
+    if (sendq_push_tagged(&s->later, m, LATER_QUERY) != 0)
+        request_close(h, slot, "out of memory");
+    else
+        later_list_add(h, slot);
 }
 
 static void defer_query(hub *h, const chat_effect *fx)
@@ -675,18 +867,15 @@ static void defer_query(hub *h, const chat_effect *fx)
         return;
     hub_slot *s = &h->slots[fx->slot];
     if (!h->cfg.history) {
-        reply_text(h, fx->slot, NOTICE_HISTORY_OFF, sizeof NOTICE_HISTORY_OFF - 1);
+        notice_text(h, fx->slot, NOTICE_HISTORY_OFF, sizeof NOTICE_HISTORY_OFF - 1);
         return;
     }
-    uint32_t queries = 0;
-    for (uint32_t i = 0; i < s->later.count; i++)
-        queries += s->later.ring[(s->later.head + i) & (s->later.cap - 1)].tag == LATER_QUERY;
-    if (queries >= LATER_MAX_QUERIES) {
+    if (s->queries >= LATER_MAX_QUERIES) {
         static const char msg[] = "*** too many requests waiting for their answers; try again later";
-        reply_text(h, fx->slot, msg, sizeof msg - 1);
+        notice_text(h, fx->slot, msg, sizeof msg - 1);
         return;
     }
-    const char *words = fx->kind == CHAT_SEARCH ? fx->words : "";
+    const char *words = fx->words ? fx->words : "";
     size_t room_len = strlen(fx->room), words_len = strlen(words);
     msgbuf *m = msgbuf_alloc(sizeof(later_query) + room_len + words_len + 2);
     if (!m) {
@@ -697,15 +886,29 @@ static void defer_query(hub *h, const chat_effect *fx)
     memset(&lq, 0, sizeof lq);
     lq.max_id = history_newest_id(h->cfg.history);
     lq.limit = fx->limit;
-    lq.is_search = fx->kind == CHAT_SEARCH;
+    lq.is_search = fx->words != NULL;
     memcpy(m->data, &lq, sizeof lq);
     memcpy(m->data + sizeof lq, fx->room, room_len + 1);
     memcpy(m->data + sizeof lq + room_len + 1, words, words_len + 1);
     m->len = (uint32_t)(sizeof lq + room_len + words_len + 2);
-    if (sendq_push_tagged(&s->later, m, LATER_QUERY) != 0)
-        request_close(h, fx->slot, "out of memory");
-    else
-        later_list_add(h, fx->slot);
+    s->queries++;
+    if (s->ob_pending > 0) {
+        /* behind the session's own events (an IRC JOIN before its replay) */
+        outbox_entry *e = outbox_push(h);
+        if (!e) {
+            request_close(h, fx->slot, "out of memory");
+        } else {
+            e->type = ENTRY_QUERY;
+            e->from_slot = fx->slot;
+            e->from_conn = s->conn_id;
+            msgbuf_retain(m);
+            e->data = m;
+            e->pending_for_slot = 1;
+            s->ob_pending++;
+        }
+    } else {
+        later_push_query(h, fx->slot, m);
+    }
     msgbuf_release(m);
 }
 
@@ -723,15 +926,15 @@ static void answer_query(hub *h, uint32_t slot, const msgbuf *m)
         rc = history_search_upto(h->cfg.history, room, words, lq.limit, lq.max_id, send_history_row, &q);
     if (rc == HISTORY_LIMIT) {
         static const char msg[] = "*** search stopped: too many matches elsewhere to scan; try more specific words";
-        reply_text(h, slot, msg, sizeof msg - 1);
+        notice_text(h, slot, msg, sizeof msg - 1);
     } else if (rc != HISTORY_OK) {
         log_warn("history: %s query failed: %s", lq.is_search ? "search" : "replay",
                  history_errmsg(h->cfg.history));
         static const char msg[] = "*** history is unavailable right now";
-        reply_text(h, slot, msg, sizeof msg - 1);
+        notice_text(h, slot, msg, sizeof msg - 1);
     } else if (lq.is_search && q.rows == 0) {
         static const char msg[] = "*** no matches";
-        reply_text(h, slot, msg, sizeof msg - 1);
+        notice_text(h, slot, msg, sizeof msg - 1);
     }
 }
 
@@ -753,6 +956,8 @@ static int drain_later(hub *h, uint32_t slot, int *budget)
                 return 0;
             }
             --*budget;
+            CR_ASSERT(s->queries > 0);
+            s->queries--;
             msgbuf_retain(m);
             sendq_drop_first(&s->later);
             h->answering = slot;
@@ -811,27 +1016,10 @@ static void run_effects(hub *h)
         case CHAT_REPLY:
             reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
             break;
-        case CHAT_ROOM:
-            outbox_add(h, &fx[i]);
+        case CHAT_EVENT:
+            (void)outbox_add_event(h, &fx[i]);
             break;
-        case CHAT_PRIVATE:
-            /* The confirmation travels with the message: queued behind it in
-             * the outbox, so the sender is told only once the message is
-             * stored and delivered; nothing if the message was refused. */
-            if (outbox_add(h, &fx[i]) == 0 && fx[i].confirm) {
-                chat_effect follow;
-                memset(&follow, 0, sizeof follow);
-                follow.kind = CHAT_PRIVATE;
-                follow.slot = fx[i].slot;
-                follow.to_slot = fx[i].slot;
-                follow.text = fx[i].confirm;
-                follow.text_len = fx[i].confirm_len;
-                if (outbox_add(h, &follow) == 0)
-                    outbox_at(h, h->ob_count - 1)->confirms_previous = 1;
-            }
-            break;
-        case CHAT_HISTORY:
-        case CHAT_SEARCH:
+        case CHAT_QUERY:
             defer_query(h, &fx[i]);
             break;
         case CHAT_CLOSE:
@@ -867,7 +1055,24 @@ const char *hub_admit(const hub *h, const char *peer_ip, int have_free_slot)
     return NULL;
 }
 
-void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms)
+/* The session's dialect is known: chat greets it (or, for IRC, waits for
+ * its registration). */
+static void open_as(hub *h, uint32_t slot, chat_dialect dialect, int64_t now_ms)
+{
+    hub_slot *s = &h->slots[slot];
+    if (s->detecting) {
+        s->detecting = 0;
+        h->detecting--;
+    }
+    s->irc = dialect == CHAT_DIALECT_IRC;
+    h->irc_sessions += s->irc;
+    h->input_now = now_ms;
+    h->input_wall_ms = clock_wall_ms();
+    chat_session_open(h->chat, slot, s->conn_id, dialect, now_ms);
+    run_effects(h);
+}
+
+void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, hub_listen listen, int64_t now_ms)
 {
     hub_slot *s = &h->slots[slot];
     /* in_flush_list/in_close_list survive reuse: stale list entries for the
@@ -876,6 +1081,8 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms
     s->close_reason[0] = '\0';
     s->over_since = 0;
     s->sent_since_check = 0;
+    s->queries = 0;
+    s->detecting = 0;
     if (++h->next_conn_id == 0)
         h->next_conn_id = 1;
     s->conn_id = h->next_conn_id;
@@ -885,10 +1092,15 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms
     sendq_init(&s->later);
     framer_init(&s->fr);
     h->open_count++;
-    h->input_now = now_ms;
-    h->input_wall_ms = clock_wall_ms();
-    chat_session_open(h->chat, slot, s->conn_id, now_ms);
-    run_effects(h);
+    if (listen == HUB_LISTEN_DETECT && h->cfg.detect_ms > 0) {
+        /* IRC clients speak first; a line client hears the greeting when it
+         * says something or after detect_ms (see on_line, detect_check) */
+        s->detecting = 1;
+        s->detect_until = now_ms + h->cfg.detect_ms;
+        h->detecting++;
+        return;
+    }
+    open_as(h, slot, listen == HUB_LISTEN_IRC ? CHAT_DIALECT_IRC : CHAT_DIALECT_LINE, now_ms);
 }
 
 static void on_line(void *ctx, const char *line, size_t len, unsigned flags)
@@ -897,10 +1109,26 @@ static void on_line(void *ctx, const char *line, size_t len, unsigned flags)
     uint32_t slot = h->input_slot;
     if (!slot_live(h, slot))
         return;
+    hub_slot *s = &h->slots[slot];
     int cut = 0;
-    size_t n = text_clean(line, len, h->clean, sizeof h->clean, &cut);
+    size_t n = text_clean_keeping(line, len, h->clean, sizeof h->clean, &cut, s->irc || s->detecting ? 1 : 0);
     int truncated = cut || (flags & FRAMER_LINE_TRUNCATED);
     if (!truncated && text_is_blank(h->clean, n))
+        return;
+    if (s->detecting)
+        open_as(h, slot, chat_irc_first_line(h->clean, n) ? CHAT_DIALECT_IRC : CHAT_DIALECT_LINE, h->input_now);
+    if (!s->irc && memchr(h->clean, 1, n)) {
+        /* a line client's CTCP delimiter: removed like any other control */
+        size_t w = 0;
+        for (size_t i = 0; i < n; i++)
+            if (h->clean[i] != 1)
+                h->clean[w++] = h->clean[i];
+        n = w;
+        h->clean[n] = '\0';
+        if (text_is_blank(h->clean, n))
+            return;
+    }
+    if (!slot_live(h, slot))
         return;
     h->stats.lines_in++;
     chat_session_line(h->chat, slot, h->clean, n, truncated, h->input_now);
@@ -915,13 +1143,13 @@ static void on_telnet_reply(void *ctx, const unsigned char *bytes, size_t len)
         return;
     /* Replies to a negotiation flood would each cost a buffer: appended to
      * the last queued one when it has room (see sendq_append). */
-    if (s->later.count == 0 && sendq_append(&s->q, bytes, len)) {
+    if (s->later.count == 0 && s->ob_pending == 0 && sendq_append(&s->q, bytes, len)) {
         mark_flush(h, h->input_slot);
         return;
     }
     msgbuf *m = msgbuf_bytes(bytes, len);
     if (m) {
-        queue_to(h, h->input_slot, m);
+        send_bytes(h, h->input_slot, m);
         msgbuf_release(m);
     }
 }
@@ -953,6 +1181,12 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason)
     if (s->conn_id == 0)
         return;
     s->closing = 1;
+    if (s->detecting) {
+        s->detecting = 0;
+        h->detecting--;
+    }
+    h->irc_sessions -= s->irc;
+    s->irc = 0;
     h->input_wall_ms = clock_wall_ms();
     chat_session_close(h->chat, slot, reason);
     run_effects(h);
@@ -964,24 +1198,51 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason)
 
 /* ---- the turn ---------------------------------------------------------- */
 
+/* Once a second: the idle timeout (both dialects) and the IRC dialect's
+ * pings of silent clients. */
 static int idle_check(hub *h, int64_t now)
 {
-    if (!h->cfg.idle_timeout_ms)
+    if (!h->cfg.idle_timeout_ms && h->irc_sessions == 0)
         return -1;
     if (now >= h->next_idle_check) {
         for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
             hub_slot *s = &h->slots[i];
-            if (s->conn_id == 0 || s->closing || now - s->last_input_ms < h->cfg.idle_timeout_ms)
+            if (s->conn_id == 0 || s->closing || s->detecting)
                 continue;
-            char text[96];
-            int n = snprintf(text, sizeof text, "*** idle for %d seconds; disconnecting",
-                             h->cfg.idle_timeout_ms / 1000);
-            reply_text(h, i, text, (size_t)n);
-            request_close(h, i, "timeout");
+            if (h->cfg.idle_timeout_ms && now - s->last_input_ms >= h->cfg.idle_timeout_ms) {
+                char text[96];
+                int n = snprintf(text, sizeof text, "*** idle for %d seconds; disconnecting",
+                                 h->cfg.idle_timeout_ms / 1000);
+                notice_text(h, i, text, (size_t)n);
+                request_close(h, i, "timeout");
+            } else if (s->irc) {
+                h->input_now = now;
+                h->input_wall_ms = clock_wall_ms();
+                chat_session_tick(h->chat, i, now - s->last_input_ms);
+                run_effects(h);
+            }
         }
         h->next_idle_check = now + IDLE_CHECK_MS;
     }
     return (int)(h->next_idle_check - now);
+}
+
+/* Connections that said nothing within detect_ms are line clients: greeted now. */
+static int detect_check(hub *h, int64_t now)
+{
+    if (h->detecting == 0)
+        return -1;
+    int64_t next = -1;
+    for (uint32_t i = 0; i < h->cfg.max_sessions && h->detecting > 0; i++) {
+        hub_slot *s = &h->slots[i];
+        if (!s->detecting || s->conn_id == 0)
+            continue;
+        if (now >= s->detect_until)
+            open_as(h, i, CHAT_DIALECT_LINE, now);
+        else if (next < 0 || s->detect_until - now < next)
+            next = s->detect_until - now;
+    }
+    return (int)next;
 }
 
 /* The slow-consumer rule's clock (see queue_to_as). */
@@ -1043,14 +1304,17 @@ int hub_turn(hub *h, int64_t now_ms)
 {
     int wait = -1;
     h->input_now = now_ms;
+    /* the timers first: what they make (a greeting's join, an IRC ping, an
+     * idle cut's notice) is stored and delivered in this turn */
+    wait = earliest(wait, detect_check(h, now_ms));
+    wait = earliest(wait, idle_check(h, now_ms));
     if (h->cfg.history && !outbox_commit(h, now_ms))
-        wait = COMMIT_RETRY_MS;
+        wait = earliest(wait, COMMIT_RETRY_MS);
     outbox_deliver(h);
     drain_later_lists(h);
     if (h->later_budget_spent)
         wait = 0;   /* more queries wait for the next turn, not for input */
     wait = earliest(wait, slow_check(h, now_ms));
-    wait = earliest(wait, idle_check(h, now_ms));
     wait = earliest(wait, prune_step(h, now_ms));
     if (h->upkeep_due)
         wait = earliest(wait, UPKEEP_DELAY_MS);   /* so that a quiet moment is noticed */
@@ -1073,8 +1337,8 @@ void hub_stopping(hub *h, int64_t now_ms)
     static const char msg[] = "*** server is stopping; goodbye";
     h->input_now = now_ms;
     for (uint32_t i = 0; i < h->cfg.max_sessions; i++)
-        if (slot_live(h, i))
-            reply_text(h, i, msg, sizeof msg - 1);
+        if (slot_live(h, i) && !h->slots[i].detecting)
+            notice_text(h, i, msg, sizeof msg - 1);
     h->db_failing = 0;   /* one last attempt now, whatever the retry timer says */
     hub_turn(h, now_ms);
 }

@@ -33,7 +33,15 @@ typedef struct hub_config {
     size_t pending_max_lines;    /* outbox bounds while the database is unavailable */
     size_t pending_max_bytes;
     int pending_max_ms;
+    int detect_ms;               /* HUB_LISTEN_DETECT: how long a silent client waits for the line greeting */
 } hub_config;
+
+/* What a listener speaks. */
+typedef enum hub_listen {
+    HUB_LISTEN_LINE,             /* the line protocol, greeted at once */
+    HUB_LISTEN_DETECT,           /* IRC if the first line is CAP/NICK/USER/PASS, else the line protocol */
+    HUB_LISTEN_IRC               /* --listen-irc: IRC only */
+} hub_listen;
 
 typedef struct hub hub;
 
@@ -61,8 +69,10 @@ void hub_destroy(hub *h);
 /* Admission.  Returns NULL if a new connection from peer_ip may take a slot,
  * else the one-line notice (without CRLF) to send it before closing. */
 const char *hub_admit(const hub *h, const char *peer_ip, int have_free_slot);
-/* The slot is now a live session (greeting, replay, join announcement). */
-void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, int64_t now_ms);
+/* The slot is now a live session accepted on a listener of kind `listen`
+ * (a line session is greeted at once, with replay and join announcement; an
+ * IRC session registers; a detecting one waits for its first line). */
+void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, hub_listen listen, int64_t now_ms);
 /* Bytes received on slot. */
 void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t n, int64_t now_ms);
 /* The send in flight on slot completed with `transferred` bytes. */

@@ -26,7 +26,7 @@ typedef enum option_kind {
 } option_kind;
 
 typedef enum option_id {
-    ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
+    ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_LISTEN_IRC, ID_GREET_DELAY, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
     ID_DB, ID_NO_HISTORY, ID_REPLAY, ID_RETAIN_DAYS, ID_RETAIN_MESSAGES, ID_FLOOD_BURST,
     ID_FLOOD_RATE, ID_FLOOD_KICK, ID_MAX_PER_IP, ID_IDLE_TIMEOUT, ID_LOG_PRIVATE, ID_LOG, ID_LOG_MAX_BYTES,
     ID_NAME
@@ -44,6 +44,8 @@ static const option_spec OPTION_TABLE[] = {
     { "--help",            ID_HELP,            OPT_FLAG,   0, 0 },
     { "--version",         ID_VERSION,         OPT_FLAG,   0, 0 },
     { "--listen",          ID_LISTEN,          OPT_LISTEN, 0, 0 },
+    { "--listen-irc",      ID_LISTEN_IRC,      OPT_LISTEN, 0, 0 },
+    { "--greet-delay",     ID_GREET_DELAY,     OPT_INT,    0, 5000 },
     { "--max-sessions",    ID_MAX_SESSIONS,    OPT_INT,    1, 100000 },
     { "--max-queue-bytes", ID_MAX_QUEUE_BYTES, OPT_SIZE,   4 * KIB, GIB },
     { "--db",              ID_DB,              OPT_PATH,   0, 0 },
@@ -68,9 +70,15 @@ static const option_spec OPTION_TABLE[] = {
  * that every option in the table appears here). */
 static const char HELP_TEXT[] =
     "Options:\n"
-    "  --listen ADDR:PORT      listen on ADDR:PORT; repeatable (up to 4); ADDR may be\n"
-    "                          an IPv4 address, [IPv6] or a host name; \":PORT\" or \"PORT\"\n"
-    "                          alone means all interfaces, IPv4 and IPv6 (default 7777)\n"
+    "  --listen ADDR:PORT      listen on ADDR:PORT; repeatable (up to 8 addresses in\n"
+    "                          all); ADDR may be an IPv4 address, [IPv6] or a host name;\n"
+    "                          \":PORT\" or \"PORT\" alone means all interfaces, IPv4 and\n"
+    "                          IPv6 (default 7777); IRC clients are recognised by their\n"
+    "                          first line, line clients are greeted\n"
+    "  --listen-irc ADDR:PORT  also listen for IRC clients only (usually port 6667);\n"
+    "                          repeatable (default none)\n"
+    "  --greet-delay MS        how long a silent client waits before it is greeted as\n"
+    "                          a line client, 0-5000 (default 300)\n"
     "  --max-sessions N        most clients connected at once, 1-100000 (default 1024)\n"
     "  --max-queue-bytes N     memory one client's queue may keep past 3 s without\n"
     "                          reading before it is disconnected as a slow consumer;\n"
@@ -107,6 +115,7 @@ void options_defaults(relay_options *o)
     o->listen[0].host[0] = '\0';
     o->listen[0].port = 7777;
     o->listen_count = 1;
+    o->greet_delay_ms = 300;
     o->max_sessions = 1024;
     o->max_queue_bytes = (size_t)(256 * KIB);
     o->replay = 20;
@@ -272,6 +281,7 @@ static void store_int(relay_options *o, option_id id, int64_t v)
     case ID_FLOOD_KICK:      o->flood_kick = (int)v; break;
     case ID_MAX_PER_IP:      o->max_per_ip = (int)v; break;
     case ID_IDLE_TIMEOUT:    o->idle_timeout = (int)v; break;
+    case ID_GREET_DELAY:     o->greet_delay_ms = (int)v; break;
     case ID_LOG_MAX_BYTES:   o->log_max_bytes = (size_t)v; break;
     default: break;
     }
@@ -342,15 +352,22 @@ static int apply(relay_options *o, const option_spec *spec, const char *value,
                     spec->name, value);
             return -1;
         }
-        /* The first --listen of a parse replaces what was there (the
-         * default, or the binPath's list when parsing `sc start` arguments);
-         * later ones in the same parse add to it. */
-        if (!*listen_replaced) {
-            o->listen_count = 0;
-            *listen_replaced = 1;
+        /* The first --listen (or --listen-irc) of a parse replaces the
+         * addresses of its kind that were there (the default, or the
+         * binPath's list when parsing `sc start` arguments); later ones in
+         * the same parse add to it. */
+        a.irc = (uint8_t)(spec->id == ID_LISTEN_IRC);
+        int kind_bit = a.irc ? 2 : 1;
+        if (!(*listen_replaced & kind_bit)) {
+            int kept = 0;
+            for (int k = 0; k < o->listen_count; k++)
+                if (o->listen[k].irc != a.irc)
+                    o->listen[kept++] = o->listen[k];
+            o->listen_count = kept;
+            *listen_replaced |= kind_bit;
         }
         if (o->listen_count >= OPTIONS_MAX_LISTEN) {
-            set_err(err, errlen, "%s: at most %d addresses, got more", spec->name, OPTIONS_MAX_LISTEN);
+            set_err(err, errlen, "%s: at most %d addresses in all, got more", spec->name, OPTIONS_MAX_LISTEN);
             return -1;
         }
         o->listen[o->listen_count++] = a;

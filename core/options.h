@@ -10,12 +10,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define OPTIONS_MAX_LISTEN 4
+#define OPTIONS_MAX_LISTEN 8
 #define OPTIONS_PATH_MAX 1024
 
 typedef struct listen_addr {
     char host[64];          /* "" = all interfaces (IPv6 dual-stack, plus IPv4) */
     uint16_t port;
+    uint8_t irc;            /* --listen-irc: IRC only (else the dialect is detected) */
 } listen_addr;
 
 typedef struct relay_options {
@@ -23,7 +24,9 @@ typedef struct relay_options {
     int help;                            /* --help */
     int version;                         /* --version */
     listen_addr listen[OPTIONS_MAX_LISTEN];
-    int listen_count;                    /* --listen ADDR:PORT (repeatable); default one, all interfaces :7777 */
+    int listen_count;                    /* --listen ADDR:PORT (repeatable); default one, all interfaces :7777;
+                                          * --listen-irc ADDR:PORT (repeatable) adds IRC-only ones */
+    int greet_delay_ms;                  /* --greet-delay MS: a silent client is greeted as a line client after this (default 300) */
     uint32_t max_sessions;               /* --max-sessions N (1..100000), default 1024 */
     size_t max_queue_bytes;              /* --max-queue-bytes N, default 256 KiB */
     char db_path[OPTIONS_PATH_MAX];      /* --db PATH, "" = %ProgramData%\ChatRelay\history.db */

@@ -56,7 +56,7 @@
 #define WARN_REPEAT_MS 60000      /* a repeated warning is logged once a minute */
 #define STUCK_WARN_MS 5000
 #define WAIT_FAILURES_MAX 100
-#define MAX_LISTENERS 4
+#define MAX_LISTENERS (2 * OPTIONS_MAX_LISTEN)   /* all interfaces: an IPv4 and an IPv6 socket each */
 
 typedef enum session_state { S_FREE, S_OPEN, S_CLOSING, S_CANCELLED } session_state;
 
@@ -92,6 +92,7 @@ struct relay {
     session *done_head, *done_tail;
     SOCKET listeners[MAX_LISTENERS];
     WSAEVENT listen_events[MAX_LISTENERS];
+    uint8_t listener_irc[MAX_LISTENERS];   /* --listen-irc: IRC only */
     int listener_count;
     int64_t accept_resume_at;     /* backoff after accept failures */
     int accept_more;              /* the per-turn accept cap was hit: accept again at once */
@@ -526,14 +527,14 @@ static void accept_all(relay *r, int li, int recheck)
         s->state = S_OPEN;
         s->close_reason = NULL;
         log_debug("session %u: connected from %s", (unsigned)s->slot, ip);
-        hub_session_open(r->hub, s->slot, ip, now_ms());
+        hub_session_open(r->hub, s->slot, ip, r->listener_irc[li] ? HUB_LISTEN_IRC : HUB_LISTEN_DETECT, now_ms());
         session_post_recv(r, s);
     }
 }
 
 /* ---- listening ---------------------------------------------------------- */
 
-static int listen_on(relay *r, int family, const struct sockaddr *addr, int addrlen, const char *shown)
+static int listen_on(relay *r, int family, const struct sockaddr *addr, int addrlen, const char *shown, int irc)
 {
     if (r->listener_count == MAX_LISTENERS) {
         log_error("too many listening addresses (at most %d)", MAX_LISTENERS);
@@ -579,8 +580,9 @@ static int listen_on(relay *r, int family, const struct sockaddr *addr, int addr
     }
     r->listeners[r->listener_count] = ls;
     r->listen_events[r->listener_count] = ev;
+    r->listener_irc[r->listener_count] = (uint8_t)irc;
     r->listener_count++;
-    log_info("listening on %s", shown);
+    log_info("listening on %s%s", shown, irc ? " (IRC)" : "");
     return 0;
 }
 
@@ -596,14 +598,14 @@ static int open_listeners(relay *r)
             a4.sin_family = AF_INET;
             a4.sin_port = htons(la->port);
             snprintf(shown, sizeof shown, "0.0.0.0:%u", (unsigned)la->port);
-            if (listen_on(r, AF_INET, (struct sockaddr *)&a4, sizeof a4, shown) != 0)
+            if (listen_on(r, AF_INET, (struct sockaddr *)&a4, sizeof a4, shown, la->irc) != 0)
                 return -1;
             struct sockaddr_in6 a6;
             memset(&a6, 0, sizeof a6);
             a6.sin6_family = AF_INET6;
             a6.sin6_port = htons(la->port);
             snprintf(shown, sizeof shown, "[::]:%u", (unsigned)la->port);
-            if (listen_on(r, AF_INET6, (struct sockaddr *)&a6, sizeof a6, shown) != 0)
+            if (listen_on(r, AF_INET6, (struct sockaddr *)&a6, sizeof a6, shown, la->irc) != 0)
                 log_warn("IPv6 listener not available; serving IPv4 only");
             continue;
         }
@@ -620,7 +622,7 @@ static int open_listeners(relay *r)
             return -1;
         }
         snprintf(shown, sizeof shown, res->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", la->host, port);
-        rc = listen_on(r, res->ai_family, res->ai_addr, (int)res->ai_addrlen, shown);
+        rc = listen_on(r, res->ai_family, res->ai_addr, (int)res->ai_addrlen, shown, la->irc);
         freeaddrinfo(res);
         if (rc != 0)
             return -1;

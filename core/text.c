@@ -81,6 +81,12 @@ static size_t utf8_sequence(unsigned char lead, unsigned char *second_lo, unsign
 
 size_t text_clean(const char *in, size_t n, char *out, size_t cap, int *truncated)
 {
+    return text_clean_keeping(in, n, out, cap, truncated, 0);
+}
+
+size_t text_clean_keeping(const char *in, size_t n, char *out, size_t cap, int *truncated,
+                          unsigned char keep)
+{
     const unsigned char *s = (const unsigned char *)in;
     unsigned char *o = (unsigned char *)out;
     size_t room, i = 0, w = 0;
@@ -114,6 +120,13 @@ size_t text_clean(const char *in, size_t n, char *out, size_t cap, int *truncate
         }
 
         if (c < 0x80) { /* C0 control or DEL */
+            if (c == keep && keep != 0) {
+                if (w == room) {
+                    cut = 1;
+                    break;
+                }
+                o[w++] = c;
+            }
             i++;
             continue;
         }

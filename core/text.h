@@ -22,6 +22,12 @@
  * U+2028..U+202E, U+2066..U+2069. */
 size_t text_clean(const char *in, size_t n, char *out, size_t cap, int *truncated);
 
+/* The same, but the C0 control byte `keep` (not NUL) is copied, not removed:
+ * the IRC dialect's CTCP delimiter 0x01, which it consumes before any text
+ * reaches another client. */
+size_t text_clean_keeping(const char *in, size_t n, char *out, size_t cap, int *truncated,
+                          unsigned char keep);
+
 /* Largest k <= n such that s[0..k) does not end inside a UTF-8 sequence
  * (s is assumed to be valid UTF-8, e.g. text_clean output). */
 size_t text_utf8_boundary(const char *s, size_t n);

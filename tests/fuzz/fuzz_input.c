@@ -447,7 +447,7 @@ static void open_slot(hub_run *r, uint32_t slot)
     FUZZ_ASSERT(hub_admit(r->h, "192.0.2.7", 1) == NULL); /* --max-per-ip 0 */
     memset(v, 0, sizeof *v);
     v->open = 1;
-    hub_session_open(r->h, slot, "192.0.2.7", r->now);
+    hub_session_open(r->h, slot, "192.0.2.7", HUB_LISTEN_LINE, r->now);
     FUZZ_ASSERT(hub_session_conn_id(r->h, slot) != 0);
 }
 

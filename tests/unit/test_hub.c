@@ -95,8 +95,8 @@ static hub *two_in_lobby(const hub_config *cfg)
 {
     hub *h = hub_create(cfg);
     CHECK(h != NULL);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_session_open(h, 0, "127.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 1, "127.0.0.1", HUB_LISTEN_LINE, 0);
     hub_turn(h, 0);
     drain_all(h);
     return h;
@@ -109,9 +109,9 @@ static void test_broadcast_not_echoed_and_ordered(void)
     hub_config cfg = base_config(db);
     hub *h = hub_create(&cfg);
     CHECK(h != NULL);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_session_open(h, 2, "127.0.0.1", 0);
+    hub_session_open(h, 0, "127.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 1, "127.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 2, "127.0.0.1", HUB_LISTEN_LINE, 0);
     hub_turn(h, 0);
     const char *first = take_output(h, 0);
     CHECK(strstr(first, "guest1") != NULL);               /* greeting names the nick */
@@ -178,7 +178,7 @@ static void test_busy_database_holds_then_delivers_in_order(void)
     /* Reconnect churn while the database is down: announcements are held up to
      * a hard bound (4 x 5 entries here), never without end. */
     for (int i = 0; i < 40; i++) {
-        hub_session_open(h, 2, "127.0.0.1", 130);
+        hub_session_open(h, 2, "127.0.0.1", HUB_LISTEN_LINE, 130);
         hub_session_closed(h, 2, "connection closed");
     }
     hub_turn(h, 150);
@@ -241,9 +241,9 @@ static void test_slow_consumer_is_closed(void)
     hub_config cfg = base_config(NULL);
     cfg.max_queue_bytes = 4096;
     hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
-    hub_session_open(h, 2, "127.0.0.1", 0);
+    hub_session_open(h, 0, "127.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 1, "127.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 2, "127.0.0.1", HUB_LISTEN_LINE, 0);
     hub_turn(h, 0);
     drain_all(h);
     char line[120];
@@ -334,7 +334,7 @@ static void test_reader_survives_server_bursts(void)
     /* Two /history 200 in a row, and a new session's replay of 20 long lines
      * with a 16 KiB bound: answered as the client reads, never cut. */
     say(h, 1, "/history 200\r\n/history 200\r\n", 30000);
-    hub_session_open(h, 2, "127.0.0.1", 30000);
+    hub_session_open(h, 2, "127.0.0.1", HUB_LISTEN_LINE, 30000);
     int history_lines = 0, replay_lines = 0;
     for (int64_t t = 30000; t < 60000; t += 10) {
         hub_turn(h, t);
@@ -368,7 +368,7 @@ static void test_negotiation_flood_is_bounded(void)
     hub_config cfg = base_config(NULL);
     cfg.max_queue_bytes = 256 * 1024;
     hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 0, "127.0.0.1", HUB_LISTEN_LINE, 0);
     hub_turn(h, 0);
     drain_all(h);
     static unsigned char flood[3 * 2048];
@@ -402,8 +402,8 @@ static void test_admission_limits(void)
     cfg.max_per_ip = 2;
     hub *h = hub_create(&cfg);
     CHECK(hub_admit(h, "10.0.0.1", 1) == NULL);
-    hub_session_open(h, 0, "10.0.0.1", 0);
-    hub_session_open(h, 1, "10.0.0.1", 0);
+    hub_session_open(h, 0, "10.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 1, "10.0.0.1", HUB_LISTEN_LINE, 0);
     const char *no = hub_admit(h, "10.0.0.1", 1);
     CHECK(no != NULL && strncmp(no, "*** ", 4) == 0);
     CHECK(hub_admit(h, "10.0.0.2", 1) == NULL);
@@ -458,12 +458,12 @@ static void test_replay_on_connect(void)
     hub_config cfg = base_config(db);
     cfg.chat.replay = 2;
     hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
+    hub_session_open(h, 0, "127.0.0.1", HUB_LISTEN_LINE, 0);
     hub_turn(h, 0);
     say(h, 0, "first\r\nsecond\r\nthird\r\n", 1);
     hub_turn(h, 1);
     drain_all(h);
-    hub_session_open(h, 1, "127.0.0.1", 2);
+    hub_session_open(h, 1, "127.0.0.1", HUB_LISTEN_LINE, 2);
     hub_turn(h, 2);   /* queries are answered by the turn (the later list) */
     const char *out = take_output(h, 1);
     CHECK(strstr(out, "first") == NULL);
@@ -547,8 +547,8 @@ static void test_query_answers_keep_command_order(void)
     history *db = open_db(path);
     hub_config cfg = base_config(db);
     hub *h = hub_create(&cfg);
-    hub_session_open(h, 0, "127.0.0.1", 0);
-    hub_session_open(h, 1, "127.0.0.1", 0);
+    hub_session_open(h, 0, "127.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 1, "127.0.0.1", HUB_LISTEN_LINE, 0);
     hub_turn(h, 0);
     say(h, 0, "alpha\r\nbeta\r\n", 1);
     hub_turn(h, 1);
@@ -592,7 +592,7 @@ static void test_held_msg_to_a_leaver(void)
     say(h, 0, "a room line first\r\n/msg guest2 you will never see this\r\n", 10);
     hub_turn(h, 10);
     hub_session_closed(h, 1, "connection closed");
-    hub_session_open(h, 1, "127.0.0.1", 20);          /* guest3 in guest2's slot */
+    hub_session_open(h, 1, "127.0.0.1", HUB_LISTEN_LINE, 20);          /* guest3 in guest2's slot */
     hub_turn(h, 20);
     cli_unlock(locker);
     hub_turn(h, 100);

@@ -483,7 +483,7 @@ static int start_hub(run *r)
         return 0;
     }
     for (int s = 0; s < SESSIONS; s++)
-        hub_session_open(r->h, (uint32_t)s, "127.0.0.1", r->now);
+        hub_session_open(r->h, (uint32_t)s, "127.0.0.1", HUB_LISTEN_LINE, r->now);
     return 1;
 }
 

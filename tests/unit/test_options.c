@@ -114,7 +114,8 @@ static void test_rejections(void)
     char *a14[] = { "--max-queue-bytes", "2G" };
     char *a15[] = { "--db", "" };
     char *a16[] = { "--name", "bad\x1bname" };
-    char *a17[] = { "--listen", "1:1", "--listen", "2:2", "--listen", "3:3", "--listen", "4:4", "--listen", "5:5" };
+    char *a17[] = { "--listen", "1:1", "--listen", "2:2", "--listen", "3:3", "--listen", "4:4", "--listen", "5:5",
+                    "--listen-irc", "6:6", "--listen-irc", "7:7", "--listen", "8:8", "--listen-irc", "9:9" };
     char *a18[] = { "--idle-timeout", " 5" };
     char *a19[] = { "--log-max-bytes", "10" };
     char *a20[] = { "--listen", "host name:80" };
@@ -135,10 +136,30 @@ static void test_rejections(void)
     check_rejected(ARGC(a14), a14, "--max-queue-bytes: expected a size");
     check_rejected(ARGC(a15), a15, "--db: expected a path");
     check_rejected(ARGC(a16), a16, "--name: expected 1 to 63 printable bytes");
-    check_rejected(ARGC(a17), a17, "--listen: at most 4 addresses");
+    check_rejected(ARGC(a17), a17, "--listen-irc: at most 8 addresses in all");
     check_rejected(ARGC(a18), a18, "--idle-timeout: expected");
     check_rejected(ARGC(a19), a19, "--log-max-bytes: expected");
     check_rejected(ARGC(a20), a20, "--listen: expected ADDR:PORT");
+}
+
+/* --listen-irc adds IRC-only addresses beside the --listen ones (or the default). */
+static void test_listen_irc(void)
+{
+    relay_options o;
+    char *a1[] = { "--listen-irc", "127.0.0.1:6667" };
+    CHECK_INT(parse(&o, ARGC(a1), a1), 0);
+    CHECK_INT(o.listen_count, 2);
+    CHECK_INT(o.listen[0].port, 7777);
+    CHECK_INT(o.listen[0].irc, 0);
+    CHECK_INT(o.listen[1].port, 6667);
+    CHECK_INT(o.listen[1].irc, 1);
+    char *a2[] = { "--listen-irc", ":6667", "--listen", ":7000", "--listen-irc", ":6668", "--greet-delay", "0" };
+    CHECK_INT(parse(&o, ARGC(a2), a2), 0);
+    CHECK_INT(o.listen_count, 3);
+    CHECK_INT(o.listen[0].irc + o.listen[1].irc + o.listen[2].irc, 2);
+    CHECK_INT(o.greet_delay_ms, 0);
+    char *a3[] = { "--greet-delay", "5001" };
+    check_rejected(ARGC(a3), a3, "--greet-delay: expected a number from 0 to 5000");
 }
 
 static void test_listen_forms(void)
@@ -211,7 +232,7 @@ static void test_help(void)
         "--console", "--help", "--version", "--listen", "--max-sessions", "--max-queue-bytes",
         "--db", "--no-history", "--replay", "--retain-days", "--retain-messages",
         "--flood-burst", "--flood-rate", "--flood-kick", "--max-per-ip", "--idle-timeout", "--log-private",
-        "--log ", "--log-max-bytes", "--name"
+        "--log ", "--log-max-bytes", "--name", "--listen-irc", "--greet-delay"
     };
     size_t i;
     CHECK(help != NULL && strlen(help) > 100);
@@ -240,6 +261,7 @@ int main(void)
     test_every_option();
     test_rejections();
     test_listen_forms();
+    test_listen_irc();
     test_layered_parse();
     test_help();
     return check_done();
