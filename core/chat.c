@@ -965,7 +965,7 @@ void chat_room_members(const chat *c, const char *room_name, chat_member_fn fn, 
         fn(ctx, c->members[m].slot);
 }
 
-size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, uint32_t room,
+size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, uint32_t room_index,
                          int echo, const char *at, char *out, size_t cap)
 {
     sbuf b;
@@ -973,7 +973,7 @@ size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, ui
         return 0;
     sb_init(&b, out, cap);
     if (form == CHAT_FORM_LINE) {
-        if (line_render_event(ev, room, echo, &b) == 0)
+        if (line_render_event(ev, room_index, echo, &b) == 0)
             return 0;
         sb_put(&b, "\r\n", 2);
     } else {

@@ -137,7 +137,7 @@ void chat_room_members(const chat *c, const char *room, chat_member_fn fn, void 
  * chat_form_names_room); echo: the actor's own copy.  at: the event's time
  * (HISTORY_TIME_LEN chars), for the server-time tag.  Returns the bytes
  * written, 0 if this form shows nothing for it. */
-size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, uint32_t room,
+size_t chat_render_event(const chat *c, chat_form form, const chat_event *ev, uint32_t room_index,
                          int echo, const char *at, char *out, size_t cap);
 /* 1 if form renders ev differently per room (so a multi-room event is
  * rendered once per room, still never per recipient). */

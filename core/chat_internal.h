@@ -176,7 +176,7 @@ void chat_op_quit(chat *c, uint32_t slot, const char *why, size_t why_len, const
 void line_open(chat *c, uint32_t slot);
 void line_input(chat *c, uint32_t slot, const char *line, size_t len, int truncated, int64_t now_ms);
 void line_flood_refused(chat *c, uint32_t slot, int kicked);
-size_t line_render_event(const chat_event *ev, uint32_t room, int echo, sbuf *b);
+size_t line_render_event(const chat_event *ev, uint32_t room_index, int echo, sbuf *b);
 size_t line_render_history(const history_record *rec, sbuf *b);
 
 int irc_open(chat *c, uint32_t slot);            /* -1: out of memory */

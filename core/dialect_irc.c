@@ -1015,12 +1015,12 @@ static void put_text_lines(sbuf *b, const chat *c, const char *tags, size_t tags
     sb_puts(&head, hash);
     sb_puts(&head, target);
     sb_puts(&head, action ? " :\1ACTION " : " :");
-    size_t room = IRC_LINE_MAX - head.len - (action ? 1 : 0);
+    size_t chunk_max = IRC_LINE_MAX - head.len - (action ? 1 : 0);
     (void)start_len;
     do {
-        size_t n = body_len <= room ? body_len : text_utf8_boundary(body, room);
+        size_t n = body_len <= chunk_max ? body_len : text_utf8_boundary(body, chunk_max);
         if (n == 0 && body_len > 0)
-            n = body_len < room ? body_len : room;   /* cannot happen with valid UTF-8 */
+            n = body_len < chunk_max ? body_len : chunk_max;   /* cannot happen with valid UTF-8 */
         sb_put(b, tags, tags_len);
         sb_put(b, head.p, head.len);
         if (clean)
@@ -1044,11 +1044,11 @@ size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int
     if (form == CHAT_FORM_IRC_TIME)
         put_time_tag(&t, at);
     (void)echo;
-    const char *room = ev->room_count > 0 ? ev->rooms[0] : "";
+    const char *rname = ev->room_count > 0 ? ev->rooms[0] : "";
     switch (ev->kind) {
     case HISTORY_SAY:
     case HISTORY_ME:
-        put_text_lines(b, c, t.p, t.len, ev->nick, ev->notice ? "NOTICE" : "PRIVMSG", "#", room,
+        put_text_lines(b, c, t.p, t.len, ev->nick, ev->notice ? "NOTICE" : "PRIVMSG", "#", rname,
                        ev->kind == HISTORY_ME, ev->body, ev->body_len, 0);
         break;
     case HISTORY_MSG:
@@ -1059,7 +1059,7 @@ size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int
         sb_put(b, t.p, t.len);
         put_prefix(b, c, ev->nick);
         sb_puts(b, " JOIN #");
-        sb_puts(b, room);
+        sb_puts(b, rname);
         sb_puts(b, "\r\n");
         break;
     case HISTORY_LEAVE:
@@ -1069,7 +1069,7 @@ size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int
             sb_puts(b, " QUIT :");
         } else {
             sb_puts(b, " PART #");
-            sb_puts(b, room);
+            sb_puts(b, rname);
             sb_puts(b, " :");
         }
         sb_put(b, ev->body, chat_cut(ev->body, ev->body_len, 300));
@@ -1116,7 +1116,7 @@ size_t irc_render_history(const chat *c, const session *s, const history_record 
         put_time_tag(&t, rec->at);
     if (rec->kind != HISTORY_SAY && rec->kind != HISTORY_ME && rec->kind != HISTORY_KIND_NONE)
         return 0;   /* without event-playback only messages are played back */
-    char nick[CHAT_NAME_MAX + 1], room[CHAT_NAME_MAX + 1];
+    char nick[CHAT_NAME_MAX + 1], rname[CHAT_NAME_MAX + 1];
     /* Names from the database may be anything: only a valid name is used as
      * one (a broken one would break the line's syntax). */
     size_t nl = rec->nick ? strlen(rec->nick) : 0, rl = rec->room ? strlen(rec->room) : 0;
@@ -1126,7 +1126,7 @@ size_t irc_render_history(const chat *c, const session *s, const history_record 
         memcpy(nick, rec->nick, nl + 1);
     if (!chat_name_valid(rec->room ? rec->room : "", rl))
         return 0;
-    memcpy(room, rec->room, rl + 1);
+    memcpy(rname, rec->room, rl + 1);
     char body[CHAT_LINE_MAX + 40];
     size_t body_len = 0;
     const char *text = rec->body ? rec->body : "";
@@ -1150,7 +1150,7 @@ size_t irc_render_history(const chat *c, const session *s, const history_record 
         sb_put_clean(&w, text, text_len);
         body_len = w.len;
     }
-    put_text_lines(b, c, t.p, t.len, nick, "PRIVMSG", "#", room, rec->kind == HISTORY_ME, body, body_len, 0);
+    put_text_lines(b, c, t.p, t.len, nick, "PRIVMSG", "#", rname, rec->kind == HISTORY_ME, body, body_len, 0);
     if (b->full)
         b->len = start;
     return b->len - start;

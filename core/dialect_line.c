@@ -84,9 +84,9 @@ static void put_event(sbuf *b, history_kind kind, const char *nick, size_t nick_
     }
 }
 
-size_t line_render_event(const chat_event *ev, uint32_t room, int echo, sbuf *b)
+size_t line_render_event(const chat_event *ev, uint32_t room_index, int echo, sbuf *b)
 {
-    const char *rname = room < ev->room_count ? ev->rooms[room] : "";
+    const char *rname = room_index < ev->room_count ? ev->rooms[room_index] : "";
     size_t start = b->len;
     switch (ev->kind) {
     case HISTORY_SAY:

@@ -57,7 +57,7 @@ typedef struct hub_slot {
  * deliver, or a reply or query for one session that must not overtake that
  * session's own earlier events (an IRC client learns its nick from the NICK
  * echo: the reply to its next command must come after it). */
-enum { ENTRY_EVENT, ENTRY_REPLY, ENTRY_QUERY };
+enum { ENTRY_EVENT, ENTRY_REPLY, ENTRY_QUERY, ENTRY_CLOSE };
 
 typedef struct outbox_entry {
     uint8_t type;
@@ -78,6 +78,7 @@ typedef struct outbox_entry {
     msgbuf *data;
     uint32_t target_off, body_off, body_len, rooms_off, stored_off, stored_len;
     msgbuf *wire[CHAT_FORM_COUNT];  /* the event rendered once per form, at delivery */
+    const char *reason;             /* CLOSE: chat keeps it until chat_session_close */
     char at[HISTORY_TIME_LEN + 1];
 } outbox_entry;
 
@@ -799,7 +800,9 @@ static void outbox_deliver(hub *h)
             (void)deliver_event(h, e);
         else if (is_actor(h, e) && e->type == ENTRY_REPLY)
             queue_to(h, e->from_slot, e->data);
-        else if (is_actor(h, e))
+        else if (is_actor(h, e) && e->type == ENTRY_CLOSE)
+            request_close(h, e->from_slot, e->reason);
+        else if (is_actor(h, e) && e->type == ENTRY_QUERY)
             later_push_query(h, e->from_slot, e->data);
         outbox_entry_free(e);
     }
@@ -1007,6 +1010,30 @@ static void drain_later_lists(hub *h)
     h->later_count = kept;
 }
 
+/* The session asked to go (or chat cut it): closed once what it was told
+ * before is out, so a QUIT after a NICK still sees the NICK's echo. */
+static void close_after_output(hub *h, uint32_t slot, const char *reason)
+{
+    hub_slot *s = &h->slots[slot];
+    if (!slot_live(h, slot))
+        return;
+    if (s->ob_pending == 0) {
+        request_close(h, slot, reason);
+        return;
+    }
+    outbox_entry *e = outbox_push(h);
+    if (!e) {
+        request_close(h, slot, reason);
+        return;
+    }
+    e->type = ENTRY_CLOSE;
+    e->from_slot = slot;
+    e->from_conn = s->conn_id;
+    e->reason = reason;
+    e->pending_for_slot = 1;
+    s->ob_pending++;
+}
+
 static void run_effects(hub *h)
 {
     const chat_effect *fx;
@@ -1025,7 +1052,7 @@ static void run_effects(hub *h)
         case CHAT_CLOSE:
             if (fx[i].text)
                 reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
-            request_close(h, fx[i].slot, fx[i].reason ? fx[i].reason : "closed");
+            close_after_output(h, fx[i].slot, fx[i].reason ? fx[i].reason : "closed");
             break;
         }
     }
