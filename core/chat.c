@@ -674,6 +674,85 @@ chat_result chat_op_msg(chat *c, uint32_t slot, const char *nick, size_t n, int 
     return CHAT_OK;
 }
 
+static chat_topic *topic_find(const chat *c, const char *name, size_t n)
+{
+    for (uint32_t i = 0; i < c->topic_count; i++)
+        if (chat_name_equal(c->topics[i].room, strlen(c->topics[i].room), name, n))
+            return &c->topics[i];
+    return NULL;
+}
+
+/* 0, or -1 when out of memory (the topic is then unchanged). */
+static int topic_set(chat *c, const char *name, size_t n, const char *text, size_t len)
+{
+    chat_topic *t = topic_find(c, name, n);
+    if (len == 0) {
+        if (t) {
+            free(t->text);
+            *t = c->topics[--c->topic_count];
+        }
+        return 0;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    if (!t) {
+        if (c->topic_count == c->topic_cap) {
+            uint32_t ncap = c->topic_cap ? c->topic_cap * 2 : 16;
+            chat_topic *grown = realloc(c->topics, ncap * sizeof *grown);
+            if (!grown) {
+                free(copy);
+                return -1;
+            }
+            c->topics = grown;
+            c->topic_cap = ncap;
+        }
+        t = &c->topics[c->topic_count++];
+        memcpy(t->room, name, n);
+        t->room[n] = '\0';
+        t->text = NULL;
+    }
+    free(t->text);
+    t->text = copy;
+    return 0;
+}
+
+const char *chat_topic_of(const chat *c, uint32_t ri)
+{
+    const chat_topic *t = topic_find(c, c->rooms[ri].name, c->rooms[ri].name_len);
+    return t ? t->text : NULL;
+}
+
+chat_result chat_op_topic(chat *c, uint32_t slot, uint32_t ri, const char *text, size_t len)
+{
+    if (ri == NONE || chat_member_of(c, slot, ri) == NONE)
+        return CHAT_NOT_IN;
+    len = chat_cut(text, len, CHAT_TOPIC_MAX);
+    if (topic_set(c, c->rooms[ri].name, c->rooms[ri].name_len, text, len) != 0)
+        return CHAT_TOO_MANY;
+    chat_effect *e = event_add(c, slot, HISTORY_TOPIC, 1);
+    event_in_room(c, e, ri);
+    event_body(c, e, text, len);
+    return CHAT_OK;
+}
+
+void chat_restore_topic(chat *c, const history_record *rec)
+{
+    if (!c || !rec || !rec->room || rec->kind != HISTORY_TOPIC)
+        return;
+    size_t n = strlen(rec->room);
+    if (!chat_name_valid(rec->room, n))
+        return;   /* a row someone wrote by hand: not a room of ours */
+    /* from the database: cleaned like any text read back */
+    char text[CHAT_TOPIC_MAX * 4 + 1];
+    sbuf b;
+    sb_init(&b, text, sizeof text);
+    sb_put_clean(&b, rec->body ? rec->body : "", rec->body ? rec->body_len : 0);
+    (void)topic_set(c, rec->room, n, text, chat_cut(text, b.len, CHAT_TOPIC_MAX));
+}
+
 void chat_op_quit(chat *c, uint32_t slot, const char *why, size_t why_len, const char *text)
 {
     session *s = &c->sessions[slot];
@@ -786,6 +865,9 @@ void chat_destroy(chat *c)
             free(c->sessions[i].quit_reason);
             irc_free(c->sessions[i].irc);
         }
+    for (uint32_t i = 0; i < c->topic_count; i++)
+        free(c->topics[i].text);
+    free(c->topics);
     free(c->sessions);
     free(c->rooms);
     free(c->members);
@@ -944,9 +1026,10 @@ int chat_session_echoes(const chat *c, uint32_t slot, const chat_event *ev)
     const session *s = &c->sessions[slot];
     if (s->dialect == CHAT_DIALECT_IRC)
         return irc_echoes(s, ev);
-    /* A line client sees its nick change (its confirmation) and "*** to bob:
-     * text" for a private message; its own lines it typed itself. */
-    return ev->kind == HISTORY_NICK || ev->kind == HISTORY_MSG;
+    /* A line client sees its nick and topic changes (their confirmation)
+     * and "*** to bob: text" for a private message; its own lines it typed
+     * itself. */
+    return ev->kind == HISTORY_NICK || ev->kind == HISTORY_MSG || ev->kind == HISTORY_TOPIC;
 }
 
 void chat_room_members(const chat *c, const char *room_name, chat_member_fn fn, void *ctx)
@@ -1019,6 +1102,18 @@ size_t chat_render_history(const chat *c, uint32_t slot, const history_record *r
         b.full = 0;
         sb_put(&b, "\r\n", 2);
     }
+    out[b.len] = '\0';
+    return b.len;
+}
+
+size_t chat_render_query_mark(chat *c, uint32_t slot, const char *room_name, const char *words, int end,
+                              char *out, size_t cap)
+{
+    sbuf b;
+    if (!c || !out || cap < 3 || slot >= c->max_slots || c->sessions[slot].dialect != CHAT_DIALECT_IRC)
+        return 0;
+    sb_init(&b, out, cap);
+    irc_render_query_mark(c, &c->sessions[slot], room_name, words, end, &b);
     out[b.len] = '\0';
     return b.len;
 }

@@ -126,6 +126,9 @@ chat_form chat_session_form(const chat *c, uint32_t slot);
 /* 1 if the actor of an event of kind gets it back (its echo form). */
 int chat_session_echoes(const chat *c, uint32_t slot, const chat_event *ev);
 
+/* A stored topic row (history_topics at start): the room's topic again. */
+void chat_restore_topic(chat *c, const history_record *rec);
+
 /* Room membership, for delivery: calls fn for every slot in room (by name,
  * case-insensitive).  A room that no longer exists has no members. */
 typedef void (*chat_member_fn)(void *ctx, uint32_t slot);
@@ -148,6 +151,12 @@ size_t chat_render_notice(const chat *c, uint32_t slot, const char *text, size_t
 /* One history row for slot in its dialect ("*** [2026-11-27 03:04:05] <nick> body"
  * for a line client); CRLF-terminated lines; 0 if its dialect shows no such row. */
 size_t chat_render_history(const chat *c, uint32_t slot, const history_record *rec, char *out, size_t cap);
+/* What frames an answer from history for slot: begin (end 0) and end (end
+ * 1) of the replay of room, or of a search of it for words (NULL: a replay).
+ * An IRC batch when the client negotiated batch, else notices; nothing for
+ * a line client.  CRLF-terminated; 0 = nothing. */
+size_t chat_render_query_mark(chat *c, uint32_t slot, const char *room_name, const char *words, int end,
+                              char *out, size_t cap);
 /* The line form of one history row without CRLF (for tests and logs). */
 size_t chat_format_history(const history_record *rec, char *out, size_t cap);
 

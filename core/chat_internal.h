@@ -66,8 +66,19 @@ typedef struct room {
     uint32_t prev, next;             /* live rooms in creation order; free list uses next */
 } room;
 
+/* A room's topic outlives the room (rooms go when their last member
+ * leaves; the topic is there when someone comes back), so topics live in a
+ * table of their own, looked up by name.  Topics are few: a linear table. */
+#define CHAT_TOPIC_MAX 300u
+typedef struct chat_topic {
+    char room[CHAT_NAME_MAX + 1];
+    char *text;                      /* malloc'd, never empty */
+} chat_topic;
+
 struct chat {
     chat_config cfg;
+    chat_topic *topics;
+    uint32_t topic_count, topic_cap;
     char server_name[CHAT_SERVER_NAME_MAX + 1];
     char irc_name[CHAT_SERVER_NAME_MAX + 1];   /* the server name as one IRC token */
     uint32_t max_slots;
@@ -165,6 +176,10 @@ chat_result chat_op_part(chat *c, uint32_t slot, uint32_t room, const char *reas
 /* Says text (SAY or ME, notice for IRC NOTICE) in room. */
 chat_result chat_op_say(chat *c, uint32_t slot, uint32_t room, history_kind kind, int notice,
                         const char *text, size_t len);
+/* Sets (or, with len 0, clears) room's topic, announced to its members. */
+chat_result chat_op_topic(chat *c, uint32_t slot, uint32_t room, const char *text, size_t len);
+/* The room's topic, or NULL. */
+const char *chat_topic_of(const chat *c, uint32_t room);
 /* A private message to nick; *to_out: the recipient. */
 chat_result chat_op_msg(chat *c, uint32_t slot, const char *nick, size_t n, int notice,
                         const char *text, size_t len, uint32_t *to_out);
@@ -189,5 +204,6 @@ int irc_echoes(const session *s, const chat_event *ev);
 size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int echo, const char *at, sbuf *b);
 size_t irc_render_notice(const chat *c, const session *s, const char *text, size_t len, sbuf *b);
 size_t irc_render_history(const chat *c, const session *s, const history_record *rec, sbuf *b);
+size_t irc_render_query_mark(const chat *c, session *s, const char *room_name, const char *words, int end, sbuf *b);
 
 #endif

@@ -51,6 +51,8 @@ struct irc_state {
     uint8_t want_len;
     char want_nick[CHAT_NAME_MAX + 1];   /* NICK before registration */
     char *away;                          /* AWAY text, or NULL */
+    uint32_t batch_seq;                  /* batch ids: "h1", "h2"... */
+    uint8_t in_batch;                    /* an answer's batch is open: rows carry its tag */
 };
 
 /* ---- output helpers ---- */
@@ -358,6 +360,8 @@ static void put_channel(sbuf *b, const room *r)
     sb_put(b, r->name, r->name_len);
 }
 
+static void topic_reply(chat *c, uint32_t slot, uint32_t ri, int say_none);
+
 /* 353 lines of about 400 bytes, then 366. */
 static void names_reply(chat *c, uint32_t slot, uint32_t ri)
 {
@@ -417,6 +421,7 @@ static void cmd_join(chat *c, uint32_t slot, const irc_msg *m, int64_t now_ms)
         case CHAT_OK:
             /* The JOIN itself comes back as the event's echo; then the
              * names and the replay, behind it (the hub keeps the order). */
+            topic_reply(c, slot, ri, 0);
             names_reply(c, slot, ri);
             if (c->cfg.replay > 0)
                 chat_query(c, slot, ri, NULL, 0, c->cfg.replay);
@@ -673,6 +678,9 @@ static void cmd_list(chat *c, uint32_t slot)
         sb_puts(&b, " ");
         sb_put_u64(&b, c->rooms[i].members);
         sb_puts(&b, " :");
+        const char *topic = chat_topic_of(c, i);
+        if (topic)
+            sb_puts(&b, topic);
         chat_reply_built(c, slot, &b);
     }
     num(c, slot, "323", ":End of /LIST");
@@ -778,6 +786,47 @@ static void cmd_search(chat *c, uint32_t slot, const irc_msg *m)
     }
     chat_flood_charge(c, slot, IRC_SEARCH_FLOOD_COST - 1);
     chat_query(c, slot, ri, words, words_len, limit);
+}
+
+static void topic_reply(chat *c, uint32_t slot, uint32_t ri, int say_none)
+{
+    const char *topic = chat_topic_of(c, ri);
+    sbuf b;
+    if (!topic && !say_none)
+        return;
+    num_open(c, &b, slot, topic ? "332" : "331");
+    put_channel(&b, &c->rooms[ri]);
+    sb_puts(&b, " :");
+    sb_puts(&b, topic ? topic : "No topic is set");
+    chat_reply_built(c, slot, &b);
+}
+
+static void cmd_topic(chat *c, uint32_t slot, const irc_msg *m, int64_t now_ms)
+{
+    args name;
+    if (m->params < 1) {
+        num(c, slot, "461", "TOPIC :Not enough parameters");
+        return;
+    }
+    uint32_t ri = channel_name(m->param[0], &name) ? chat_room_find(c, name.p, name.n) : NONE;
+    if (ri == NONE) {
+        num_about(c, slot, "403", m->param[0].p, m->param[0].n, "No such channel");
+        return;
+    }
+    if (m->params < 2) {
+        topic_reply(c, slot, ri, 1);
+        return;
+    }
+    if (!chat_flood_take(c, slot, now_ms))
+        return;
+    char scratch[CHAT_LINE_MAX];
+    args text = m->param[1];
+    int action;
+    (void)take_ctcp(&text, &action, scratch, sizeof scratch);   /* no delimiters in a topic */
+    chat_result r = chat_op_topic(c, slot, ri, text.p, text.n);
+    if (r == CHAT_NOT_IN)
+        num_about(c, slot, "442", m->param[0].p, m->param[0].n, "You're not on that channel");
+    /* else the TOPIC comes back as the event's echo */
 }
 
 static void cmd_nick(chat *c, uint32_t slot, const irc_msg *m)
@@ -902,13 +951,7 @@ void irc_input(chat *c, uint32_t slot, const char *line, size_t len, int truncat
         if (chat_flood_take(c, slot, now_ms))
             cmd_search(c, slot, &m);
     } else if (IS("topic")) {
-        args name;
-        uint32_t ri = m.params > 0 && channel_name(m.param[0], &name) ? chat_room_find(c, name.p, name.n) : NONE;
-        if (ri == NONE)
-            num_about(c, slot, "403", m.params > 0 ? m.param[0].p : "*", m.params > 0 ? m.param[0].n : 1,
-                      "No such channel");
-        else
-            num_about(c, slot, "331", m.param[0].p, m.param[0].n, "No topic is set");
+        cmd_topic(c, slot, &m, now_ms);
     } else if (IS("tagmsg")) {
         /* typing notifications and the like: not relayed */
     } else if (IS("userhost")) {
@@ -974,6 +1017,7 @@ int irc_echoes(const session *s, const chat_event *ev)
     switch (ev->kind) {
     case HISTORY_JOIN:
     case HISTORY_NICK:
+    case HISTORY_TOPIC:
         return 1;
     case HISTORY_LEAVE:
         return !ev->quit;   /* a PART comes back; after a QUIT there is no one to tell */
@@ -986,9 +1030,23 @@ int irc_echoes(const session *s, const chat_event *ev)
     }
 }
 
+/* A stored time goes into a tag only if it has the tag's shape: a time
+ * edited into something else with the sqlite3 CLI must not break the line. */
+static int time_ok(const char *at)
+{
+    size_t n = 0;
+    if (!at)
+        return 0;
+    for (; at[n] != '\0'; n++)
+        if (n >= HISTORY_TIME_LEN || !((at[n] >= '0' && at[n] <= '9') || at[n] == '-' || at[n] == ':' ||
+                                       at[n] == 'T' || at[n] == '.' || at[n] == 'Z'))
+            return 0;
+    return n >= 19;
+}
+
 static void put_time_tag(sbuf *b, const char *at)
 {
-    if (!at)
+    if (!time_ok(at))
         return;
     size_t n = 0;
     while (n < HISTORY_TIME_LEN && at[n] != '\0')
@@ -1082,6 +1140,15 @@ size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int
         sb_put(b, ev->body, ev->body_len);
         sb_puts(b, "\r\n");
         break;
+    case HISTORY_TOPIC:
+        sb_put(b, t.p, t.len);
+        put_prefix(b, c, ev->nick);
+        sb_puts(b, " TOPIC #");
+        sb_puts(b, rname);
+        sb_puts(b, " :");
+        sb_put(b, ev->body, ev->body_len);
+        sb_puts(b, "\r\n");
+        break;
     default:
         break;
     }
@@ -1105,15 +1172,79 @@ size_t irc_render_notice(const chat *c, const session *s, const char *text, size
     return b->len - start;
 }
 
+size_t irc_render_query_mark(const chat *c, session *s, const char *room_name, const char *words, int end, sbuf *b)
+{
+    irc_state *st = s->irc;
+    size_t start = b->len;
+    if (!st)
+        return 0;
+    if (st->caps & CAP_BATCH) {
+        if (!end) {
+            st->batch_seq++;
+            st->in_batch = 1;
+            sb_puts(b, "BATCH +h");
+            sb_put_u64(b, st->batch_seq);
+            sb_puts(b, words ? " soju.im/search" : " chathistory #");
+            if (!words)
+                sb_puts(b, room_name);
+        } else {
+            st->in_batch = 0;
+            sb_puts(b, "BATCH -h");
+            sb_put_u64(b, st->batch_seq);
+        }
+        sb_puts(b, "\r\n");
+        return b->len - start;
+    }
+    /* no batch: notices say where the old lines begin and end */
+    sb_puts(b, ":");
+    sb_puts(b, c->irc_name);
+    sb_puts(b, " NOTICE #");
+    sb_puts(b, room_name);
+    if (words) {
+        sb_puts(b, end ? " :End of search results" : " :Search results for: ");
+        if (!end)
+            sb_put(b, words, chat_cut(words, strlen(words), 200));
+    } else {
+        sb_puts(b, end ? " :End of replay" : " :Replay of the last lines (history)");
+    }
+    sb_puts(b, "\r\n");
+    return b->len - start;
+}
+
 size_t irc_render_history(const chat *c, const session *s, const history_record *rec, sbuf *b)
 {
     size_t start = b->len;
-    char tags[96];
+    char tags[128];
     sbuf t;
     sb_init(&t, tags, sizeof tags);
     int timed = s->irc && (s->irc->caps & CAP_SERVER_TIME);
-    if (timed)
-        put_time_tag(&t, rec->at);
+    int tagged = timed || (s->irc && (s->irc->in_batch || (s->irc->caps & CAP_MESSAGE_TAGS)));
+    if (tagged) {
+        /* one tag list: "@batch=h1;msgid=42;time=... " */
+        char sep = '@';
+        if (s->irc->in_batch) {
+            sb_put(&t, &sep, 1);
+            sb_puts(&t, "batch=h");
+            sb_put_u64(&t, s->irc->batch_seq);
+            sep = ';';
+        }
+        if (s->irc->caps & CAP_MESSAGE_TAGS) {
+            sb_put(&t, &sep, 1);
+            sb_puts(&t, "msgid=");
+            sb_put_u64(&t, (uint64_t)(rec->id > 0 ? rec->id : 0));
+            sep = ';';
+        }
+        if (timed && time_ok(rec->at)) {
+            size_t n = 0;
+            while (n < HISTORY_TIME_LEN && rec->at[n] != '\0')
+                n++;
+            sb_put(&t, &sep, 1);
+            sb_puts(&t, "time=");
+            sb_put_clean(&t, rec->at, n);
+        }
+        if (t.len > 0)
+            sb_puts(&t, " ");
+    }
     if (rec->kind != HISTORY_SAY && rec->kind != HISTORY_ME && rec->kind != HISTORY_KIND_NONE)
         return 0;   /* without event-playback only messages are played back */
     char nick[CHAT_NAME_MAX + 1], rname[CHAT_NAME_MAX + 1];

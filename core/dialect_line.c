@@ -78,6 +78,18 @@ static void put_event(sbuf *b, history_kind kind, const char *nick, size_t nick_
         sb_puts(b, " is now known as ");
         put(b, body, body_len);
         break;
+    case HISTORY_TOPIC:
+        put(b, nick, nick_len);
+        if (body_len > 0) {
+            sb_puts(b, " set the topic of ");
+            put(b, room_name, room_len);
+            sb_puts(b, ": ");
+            put(b, body, body_len);
+        } else {
+            sb_puts(b, " cleared the topic of ");
+            put(b, room_name, room_len);
+        }
+        break;
     case HISTORY_KIND_NONE:
     case HISTORY_KIND_COUNT:
         break;   /* never an event: callers map a foreign row to HISTORY_SAY */
@@ -148,6 +160,21 @@ size_t line_render_history(const history_record *rec, sbuf *b)
 
 /* ---- the greeting ---- */
 
+/* "*** Topic of lobby: text", when the room has one. */
+static void reply_topic(chat *c, uint32_t slot, uint32_t ri)
+{
+    const char *topic = chat_topic_of(c, ri);
+    sbuf b;
+    if (!topic)
+        return;
+    sb_open(c, &b);
+    sb_puts(&b, "*** Topic of ");
+    sb_put(&b, c->rooms[ri].name, c->rooms[ri].name_len);
+    sb_puts(&b, ": ");
+    sb_puts(&b, topic);
+    chat_reply_built(c, slot, &b);
+}
+
 void line_open(chat *c, uint32_t slot)
 {
     const session *s = &c->sessions[slot];
@@ -175,6 +202,7 @@ void line_open(chat *c, uint32_t slot)
     sb_put_u64(&b, c->rooms[lobby].members);
     sb_puts(&b, " here).");
     chat_reply_built(c, slot, &b);
+    reply_topic(c, slot, lobby);
     chat_reply(c, slot, "*** Type /help for the commands.");
     if (c->cfg.replay > 0)
         chat_query(c, slot, lobby, NULL, 0, c->cfg.replay);
@@ -216,6 +244,7 @@ static void cmd_help(chat *c, uint32_t slot, args a)
         "*** /msg NICK TEXT  send TEXT to NICK only",
         "*** /history [N]    show the last N lines of this room (default 20, at most 200)",
         "*** /search WORDS   show up to 20 lines of this room containing WORDS",
+        "*** /topic [TEXT]   show this room's topic, or set it (/topic - clears it)",
         "*** /help           this list",
         "*** /quit [REASON]  leave the server",
         "*** Any other line is said to your room; start it with // to say a line beginning with /.",
@@ -313,6 +342,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     sb_put_u64(&b, r->members);
     sb_puts(&b, " here).");
     chat_reply_built(c, slot, &b);
+    reply_topic(c, slot, target);
     if (c->cfg.replay > 0)
         chat_query(c, slot, target, NULL, 0, c->cfg.replay);
 }
@@ -461,6 +491,28 @@ static void cmd_search(chat *c, uint32_t slot, args a)
     chat_query(c, slot, current_room(c, slot), a.p, a.n, CHAT_SEARCH_MAX);
 }
 
+static void cmd_topic(chat *c, uint32_t slot, args a)
+{
+    uint32_t ri = current_room(c, slot);
+    if (a.n == 0) {
+        if (chat_topic_of(c, ri)) {
+            reply_topic(c, slot, ri);
+        } else {
+            sbuf b;
+            sb_open(c, &b);
+            sb_puts(&b, "*** ");
+            sb_put(&b, c->rooms[ri].name, c->rooms[ri].name_len);
+            sb_puts(&b, " has no topic; set one with /topic TEXT.");
+            chat_reply_built(c, slot, &b);
+        }
+        return;
+    }
+    if (a.n == 1 && a.p[0] == '-')
+        a.n = 0;   /* "/topic -" clears it */
+    if (chat_op_topic(c, slot, ri, a.p, a.n) != CHAT_OK)
+        chat_reply(c, slot, "*** The topic cannot be changed right now.");
+}
+
 static void cmd_quit(chat *c, uint32_t slot, args a)
 {
     chat_op_quit(c, slot, a.p, a.n, "*** Bye.");
@@ -472,7 +524,7 @@ static const struct command {
 } commands[] = {
     {"nick", cmd_nick},     {"join", cmd_join}, {"rooms", cmd_rooms}, {"who", cmd_who},
     {"me", cmd_me},         {"msg", cmd_msg},   {"history", cmd_history},
-    {"search", cmd_search}, {"help", cmd_help}, {"quit", cmd_quit},
+    {"search", cmd_search}, {"help", cmd_help}, {"quit", cmd_quit}, {"topic", cmd_topic},
 };
 
 static const struct command *command_lookup(const char *word, size_t n)

@@ -174,6 +174,12 @@ void hub_config_from_options(hub_config *cfg, const relay_options *opt, history 
     cfg->detect_ms = opt->greet_delay_ms;
 }
 
+static int restore_topic(void *ctx, const history_record *rec)
+{
+    chat_restore_topic(ctx, rec);
+    return 0;
+}
+
 hub *hub_create(const hub_config *cfg)
 {
     hub *h = calloc(1, sizeof *h);
@@ -190,6 +196,10 @@ hub *hub_create(const hub_config *cfg)
         hub_destroy(h);
         return NULL;
     }
+    /* The rooms' topics, as the history last recorded them.  A read that
+     * fails costs only the topics (rooms start without), not the start. */
+    if (cfg->history && history_topics(cfg->history, restore_topic, h->chat) != HISTORY_OK)
+        log_warn("history: the rooms' topics could not be read: %s", history_errmsg(cfg->history));
     return h;
 }
 
@@ -915,6 +925,18 @@ static void defer_query(hub *h, const chat_effect *fx)
     msgbuf_release(m);
 }
 
+/* The dialect's frame around an answer (an IRC batch, or notices). */
+static void query_mark(hub *h, uint32_t slot, const char *room, const char *words, int end)
+{
+    char out[512];
+    size_t n = chat_render_query_mark(h->chat, slot, room, words, end, out, sizeof out);
+    msgbuf *m = n ? msgbuf_bytes(out, n) : NULL;
+    if (m) {
+        queue_to_as(h, slot, m, 1);
+        msgbuf_release(m);
+    }
+}
+
 static void answer_query(hub *h, uint32_t slot, const msgbuf *m)
 {
     later_query lq;
@@ -923,21 +945,24 @@ static void answer_query(hub *h, uint32_t slot, const msgbuf *m)
     const char *words = room + strlen(room) + 1;
     query_ctx q = { h, slot, 0 };
     int rc;
+    query_mark(h, slot, room, lq.is_search ? words : NULL, 0);
     if (!lq.is_search)
         rc = history_recent_upto(h->cfg.history, room, lq.limit, lq.max_id, send_history_row, &q);
     else
         rc = history_search_upto(h->cfg.history, room, words, lq.limit, lq.max_id, send_history_row, &q);
+    query_mark(h, slot, room, lq.is_search ? words : NULL, 1);
+    /* the answer is going out now (h->answering): so do these */
     if (rc == HISTORY_LIMIT) {
         static const char msg[] = "*** search stopped: too many matches elsewhere to scan; try more specific words";
-        notice_text(h, slot, msg, sizeof msg - 1);
+        notice_as(h, slot, msg, sizeof msg - 1, 1);
     } else if (rc != HISTORY_OK) {
         log_warn("history: %s query failed: %s", lq.is_search ? "search" : "replay",
                  history_errmsg(h->cfg.history));
         static const char msg[] = "*** history is unavailable right now";
-        notice_text(h, slot, msg, sizeof msg - 1);
+        notice_as(h, slot, msg, sizeof msg - 1, 1);
     } else if (lq.is_search && q.rows == 0) {
         static const char msg[] = "*** no matches";
-        notice_text(h, slot, msg, sizeof msg - 1);
+        notice_as(h, slot, msg, sizeof msg - 1, 1);
     }
 }
 

@@ -71,6 +71,11 @@ static const struct {
                       " ORDER BY messages_fts.rowid DESC LIMIT ?3",
                       "search" },
     [STMT_MAX_ID] = { "SELECT max(id) FROM messages", "SELECT max(id) FROM messages" },
+    /* Every topic row through the partial index, newest first; the caller
+     * keeps the first it sees of each room. */
+    [STMT_TOPICS] = { "SELECT id, at, room, nick, kind, body FROM messages INDEXED BY messages_topic"
+                      " WHERE kind = 'topic' ORDER BY room COLLATE NOCASE, id DESC",
+                      "topics" },
     /* Looks only at the oldest ?3 rows (rows are appended in time order), so one
      * step costs at most ?3 row reads even when nothing is due.  ?1: ids at or
      * below it exceed retain_messages; ?2: rows older than this time exceed
@@ -409,6 +414,7 @@ int history_begin(history *h)
 static const char *const kind_names[HISTORY_KIND_COUNT] = {
     [HISTORY_SAY] = "say", [HISTORY_ME] = "me", [HISTORY_JOIN] = "join",
     [HISTORY_LEAVE] = "leave", [HISTORY_NICK] = "nick", [HISTORY_MSG] = "msg",
+    [HISTORY_TOPIC] = "topic",
 };
 
 const char *history_kind_name(history_kind kind)
@@ -436,7 +442,7 @@ static int check_record(history *h, const history_record *rec)
         return HISTORY_REJECTED;
     }
     if (!history_kind_name(rec->kind)) {
-        hist_set_errmsg(h, "history_append: kind %d is not one of say, me, join, leave, nick, msg", (int)rec->kind);
+        hist_set_errmsg(h, "history_append: kind %d is not one of say, me, join, leave, nick, msg, topic", (int)rec->kind);
         return HISTORY_REJECTED;
     }
     return HISTORY_OK;

@@ -33,7 +33,7 @@ enum {
                           * batch would be refused again; the caller must find and drop the record */
 };
 
-#define HISTORY_SCHEMA_VERSION 2
+#define HISTORY_SCHEMA_VERSION 3
 #define HISTORY_TIME_LEN 24   /* "2026-11-27T03:04:05.123Z" */
 
 /* What a stored line is, shared by chat (which says it), the hub (which
@@ -48,6 +48,7 @@ typedef enum history_kind {
     HISTORY_LEAVE,       /* "leave": body = the reason */
     HISTORY_NICK,        /* "nick": nick = the old one, body = the new one */
     HISTORY_MSG,         /* "msg": a private message (--log-private), body "to NICK: text" */
+    HISTORY_TOPIC,       /* "topic": nick set the room's topic to body ("" = cleared) */
     HISTORY_KIND_COUNT
 } history_kind;
 
@@ -111,6 +112,10 @@ int history_recent(history *h, const char *room, int limit, history_row_fn fn, v
  * stored when a query was asked, for a caller that answers it later. */
 int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
                         history_row_fn fn, void *ctx);
+/* The newest topic row of every room (kind "topic"), oldest room first, so
+ * the rooms' topics survive a restart.  Read through the partial index
+ * messages_topic: costs one row per topic ever set, not a scan. */
+int history_topics(history *h, history_row_fn fn, void *ctx);
 /* Full-text search of room (kind 'msg' excluded): words are matched as plain
  * terms (any FTS5 syntax in them is quoted away), newest first, at most limit.
  * Bounded work: a search that would scan too much returns HISTORY_LIMIT. */

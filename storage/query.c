@@ -44,6 +44,36 @@ int history_recent(history *h, const char *room, int limit, history_row_fn fn, v
     return history_recent_upto(h, room, limit, INT64_MAX, fn, ctx);
 }
 
+typedef struct newest_topic {
+    history_row_fn fn;
+    void *ctx;
+    char room[64];   /* the room of the previous row: rows come newest first per room */
+    int seen;
+} newest_topic;
+
+static int keep_newest(void *ctx, const history_record *rec)
+{
+    newest_topic *t = ctx;
+    if (t->seen && sqlite3_stricmp(t->room, rec->room) == 0)
+        return 0;
+    t->seen = 1;
+    snprintf(t->room, sizeof t->room, "%s", rec->room);
+    return t->fn(t->ctx, rec);
+}
+
+int history_topics(history *h, history_row_fn fn, void *ctx)
+{
+    if (!fn) {
+        hist_set_errmsg(h, "history_topics: no callback");
+        return HISTORY_ERROR;
+    }
+    newest_topic t;
+    memset(&t, 0, sizeof t);
+    t.fn = fn;
+    t.ctx = ctx;
+    return each_row(h, h->stmt[STMT_TOPICS], "topics", keep_newest, &t);
+}
+
 int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
                         history_row_fn fn, void *ctx)
 {

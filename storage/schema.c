@@ -46,8 +46,12 @@ static const char *const migrations[] = {
     /* 1 -> 2: room names are case-insensitive (ASCII letters, like nicks), so
      * the room index compares them without case: `Games` and `games` are one
      * room's history whoever re-created it.  The rows keep their spelling. */
-    "DROP INDEX messages_room_id;\n"
-    "CREATE INDEX messages_room_id ON messages(room COLLATE NOCASE, id);\n",
+    ("DROP INDEX messages_room_id;\n"
+     "CREATE INDEX messages_room_id ON messages(room COLLATE NOCASE, id);\n"),
+    /* 2 -> 3: rooms have topics (kind 'topic', set from IRC); the relay
+     * reads the newest of each room at start through this partial index,
+     * which holds only the topic rows. */
+    "CREATE INDEX messages_topic ON messages(room COLLATE NOCASE, id) WHERE kind = 'topic';\n",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == HISTORY_SCHEMA_VERSION,

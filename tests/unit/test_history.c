@@ -36,7 +36,7 @@
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
-#define NEWER_VERSION 3   /* a schema version this program does not know */
+#define NEWER_VERSION 99  /* a schema version this program does not know */
 #if NEWER_VERSION <= HISTORY_SCHEMA_VERSION
 #error "NEWER_VERSION must be newer than HISTORY_SCHEMA_VERSION"
 #endif
