@@ -270,6 +270,21 @@ void chat_query(chat *c, uint32_t slot, uint32_t ri, const char *words, size_t w
     e->limit = limit;
 }
 
+void chat_query_range(chat *c, uint32_t slot, uint32_t ri, const history_bound *lo, const history_bound *hi,
+                      int limit, int from_newest)
+{
+    chat_query(c, slot, ri, NULL, 0, limit);
+    chat_effect *e = &c->effects[c->effect_count - 1];
+    e->range = 1;
+    e->from_newest = (uint8_t)from_newest;
+    e->lo = *lo;
+    e->hi = *hi;
+    if (lo->at)
+        e->lo.at = chat_copy(c, lo->at, strlen(lo->at));
+    if (hi->at)
+        e->hi.at = chat_copy(c, hi->at, strlen(hi->at));
+}
+
 /* ---- the name tables ---- */
 
 uint32_t chat_nick_find(const chat *c, const char *s, size_t n)

@@ -49,12 +49,15 @@ typedef enum chat_form {
     CHAT_FORM_LINE = 0,
     CHAT_FORM_IRC,             /* IRC without tags */
     CHAT_FORM_IRC_TIME,        /* IRC with the server-time tag */
+    CHAT_FORM_IRC_MSGID,       /* IRC with the msgid tag (message-tags) */
+    CHAT_FORM_IRC_TIME_MSGID,  /* both */
     CHAT_FORM_COUNT
 } chat_form;
 
 /* One thing that happened, for everyone it concerns. */
 typedef struct chat_event {
     history_kind kind;         /* SAY ME MSG JOIN LEAVE NICK TOPIC */
+    int64_t id;                /* its (first) row id once stored, else 0: IRC's msgid */
     uint8_t quit;              /* LEAVE: the session left the server, not only these rooms */
     uint8_t notice;            /* SAY/MSG sent as an IRC NOTICE (stored as say/msg) */
     const char *nick;          /* who did it (before the change, for NICK) */
@@ -83,8 +86,11 @@ typedef struct chat_effect {
     chat_event event;       /* EVENT */
     uint8_t stored;         /* EVENT: must be in the history file before anyone sees it */
     const char *room;       /* QUERY */
-    const char *words;      /* QUERY: NULL = recent lines, else a search */
+    const char *words;      /* QUERY: NULL = recent lines (or a range), else a search */
     int limit;              /* QUERY */
+    uint8_t range;          /* QUERY: the lines between lo and hi (IRC CHATHISTORY) */
+    uint8_t from_newest;    /* QUERY range: the newest `limit` of them, else the oldest */
+    history_bound lo, hi;   /* QUERY range (the `at` strings live in the arena) */
     const char *reason;     /* CLOSE: "quit", "flood", ... for the log and the leave record */
 } chat_effect;
 

@@ -137,6 +137,8 @@ void chat_reply(chat *c, uint32_t slot, const char *text);   /* a constant text 
 void chat_reply_built(chat *c, uint32_t slot, sbuf *b);
 void chat_close(chat *c, uint32_t slot, const char *text, size_t len, const char *reason);
 void chat_query(chat *c, uint32_t slot, uint32_t room, const char *words, size_t words_len, int limit);
+void chat_query_range(chat *c, uint32_t slot, uint32_t room, const history_bound *lo, const history_bound *hi,
+                      int limit, int from_newest);
 
 /* ---- lookups ---- */
 uint32_t chat_nick_find(const chat *c, const char *s, size_t n);

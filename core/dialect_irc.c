@@ -31,6 +31,7 @@ enum {
     CAP_MESSAGE_TAGS = 1u << 1,
     CAP_BATCH = 1u << 2,
     CAP_ECHO = 1u << 3,
+    CAP_CHATHISTORY = 1u << 4,
 };
 
 static const struct cap_name {
@@ -41,6 +42,7 @@ static const struct cap_name {
     {"message-tags", CAP_MESSAGE_TAGS},
     {"batch", CAP_BATCH},
     {"echo-message", CAP_ECHO},
+    {"draft/chathistory", CAP_CHATHISTORY},
 };
 
 struct irc_state {
@@ -235,7 +237,7 @@ static void welcome(chat *c, uint32_t slot)
     chat_reply_built(c, slot, &b);
     num_open(c, &b, slot, "005");
     sb_puts(&b, "CASEMAPPING=ascii CHANTYPES=# PREFIX=() CHANMODES=,,,nt NICKLEN=32 CHANNELLEN=33 "
-                "CHANLIMIT=#:20 TOPICLEN=300 NETWORK=");
+                "CHANLIMIT=#:20 TOPICLEN=300 CHATHISTORY=200 MSGREFTYPES=msgid,timestamp NETWORK=");
     sb_puts(&b, c->irc_name);
     sb_puts(&b, " :are supported by this server");
     chat_reply_built(c, slot, &b);
@@ -423,7 +425,8 @@ static void cmd_join(chat *c, uint32_t slot, const irc_msg *m, int64_t now_ms)
              * names and the replay, behind it (the hub keeps the order). */
             topic_reply(c, slot, ri, 0);
             names_reply(c, slot, ri);
-            if (c->cfg.replay > 0)
+            /* a client that asks for history itself gets no automatic replay */
+            if (c->cfg.replay > 0 && !(c->sessions[slot].irc->caps & CAP_CHATHISTORY))
                 chat_query(c, slot, ri, NULL, 0, c->cfg.replay);
             break;
         case CHAT_SAME:
@@ -829,6 +832,137 @@ static void cmd_topic(chat *c, uint32_t slot, const irc_msg *m, int64_t now_ms)
     /* else the TOPIC comes back as the event's echo */
 }
 
+static int time_ok(const char *at);
+
+/* A standard reply: ":server FAIL CHATHISTORY CODE [context] :description". */
+static void fail_reply(chat *c, uint32_t slot, const char *code, const char *ctx, size_t ctx_len, const char *text)
+{
+    sbuf b;
+    sb_open(c, &b);
+    sb_puts(&b, ":");
+    sb_puts(&b, c->irc_name);
+    sb_puts(&b, " FAIL CHATHISTORY ");
+    sb_puts(&b, code);
+    if (ctx) {
+        sb_puts(&b, " ");
+        sb_put_echo(&b, ctx, ctx_len);
+    }
+    sb_puts(&b, " :");
+    sb_puts(&b, text);
+    chat_reply_built(c, slot, &b);
+}
+
+/* "msgid=42", "timestamp=2026-11-27T03:04:05.123Z" or "*"; 0 if malformed. */
+static int parse_ref(args a, history_bound *b, char *at_buf)
+{
+    memset(b, 0, sizeof *b);
+    if (a.n == 1 && a.p[0] == '*')
+        return 1;
+    if (a.n > 6 && memcmp(a.p, "msgid=", 6) == 0) {
+        int64_t v = 0;
+        for (size_t i = 6; i < a.n; i++) {
+            if (a.p[i] < '0' || a.p[i] > '9' || v > INT64_MAX / 10 - 10)
+                return 0;
+            v = v * 10 + (a.p[i] - '0');
+        }
+        b->id = v;
+        return v > 0;
+    }
+    if (a.n > 10 && a.n - 10 <= HISTORY_TIME_LEN && memcmp(a.p, "timestamp=", 10) == 0) {
+        memcpy(at_buf, a.p + 10, a.n - 10);
+        at_buf[a.n - 10] = '\0';
+        b->at = at_buf;
+        return time_ok(at_buf);
+    }
+    return 0;
+}
+
+static int ref_before(const history_bound *a, const history_bound *b)
+{
+    if (a->id > 0 && b->id > 0)
+        return a->id < b->id;
+    if (a->at && b->at)
+        return strcmp(a->at, b->at) < 0;
+    return 1;   /* mixed kinds: taken in the order given */
+}
+
+/* CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN #channel refs... limit,
+ * answered from SQLite by id or time (draft/chathistory). */
+static void cmd_chathistory(chat *c, uint32_t slot, const irc_msg *m)
+{
+    char at1[HISTORY_TIME_LEN + 1], at2[HISTORY_TIME_LEN + 1];
+    history_bound r1, r2, none;
+    args name;
+    memset(&none, 0, sizeof none);
+    if (m->params < 3) {
+        fail_reply(c, slot, "NEED_MORE_PARAMS", NULL, 0, "Missing parameters");
+        return;
+    }
+    args sub = m->param[0];
+    if (chat_word_is(sub.p, sub.n, "targets")) {
+        sbuf b;
+        sb_open(c, &b);
+        sb_puts(&b, "BATCH +t1 draft/chathistory-targets");
+        chat_reply_built(c, slot, &b);
+        chat_reply(c, slot, "BATCH -t1");
+        return;
+    }
+    uint32_t ri = channel_name(m->param[1], &name) ? chat_room_find(c, name.p, name.n) : NONE;
+    if (ri == NONE) {
+        fail_reply(c, slot, "INVALID_TARGET", m->param[1].p, m->param[1].n, "No such channel");
+        return;
+    }
+    args limit_arg = m->param[m->params - 1];
+    int limit = 0;
+    for (size_t i = 0; i < limit_arg.n && limit_arg.p[i] >= '0' && limit_arg.p[i] <= '9' && limit < 100000; i++)
+        limit = limit * 10 + (limit_arg.p[i] - '0');
+    if (limit <= 0) {
+        fail_reply(c, slot, "INVALID_PARAMS", NULL, 0, "Bad limit");
+        return;
+    }
+    if (limit > CHAT_HISTORY_MAX)
+        limit = CHAT_HISTORY_MAX;
+    int ok = parse_ref(m->param[2], &r1, at1);
+    if (chat_word_is(sub.p, sub.n, "latest")) {
+        if (ok)
+            chat_query_range(c, slot, ri, &r1, &none, limit, 1);
+    } else if (chat_word_is(sub.p, sub.n, "before")) {
+        if (ok && (r1.id || r1.at))
+            chat_query_range(c, slot, ri, &none, &r1, limit, 1);
+        else
+            ok = 0;
+    } else if (chat_word_is(sub.p, sub.n, "after")) {
+        if (ok && (r1.id || r1.at))
+            chat_query_range(c, slot, ri, &r1, &none, limit, 0);
+        else
+            ok = 0;
+    } else if (chat_word_is(sub.p, sub.n, "around")) {
+        /* two answers: the lines before the reference, then it and those after */
+        if (ok && (r1.id || r1.at)) {
+            history_bound at_or_after = r1;
+            if (at_or_after.id > 0)
+                at_or_after.id--;
+            chat_query_range(c, slot, ri, &none, &r1, limit / 2, 1);
+            chat_query_range(c, slot, ri, &at_or_after, &none, limit - limit / 2, 0);
+        } else {
+            ok = 0;
+        }
+    } else if (chat_word_is(sub.p, sub.n, "between") && m->params >= 5) {
+        ok = ok && parse_ref(m->param[3], &r2, at2) && (r1.id || r1.at) && (r2.id || r2.at);
+        if (ok) {
+            if (ref_before(&r1, &r2))
+                chat_query_range(c, slot, ri, &r1, &r2, limit, 0);
+            else
+                chat_query_range(c, slot, ri, &r2, &r1, limit, 1);
+        }
+    } else {
+        fail_reply(c, slot, "INVALID_PARAMS", sub.p, sub.n, "Unknown subcommand");
+        return;
+    }
+    if (!ok)
+        fail_reply(c, slot, "INVALID_PARAMS", NULL, 0, "Bad message reference");
+}
+
 static void cmd_nick(chat *c, uint32_t slot, const irc_msg *m)
 {
     session *s = &c->sessions[slot];
@@ -947,6 +1081,9 @@ void irc_input(chat *c, uint32_t slot, const char *line, size_t len, int truncat
         cmd_away(c, slot, &m);
     } else if (IS("ison")) {
         cmd_ison(c, slot, &m);
+    } else if (IS("chathistory")) {
+        if (chat_flood_take(c, slot, now_ms))
+            cmd_chathistory(c, slot, &m);
     } else if (IS("search")) {
         if (chat_flood_take(c, slot, now_ms))
             cmd_search(c, slot, &m);
@@ -1007,9 +1144,14 @@ void irc_flood_refused(chat *c, uint32_t slot, int kicked)
 
 /* ---- the IRC form of events, notices and history ---- */
 
+static int time_ok(const char *at);
+
 chat_form irc_form(const session *s)
 {
-    return s->irc && (s->irc->caps & CAP_SERVER_TIME) ? CHAT_FORM_IRC_TIME : CHAT_FORM_IRC;
+    unsigned caps = s->irc ? s->irc->caps : 0;
+    if (caps & CAP_MESSAGE_TAGS)
+        return caps & CAP_SERVER_TIME ? CHAT_FORM_IRC_TIME_MSGID : CHAT_FORM_IRC_MSGID;
+    return caps & CAP_SERVER_TIME ? CHAT_FORM_IRC_TIME : CHAT_FORM_IRC;
 }
 
 int irc_echoes(const session *s, const chat_event *ev)
@@ -1044,17 +1186,6 @@ static int time_ok(const char *at)
     return n >= 19;
 }
 
-static void put_time_tag(sbuf *b, const char *at)
-{
-    if (!time_ok(at))
-        return;
-    size_t n = 0;
-    while (n < HISTORY_TIME_LEN && at[n] != '\0')
-        n++;
-    sb_puts(b, "@time=");
-    sb_put_clean(b, at, n);
-    sb_puts(b, " ");
-}
 
 /* One or more "PRIVMSG target :chunk" lines carrying body, each within
  * IRC_LINE_MAX bytes (tags aside), split on character boundaries. */
@@ -1096,11 +1227,21 @@ static void put_text_lines(sbuf *b, const chat *c, const char *tags, size_t tags
 size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int echo, const char *at, sbuf *b)
 {
     size_t start = b->len;
-    char tags[64];
+    char tags[96];
     sbuf t;
     sb_init(&t, tags, sizeof tags);
-    if (form == CHAT_FORM_IRC_TIME)
-        put_time_tag(&t, at);
+    int with_time = form == CHAT_FORM_IRC_TIME || form == CHAT_FORM_IRC_TIME_MSGID;
+    int with_msgid = (form == CHAT_FORM_IRC_MSGID || form == CHAT_FORM_IRC_TIME_MSGID) && ev->id > 0;
+    if (with_time && time_ok(at)) {
+        sb_puts(&t, "@time=");
+        sb_puts(&t, at);
+    }
+    if (with_msgid) {
+        sb_puts(&t, t.len ? ";msgid=" : "@msgid=");
+        sb_put_u64(&t, (uint64_t)ev->id);
+    }
+    if (t.len)
+        sb_puts(&t, " ");
     (void)echo;
     const char *rname = ev->room_count > 0 ? ev->rooms[0] : "";
     switch (ev->kind) {

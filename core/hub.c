@@ -69,6 +69,7 @@ typedef struct outbox_entry {
     uint8_t kind, quit, notice; /* the event's */
     uint8_t room_count;
     uint8_t pending_for_slot;   /* counted in from_slot's ob_pending: it will output to that session */
+    int64_t id;                 /* EVENT: its first row's id once stored */
     uint32_t from_slot, from_conn;  /* the actor, or the session a reply/query is for */
     uint32_t last_conn;             /* connections newer than this came after the event */
     uint32_t to_slot, to_conn;      /* MSG: the recipient */
@@ -548,6 +549,7 @@ static void entry_event(const outbox_entry *e, chat_event *ev)
     const char *p = e->data->data;
     memset(ev, 0, sizeof *ev);
     ev->kind = (history_kind)e->kind;
+    ev->id = e->stored ? e->id : 0;
     ev->quit = e->quit;
     ev->notice = e->notice;
     ev->nick = p;
@@ -605,8 +607,14 @@ static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
         rc = history_commit(db);   /* rolls the poisoned batch back and says why */
     if (rc != HISTORY_OK)
         return rc;
+    /* the batch's rows have consecutive ids ending at the last one */
+    int64_t next_id = history_last_commit_id(db) + 1;
+    for (uint32_t k = 0; k < n; k++)
+        next_id -= outbox_at(h, idx[k])->room_count;
     for (uint32_t k = 0; k < n; k++) {
         outbox_entry *e = outbox_at(h, idx[k]);
+        e->id = next_id;
+        next_id += e->room_count;
         e->stored = 1;
         entry_settled(h, e);
         h->stats.lines_stored += e->room_count;
@@ -845,6 +853,9 @@ typedef struct later_query {
     int64_t max_id;
     int32_t limit;
     uint8_t is_search;
+    uint8_t range, from_newest;        /* a CHATHISTORY range */
+    int64_t lo_id, hi_id;
+    char lo_at[HISTORY_TIME_LEN + 1], hi_at[HISTORY_TIME_LEN + 1];   /* "" = none */
 } later_query;
 
 static int send_history_row(void *ctx, const history_record *rec)
@@ -900,6 +911,12 @@ static void defer_query(hub *h, const chat_effect *fx)
     lq.max_id = history_newest_id(h->cfg.history);
     lq.limit = fx->limit;
     lq.is_search = fx->words != NULL;
+    lq.range = fx->range;
+    lq.from_newest = fx->from_newest;
+    lq.lo_id = fx->lo.id;
+    lq.hi_id = fx->hi.id;
+    snprintf(lq.lo_at, sizeof lq.lo_at, "%s", fx->lo.at ? fx->lo.at : "");
+    snprintf(lq.hi_at, sizeof lq.hi_at, "%s", fx->hi.at ? fx->hi.at : "");
     memcpy(m->data, &lq, sizeof lq);
     memcpy(m->data + sizeof lq, fx->room, room_len + 1);
     memcpy(m->data + sizeof lq + room_len + 1, words, words_len + 1);
@@ -946,7 +963,12 @@ static void answer_query(hub *h, uint32_t slot, const msgbuf *m)
     query_ctx q = { h, slot, 0 };
     int rc;
     query_mark(h, slot, room, lq.is_search ? words : NULL, 0);
-    if (!lq.is_search)
+    if (lq.range) {
+        history_bound lo = { lq.lo_id, lq.lo_at[0] ? lq.lo_at : NULL };
+        history_bound hi = { lq.hi_id, lq.hi_at[0] ? lq.hi_at : NULL };
+        rc = history_range(h->cfg.history, room, &lo, &hi, lq.limit, lq.from_newest, lq.max_id,
+                           send_history_row, &q);
+    } else if (!lq.is_search)
         rc = history_recent_upto(h->cfg.history, room, lq.limit, lq.max_id, send_history_row, &q);
     else
         rc = history_search_upto(h->cfg.history, room, words, lq.limit, lq.max_id, send_history_row, &q);

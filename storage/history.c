@@ -73,6 +73,18 @@ static const struct {
     [STMT_MAX_ID] = { "SELECT max(id) FROM messages", "SELECT max(id) FROM messages" },
     /* Every topic row through the partial index, newest first; the caller
      * keeps the first it sees of each room. */
+    /* CHATHISTORY: ids in (?2, ?3), times in (?4, ?5), through messages_room_id;
+     * the time bounds only narrow an id walk (times grow with ids). */
+    [STMT_RANGE_OLDEST] = { "SELECT id, at, room, nick, kind, body FROM messages"
+                            " WHERE room = ?1 COLLATE NOCASE AND id > ?2 AND id < ?3 AND at > ?4 AND at < ?5"
+                            " AND kind IN ('say', 'me') ORDER BY id ASC LIMIT ?6",
+                            "range" },
+    [STMT_RANGE_NEWEST] = { "SELECT id, at, room, nick, kind, body FROM ("
+                            " SELECT id, at, room, nick, kind, body FROM messages"
+                            " WHERE room = ?1 COLLATE NOCASE AND id > ?2 AND id < ?3 AND at > ?4 AND at < ?5"
+                            " AND kind IN ('say', 'me') ORDER BY id DESC LIMIT ?6"
+                            ") ORDER BY id ASC",
+                            "range" },
     [STMT_TOPICS] = { "SELECT id, at, room, nick, kind, body FROM messages INDEXED BY messages_topic"
                       " WHERE kind = 'topic' ORDER BY room COLLATE NOCASE, id DESC",
                       "topics" },
@@ -538,6 +550,11 @@ int history_commit(history *h)
     else if (flushed)
         h->last_id = last_id;
     return r;
+}
+
+int64_t history_last_commit_id(const history *h)
+{
+    return h ? h->last_id : 0;
 }
 
 void history_rollback(history *h)

@@ -112,6 +112,18 @@ int history_recent(history *h, const char *room, int limit, history_row_fn fn, v
  * stored when a query was asked, for a caller that answers it later. */
 int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
                         history_row_fn fn, void *ctx);
+/* A bound of a range: a row id (id > 0) or a time (at, ISO-8601 as
+ * stored); neither = open. */
+typedef struct history_bound {
+    int64_t id;
+    const char *at;
+} history_bound;
+/* The chat lines (say, me) of room strictly between lo and hi, at most limit
+ * of them, the newest ones if from_newest (else the oldest), given oldest
+ * first; none above max_id (see history_recent_upto).  IRC's CHATHISTORY. */
+int history_range(history *h, const char *room, const history_bound *lo, const history_bound *hi,
+                  int limit, int from_newest, int64_t max_id, history_row_fn fn, void *ctx);
+
 /* The newest topic row of every room (kind "topic"), oldest room first, so
  * the rooms' topics survive a restart.  Read through the partial index
  * messages_topic: costs one row per topic ever set, not a scan. */
@@ -127,6 +139,10 @@ int history_search_upto(history *h, const char *room, const char *words, int lim
  * bound for a query answered later (history_*_upto).  If it cannot be read,
  * the newest id this handle itself stored or saw at open. */
 int64_t history_newest_id(history *h);
+/* The id of the last row of this handle's last committed batch.  A batch's
+ * rows are inserted by one statement inside one write transaction, so its n
+ * rows have the ids last-n+1 .. last, in append order (rowids are max+1). */
+int64_t history_last_commit_id(const history *h);
 
 /* One bounded retention step (deletes at most max_rows rows that fall outside
  * retain_days/retain_messages, FTS kept consistent).  now_ms is Unix time in

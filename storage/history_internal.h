@@ -72,7 +72,7 @@
  * h->stmt; their SQL and the names errors show are in history.c. */
 enum history_stmt {
     STMT_BEGIN, STMT_COMMIT, STMT_ROLLBACK,   /* need no schema: prepared first (migrations use them) */
-    STMT_FLUSH, STMT_RECENT, STMT_SEARCH, STMT_MAX_ID, STMT_TOPICS, STMT_PRUNE, STMT_FTS_MERGE,
+    STMT_FLUSH, STMT_RECENT, STMT_SEARCH, STMT_MAX_ID, STMT_TOPICS, STMT_RANGE_OLDEST, STMT_RANGE_NEWEST, STMT_PRUNE, STMT_FTS_MERGE,
     STMT_COUNT
 };
 

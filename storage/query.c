@@ -74,6 +74,38 @@ int history_topics(history *h, history_row_fn fn, void *ctx)
     return each_row(h, h->stmt[STMT_TOPICS], "topics", keep_newest, &t);
 }
 
+int history_range(history *h, const char *room, const history_bound *lo, const history_bound *hi,
+                  int limit, int from_newest, int64_t max_id, history_row_fn fn, void *ctx)
+{
+    if (!room || !fn || !lo || !hi) {
+        hist_set_errmsg(h, "history_range: no room, bound or callback");
+        return HISTORY_ERROR;
+    }
+    if (limit <= 0)
+        return HISTORY_OK;
+    sqlite3_stmt *st = h->stmt[from_newest ? STMT_RANGE_NEWEST : STMT_RANGE_OLDEST];
+    int64_t upper = hi->id > 0 ? hi->id : INT64_MAX;
+    if (max_id < INT64_MAX && upper > max_id + 1)
+        upper = max_id + 1;
+    int rc = sqlite3_bind_text(st, 1, room, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, lo->id > 0 ? lo->id : 0);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 3, upper);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 4, lo->at ? lo->at : "", -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)   /* '~' sorts after every digit and letter of a time */
+        rc = sqlite3_bind_text(st, 5, hi->at ? hi->at : "~", -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(st, 6, limit);
+    if (rc != SQLITE_OK) {
+        int r = hist_fail(h, "sqlite3_bind(range)", rc);
+        hist_stmt_done(st);
+        return r;
+    }
+    return each_row(h, st, "range", fn, ctx);
+}
+
 int history_recent_upto(history *h, const char *room, int limit, int64_t max_id,
                         history_row_fn fn, void *ctx)
 {
