@@ -39,9 +39,10 @@ typedef struct hub_slot {
     uint8_t sent_since_check;   /* a send completed with bytes since the last slow check */
     uint8_t detecting;          /* the dialect is not known yet: waiting for a first line */
     uint8_t irc;                /* the session speaks IRC (its cleaning keeps the CTCP delimiter) */
-    uint32_t ob_pending;        /* outbox entries by or for this slot: its replies queue behind them */
+    uint32_t ob_pending;        /* outbox entries by or for this connection that will output to it: its replies queue behind them */
     uint32_t queries;           /* queries asked and not answered yet (bounded by LATER_MAX_QUERIES) */
     uint32_t deliver_stamp;     /* the last room delivery that reached it (one copy per event) */
+    uint64_t open_seq;          /* when its dialect was known (it was greeted), in open order */
     int64_t detect_until;
     int64_t last_input_ms;
     int64_t over_since;         /* when the queue was first seen over max_queue_bytes without progress; 0 = not */
@@ -71,7 +72,7 @@ typedef struct outbox_entry {
     uint8_t pending_for_slot;   /* counted in from_slot's ob_pending: it will output to that session */
     int64_t id;                 /* EVENT: its first row's id once stored */
     uint32_t from_slot, from_conn;  /* the actor, or the session a reply/query is for */
-    uint32_t last_conn;             /* connections newer than this came after the event */
+    uint64_t last_open;             /* sessions opened after this (open_seq) came after the event */
     uint32_t to_slot, to_conn;      /* MSG: the recipient */
     /* EVENT: "nick\0target\0body\0" then room_count "room\0", then for a
      * stored MSG the stored body "to NICK: text\0"; REPLY: the bytes to send;
@@ -88,6 +89,7 @@ struct hub {
     chat *chat;
     hub_slot *slots;
     uint32_t next_conn_id;
+    uint64_t open_seq;          /* counts sessions greeted (or registering): see hub_slot.open_seq */
     uint32_t open_count;
 
     uint32_t *flush_list, flush_count;
@@ -522,7 +524,7 @@ static int outbox_add_event(hub *h, const chat_effect *fx)
     e->held = (uint8_t)h->db_failing;   /* it joins the backlog of an outage */
     e->from_slot = actor;
     e->from_conn = actor < h->cfg.max_sessions ? h->slots[actor].conn_id : 0;
-    e->last_conn = h->next_conn_id;
+    e->last_open = h->open_seq;
     if (ev->kind == HISTORY_MSG) {
         e->to_slot = fx->to_slot;
         e->to_conn = fx->to_slot < h->cfg.max_sessions ? h->slots[fx->to_slot].conn_id : 0;
@@ -749,10 +751,11 @@ static void deliver_member(void *ctx, uint32_t slot)
     /* the actor gets its echo form, below */
     if (slot == d->e->from_slot && s->conn_id == d->e->from_conn)
         return;
-    /* A session that connected after the event (while it waited for its
-     * commit) was already counted in its greeting, or never saw it happen.
-     * (conn ids only grow; after 2^32 connections a wrap merely loosens this.) */
-    if (s->conn_id > d->e->last_conn)
+    /* A session greeted after the event (while it waited for its commit)
+     * was already counted in its greeting, or never saw it happen.  Greeting
+     * order, not connection order: a connection waits --greet-delay before
+     * it is greeted. */
+    if (s->open_seq > d->e->last_open)
         return;
     if (s->deliver_stamp == d->stamp)
         return;   /* it shares another of the event's rooms: one copy */
@@ -808,7 +811,8 @@ static void outbox_deliver(hub *h)
         outbox_entry *e = &cur;
         /* Off the outbox before it is delivered: what it queues for its
          * slot goes straight out (or to the later list), not behind itself. */
-        if (e->pending_for_slot) {
+        /* counted for its own connection only: a later occupant of the slot starts at 0 */
+        if (e->pending_for_slot && h->slots[e->from_slot].conn_id == e->from_conn) {
             CR_ASSERT(h->slots[e->from_slot].ob_pending > 0);
             h->slots[e->from_slot].ob_pending--;
         }
@@ -1139,6 +1143,7 @@ static void open_as(hub *h, uint32_t slot, chat_dialect dialect, int64_t now_ms)
         h->detecting--;
     }
     s->irc = dialect == CHAT_DIALECT_IRC;
+    s->open_seq = ++h->open_seq;
     h->irc_sessions += s->irc;
     h->input_now = now_ms;
     h->input_wall_ms = clock_wall_ms();
@@ -1156,6 +1161,7 @@ void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, hub_listen lis
     s->over_since = 0;
     s->sent_since_check = 0;
     s->queries = 0;
+    s->ob_pending = 0;   /* what the outbox holds for the previous occupant is not ours to wait for */
     s->detecting = 0;
     if (++h->next_conn_id == 0)
         h->next_conn_id = 1;

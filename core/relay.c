@@ -358,10 +358,16 @@ static void peer_ip_string(const struct sockaddr_storage *ss, char *out, size_t 
         snprintf(out, cap, "?");
 }
 
-static void refuse_connection(SOCKET c, const char *notice)
+/* irc: the connection came on an IRC-only listener, whose clients read an
+ * ERROR line (the notice is in the line protocol's "*** ..." form). */
+static void refuse_connection(SOCKET c, const char *notice, int irc)
 {
     char line[256];
-    int n = snprintf(line, sizeof line, "%s\r\n", notice);
+    int n = irc ? snprintf(line, sizeof line, "ERROR :Closing link (%s)\r\n",
+                           strncmp(notice, "*** ", 4) == 0 ? notice + 4 : notice)
+                : snprintf(line, sizeof line, "%s\r\n", notice);
+    if (n < 0 || n >= (int)sizeof line)
+        n = (int)strlen(line);
     /* The socket is still non-blocking here: best effort, never waits. */
     if (send(c, line, n, 0) == SOCKET_ERROR)
         log_debug("refusal notice not sent (error %d)", WSAGetLastError());
@@ -514,7 +520,7 @@ static void accept_all(relay *r, int li, int recheck)
         const char *refusal = hub_admit(r->hub, ip, r->free_count > 0);
         if (refusal) {
             log_info("refused connection from %s: %s", ip, refusal);
-            refuse_connection(c, refusal);
+            refuse_connection(c, refusal, r->listener_irc[li]);
             continue;
         }
         session *s = &r->sessions[r->free_slots[r->free_count - 1]];

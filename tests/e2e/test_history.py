@@ -734,7 +734,7 @@ def case_newer_schema_refused():
         f.seek(0)
         out = f.read().decode("utf-8", "replace")
     check(r.returncode != 0, "the relay exited with 0 on a newer schema: %r" % out[-500:])
-    check("schema version 99 is newer than this program's 2" in out,
+    check("schema version 99 is newer than this program's 3" in out,
           "the message does not name the cause: %r" % out[-800:])
     check("left untouched" in out, "the message does not say the file was left alone: %r" % out[-800:])
     check("relay running" not in out, "the relay said it was running: %r" % out[-500:])

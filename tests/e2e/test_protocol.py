@@ -36,6 +36,7 @@ HELP_LINES = [
     "*** /msg NICK TEXT  send TEXT to NICK only",
     "*** /history [N]    show the last N lines of this room (default 20, at most 200)",
     "*** /search WORDS   show up to 20 lines of this room containing WORDS",
+    "*** /topic [TEXT]   show this room's topic, or set it (/topic - clears it)",
     "*** /help           this list",
     "*** /quit [REASON]  leave the server",
     "*** Any other line is said to your room; start it with // to say a line beginning with /.",
