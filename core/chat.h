@@ -35,6 +35,7 @@ typedef struct chat_config {
     int flood_kick;            /* refused lines within one burst window before disconnect; 0 = never */
     int log_private;           /* store /msg with kind "msg" */
     const char *motd;          /* IRC message of the day (NULL = none: 422) */
+    int irc_ping_ms;           /* ping a silent IRC client after this, cut it after twice (0 = 90 s) */
 } chat_config;
 
 /* How a session speaks.  Detected by the hub from the first line. */

@@ -19,8 +19,7 @@
 #include "invariant.h"
 
 #define IRC_LINE_MAX 510              /* bytes before CRLF, tags excluded */
-#define IRC_PING_AFTER_MS 90000       /* a silent registered client is pinged... */
-#define IRC_PING_TIMEOUT_MS 180000    /* ...and cut when still silent this long */
+#define IRC_PING_AFTER_MS 90000       /* a silent registered client is pinged (chat_config.irc_ping_ms)... */
 #define IRC_REGISTER_TIMEOUT_MS 60000 /* an unregistered connection is cut after this */
 #define IRC_AWAY_MAX 200u
 #define IRC_SEARCH_FLOOD_COST 4
@@ -1109,10 +1108,12 @@ void irc_tick(chat *c, uint32_t slot, int64_t idle_ms)
                        strlen("ERROR :Closing link (registration timed out)"), "registration timeout");
         return;
     }
-    if (idle_ms >= IRC_PING_TIMEOUT_MS && st->ping_sent) {
+    int64_t ping_after = c->cfg.irc_ping_ms > 0 ? c->cfg.irc_ping_ms : IRC_PING_AFTER_MS;
+    /* ...and cut when still silent twice as long */
+    if (idle_ms >= 2 * ping_after && st->ping_sent) {
         chat_close(c, slot, "ERROR :Closing link (ping timeout)", strlen("ERROR :Closing link (ping timeout)"),
                    "ping timeout");
-    } else if (idle_ms >= IRC_PING_AFTER_MS && !st->ping_sent) {
+    } else if (idle_ms >= ping_after && !st->ping_sent) {
         sbuf b;
         st->ping_sent = 1;
         sb_open(c, &b);

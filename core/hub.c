@@ -165,6 +165,7 @@ void hub_config_from_options(hub_config *cfg, const relay_options *opt, history 
     cfg->chat.flood_rate = opt->flood_burst > 0 ? opt->flood_rate : 0;
     cfg->chat.flood_kick = opt->flood_kick;
     cfg->chat.log_private = opt->log_private;
+    cfg->chat.irc_ping_ms = opt->irc_ping * 1000;
     cfg->max_sessions = opt->max_sessions;
     cfg->max_queue_bytes = opt->max_queue_bytes;
     cfg->max_per_ip = opt->max_per_ip;

@@ -26,7 +26,7 @@ typedef enum option_kind {
 } option_kind;
 
 typedef enum option_id {
-    ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_LISTEN_IRC, ID_GREET_DELAY, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
+    ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_LISTEN_IRC, ID_GREET_DELAY, ID_IRC_PING, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
     ID_DB, ID_NO_HISTORY, ID_REPLAY, ID_RETAIN_DAYS, ID_RETAIN_MESSAGES, ID_FLOOD_BURST,
     ID_FLOOD_RATE, ID_FLOOD_KICK, ID_MAX_PER_IP, ID_IDLE_TIMEOUT, ID_LOG_PRIVATE, ID_LOG, ID_LOG_MAX_BYTES,
     ID_NAME
@@ -46,6 +46,7 @@ static const option_spec OPTION_TABLE[] = {
     { "--listen",          ID_LISTEN,          OPT_LISTEN, 0, 0 },
     { "--listen-irc",      ID_LISTEN_IRC,      OPT_LISTEN, 0, 0 },
     { "--greet-delay",     ID_GREET_DELAY,     OPT_INT,    0, 5000 },
+    { "--irc-ping",        ID_IRC_PING,        OPT_INT,    5, 3600 },
     { "--max-sessions",    ID_MAX_SESSIONS,    OPT_INT,    1, 100000 },
     { "--max-queue-bytes", ID_MAX_QUEUE_BYTES, OPT_SIZE,   4 * KIB, GIB },
     { "--db",              ID_DB,              OPT_PATH,   0, 0 },
@@ -79,6 +80,8 @@ static const char HELP_TEXT[] =
     "                          repeatable (default none)\n"
     "  --greet-delay MS        how long a silent client waits before it is greeted as\n"
     "                          a line client, 0-5000 (default 300)\n"
+    "  --irc-ping SECONDS      ping an IRC client silent this long, disconnect it when\n"
+    "                          still silent twice as long, 5-3600 (default 90)\n"
     "  --max-sessions N        most clients connected at once, 1-100000 (default 1024)\n"
     "  --max-queue-bytes N     memory one client's queue may keep past 3 s without\n"
     "                          reading before it is disconnected as a slow consumer;\n"
@@ -116,6 +119,7 @@ void options_defaults(relay_options *o)
     o->listen[0].port = 7777;
     o->listen_count = 1;
     o->greet_delay_ms = 300;
+    o->irc_ping = 90;
     o->max_sessions = 1024;
     o->max_queue_bytes = (size_t)(256 * KIB);
     o->replay = 20;
@@ -282,6 +286,7 @@ static void store_int(relay_options *o, option_id id, int64_t v)
     case ID_MAX_PER_IP:      o->max_per_ip = (int)v; break;
     case ID_IDLE_TIMEOUT:    o->idle_timeout = (int)v; break;
     case ID_GREET_DELAY:     o->greet_delay_ms = (int)v; break;
+    case ID_IRC_PING:        o->irc_ping = (int)v; break;
     case ID_LOG_MAX_BYTES:   o->log_max_bytes = (size_t)v; break;
     default: break;
     }

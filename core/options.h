@@ -26,6 +26,7 @@ typedef struct relay_options {
     listen_addr listen[OPTIONS_MAX_LISTEN];
     int listen_count;                    /* --listen ADDR:PORT (repeatable); default one, all interfaces :7777;
                                           * --listen-irc ADDR:PORT (repeatable) adds IRC-only ones */
+    int irc_ping;                        /* --irc-ping SECONDS: ping a silent IRC client after this, cut it after twice (default 90) */
     int greet_delay_ms;                  /* --greet-delay MS: a silent client is greeted as a line client after this (default 300) */
     uint32_t max_sessions;               /* --max-sessions N (1..100000), default 1024 */
     size_t max_queue_bytes;              /* --max-queue-bytes N, default 256 KiB */

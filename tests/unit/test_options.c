@@ -232,7 +232,7 @@ static void test_help(void)
         "--console", "--help", "--version", "--listen", "--max-sessions", "--max-queue-bytes",
         "--db", "--no-history", "--replay", "--retain-days", "--retain-messages",
         "--flood-burst", "--flood-rate", "--flood-kick", "--max-per-ip", "--idle-timeout", "--log-private",
-        "--log ", "--log-max-bytes", "--name", "--listen-irc", "--greet-delay"
+        "--log ", "--log-max-bytes", "--name", "--listen-irc", "--greet-delay", "--irc-ping"
     };
     size_t i;
     CHECK(help != NULL && strlen(help) > 100);
