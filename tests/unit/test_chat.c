@@ -57,6 +57,67 @@ static void send_line(chat *c, uint32_t slot, const char *s)
     CHECK_REPLY((c), 0, (slot_), (s)); \
 } while (0)
 
+/* The time given to chat_render_event (only the IRC server-time form shows it). */
+#define EVENT_AT "2026-01-01T00:00:00.000Z"
+
+/* ev in form, as the hub renders it (into one of a few rotating buffers, so
+ * that a check can hold two); *len: the bytes written. */
+static char *render_form(const chat *c, chat_form form, const chat_event *ev, uint32_t room, int echo,
+                         size_t *len)
+{
+    static char bufs[4][4096];
+    static unsigned next;
+    char *buf = bufs[next++ % 4];
+    *len = chat_render_event(c, form, ev, room, echo, EVENT_AT, buf, sizeof bufs[0]);
+    return buf;
+}
+
+/* The line form of ev in its room number `room` (echo: the actor's own copy)
+ * without its CRLF: the text the old effect carried.  "" if nothing was
+ * rendered, "(no CRLF)" if the form did not end in one. */
+static const char *render_line(const chat *c, const chat_event *ev, uint32_t room, int echo)
+{
+    size_t n;
+    char *buf = render_form(c, CHAT_FORM_LINE, ev, room, echo, &n);
+    if (n == 0)
+        return "";
+    if (n < 2 || buf[n - 2] != '\r' || buf[n - 1] != '\n')
+        return "(no CRLF)";
+    buf[n - 2] = '\0';
+    return buf;
+}
+
+/* The line form (room 0, as a member sees it) of effect i, which must be an event. */
+static const char *event_line(const chat *c, size_t i)
+{
+    const chat_effect *e = effect(c, i);
+    if (!e || e->kind != CHAT_EVENT)
+        return "(not an event)";
+    return render_line(c, &e->event, 0, 0);
+}
+
+/* The actor's own copy (its echo form) of effect i, in the line form. */
+static const char *echo_line(const chat *c, size_t i)
+{
+    const chat_effect *e = effect(c, i);
+    if (!e || e->kind != CHAT_EVENT)
+        return "(not an event)";
+    return render_line(c, &e->event, 0, 1);
+}
+
+/* Effect i is an event by slot of that kind, stored or not, whose line form is s. */
+#define CHECK_EVENT(c, i, slot_, kind_, stored_, s) do { \
+    const chat_effect *v_ = effect((c), (i)); \
+    CHECK(v_ != NULL); \
+    if (v_) { \
+        CHECK_INT(v_->kind, CHAT_EVENT); \
+        CHECK_INT(v_->slot, (slot_)); \
+        CHECK_INT(v_->event.kind, (kind_)); \
+        CHECK_INT(v_->stored, (stored_)); \
+        CHECK_STR(event_line((c), (i)), (s)); \
+    } \
+} while (0)
+
 typedef struct members {
     uint32_t slots[64];
     size_t n;
@@ -78,20 +139,62 @@ static members members_of(const chat *c, const char *room)
     return m;
 }
 
-/* No effect text may carry a control character other than TAB. */
+static int is_member(const chat *c, const char *room, uint32_t slot)
+{
+    members m = members_of(c, room);
+    size_t k;
+    for (k = 0; k < m.n && k < 64; k++)
+        if (m.slots[k] == slot)
+            return 1;
+    return 0;
+}
+
+/* No control character other than TAB. */
+static int bytes_clean(const char *s, size_t n)
+{
+    size_t k;
+    for (k = 0; k < n; k++) {
+        unsigned char ch = (unsigned char)s[k];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7F)
+            return 0;
+    }
+    return 1;
+}
+
+static int field_clean(const char *s)
+{
+    return s != NULL && bytes_clean(s, strlen(s));
+}
+
+/* No text an effect carries or an event renders to (in the line form, in
+ * each of its rooms, as members and as the actor see it) may carry a control
+ * character other than TAB, but the CRLF that ends a rendered line. */
 static int texts_clean(const chat *c)
 {
     const chat_effect *e;
-    size_t n = chat_effects(c, &e), i, k;
+    size_t n = chat_effects(c, &e), i;
     for (i = 0; i < n; i++) {
-        if (e[i].text == NULL)
-            continue;
-        if (strlen(e[i].text) != e[i].text_len)
+        if (e[i].text != NULL &&
+            (strlen(e[i].text) != e[i].text_len || !bytes_clean(e[i].text, e[i].text_len)))
             return 0;
-        for (k = 0; k < e[i].text_len; k++) {
-            unsigned char ch = (unsigned char)e[i].text[k];
-            if ((ch < 0x20 && ch != '\t') || ch == 0x7F)
+        if (e[i].kind == CHAT_EVENT) {
+            const chat_event *ev = &e[i].event;
+            uint32_t r;
+            int echo;
+            if (!field_clean(ev->nick) || ev->body == NULL || !bytes_clean(ev->body, ev->body_len) ||
+                (ev->target != NULL && !field_clean(ev->target)) || ev->room_count > CHAT_ROOMS_PER_SESSION)
                 return 0;
+            for (r = 0; r < ev->room_count; r++)
+                if (!field_clean(ev->rooms[r]))
+                    return 0;
+            for (r = 0; r < (ev->room_count > 0 ? ev->room_count : 1); r++)
+                for (echo = 0; echo < 2; echo++) {
+                    size_t len;
+                    const char *out = render_form(c, CHAT_FORM_LINE, ev, r, echo, &len);
+                    if (len < 2 || out[len - 2] != '\r' || out[len - 1] != '\n' ||
+                        !bytes_clean(out, len - 2))
+                        return 0;
+                }
         }
     }
     return 1;
@@ -102,35 +205,39 @@ static void test_open(void)
     chat *c = make(15, 0, 0, 0, 0, 8);
     const chat_effect *e;
     CHECK(c != NULL);
-    chat_session_open(c, 3, 7, now);
+    chat_session_open(c, 3, 7, CHAT_DIALECT_LINE, now);
+    /* The join is announced right after it happens, before the replies that
+     * describe the room and the replay. */
     CHECK_INT(count(c), 6);
     CHECK_REPLY(c, 0, 3, "*** Welcome to Test Relay.");
     CHECK_REPLY(c, 1, 3, "*** Your nick is guest7; change it with /nick NAME.");
-    CHECK_REPLY(c, 2, 3, "*** You are in lobby (1 here).");
-    CHECK_REPLY(c, 3, 3, "*** Type /help for the commands.");
-    e = effect(c, 4);
-    CHECK_INT(e->kind, CHAT_HISTORY);
-    CHECK_INT(e->slot, 3);
-    CHECK_STR(e->room, "lobby");
-    CHECK_INT(e->limit, 15);
+    CHECK_EVENT(c, 2, 3, HISTORY_JOIN, 1, "*** guest7 joined lobby");
+    e = effect(c, 2);
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK_STR(e->event.nick, "guest7");
+    CHECK_INT(e->event.body_len, 0);
+    CHECK(e->event.body != NULL);
+    CHECK_INT(e->event.quit, 0);
+    CHECK(!chat_session_echoes(c, 3, &e->event));   /* the joiner is told by the replies instead */
+    CHECK_REPLY(c, 3, 3, "*** You are in lobby (1 here).");
+    CHECK_REPLY(c, 4, 3, "*** Type /help for the commands.");
     e = effect(c, 5);
-    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_INT(e->slot, 3);
-    CHECK_INT(e->except_slot, 3);
-    CHECK_MEM(e->text, e->text_len, "*** guest7 joined lobby");
-    CHECK_INT(e->record_kind, HISTORY_JOIN);
     CHECK_STR(e->room, "lobby");
-    CHECK_STR(e->nick, "guest7");
-    CHECK_INT(e->body_len, 0);
-    CHECK(e->body != NULL);
+    CHECK(e->words == NULL);
+    CHECK_INT(e->limit, 15);
+    CHECK_INT(chat_session_dialect(c, 3), CHAT_DIALECT_LINE);
+    CHECK_INT(chat_session_form(c, 3), CHAT_FORM_LINE);
     CHECK_STR(chat_session_nick(c, 3), "guest7");
     CHECK_STR(chat_session_room(c, 3), "lobby");
     CHECK(chat_session_nick(c, 2) == NULL);
     CHECK(chat_session_room(c, 2) == NULL);
     CHECK(chat_session_nick(c, 99) == NULL);
 
-    chat_session_open(c, 4, 8, now);
-    CHECK_REPLY(c, 2, 4, "*** You are in lobby (2 here).");
+    chat_session_open(c, 4, 8, CHAT_DIALECT_LINE, now);
+    CHECK_REPLY(c, 3, 4, "*** You are in lobby (2 here).");
     chat_destroy(c);
 
     /* replay 0: no history effect; an empty server name falls back to the default. */
@@ -139,15 +246,16 @@ static void test_open(void)
         memset(&cfg, 0, sizeof cfg);
         cfg.server_name = "";
         c = chat_create(&cfg, 4);
-        chat_session_open(c, 0, 1, now);
+        chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
         CHECK_INT(count(c), 5);
         CHECK_REPLY(c, 0, 0, "*** Welcome to chatrelay.");
-        CHECK_INT(effect(c, 4)->kind, CHAT_ROOM);
+        CHECK_INT(effect(c, 2)->kind, CHAT_EVENT);
+        CHECK_INT(effect(c, 4)->kind, CHAT_REPLY);   /* the last effect, and no query */
         chat_destroy(c);
         /* A server name with control characters never reaches a client raw. */
         cfg.server_name = "evil\x1b[2Jname\x07";
         c = chat_create(&cfg, 4);
-        chat_session_open(c, 0, 1, now);
+        chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
         CHECK_REPLY(c, 0, 0, "*** Welcome to evil[2Jname.");
         chat_destroy(c);
     }
@@ -159,24 +267,22 @@ static void test_say_and_me(void)
 {
     chat *c = make(0, 0, 0, 0, 0, 8);
     const chat_effect *e;
-    chat_session_open(c, 0, 1, now);
-    chat_session_open(c, 1, 2, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
 
     send_line(c, 0, "hello there");
     CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_SAY, 1, "<guest1> hello there");
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_ROOM);
-    CHECK_INT(e->slot, 0);
-    CHECK_INT(e->except_slot, 0);
-    CHECK_MEM(e->text, e->text_len, "<guest1> hello there");
-    CHECK_INT(e->record_kind, HISTORY_SAY);
-    CHECK_STR(e->room, "lobby");
-    CHECK_STR(e->nick, "guest1");
-    CHECK_MEM(e->body, e->body_len, "hello there");
+    CHECK(!chat_session_echoes(c, 0, &e->event));   /* the sender typed it: not sent back */
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK_STR(e->event.nick, "guest1");
+    CHECK_MEM(e->event.body, e->event.body_len, "hello there");
 
     /* Spaces and tabs are kept as typed; UTF-8 passes through. */
     send_line(c, 0, "  caf\xc3\xa9\t\xe2\x82\xac ");
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest1>   caf\xc3\xa9\t\xe2\x82\xac ");
+    CHECK_STR(event_line(c, 0), "<guest1>   caf\xc3\xa9\t\xe2\x82\xac ");
 
     send_line(c, 0, "");
     CHECK_INT(count(c), 0);
@@ -186,22 +292,20 @@ static void test_say_and_me(void)
     send_line(c, 1, "//etc/passwd is a path");
     CHECK_INT(count(c), 1);
     e = effect(c, 0);
-    CHECK_MEM(e->text, e->text_len, "<guest2> /etc/passwd is a path");
-    CHECK_MEM(e->body, e->body_len, "/etc/passwd is a path");
+    CHECK_STR(event_line(c, 0), "<guest2> /etc/passwd is a path");
+    CHECK_MEM(e->event.body, e->event.body_len, "/etc/passwd is a path");
     send_line(c, 1, "//");
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest2> /");
+    CHECK_STR(event_line(c, 0), "<guest2> /");
     /* Only a leading slash makes a command. */
     send_line(c, 1, " /nick x");
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest2>  /nick x");
+    CHECK_STR(event_line(c, 0), "<guest2>  /nick x");
 
     send_line(c, 0, "/me waves  at\tyou  ");
     CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_ME, 1, "* guest1 waves  at\tyou");
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_ROOM);
-    CHECK_INT(e->except_slot, 0);
-    CHECK_MEM(e->text, e->text_len, "* guest1 waves  at\tyou");
-    CHECK_INT(e->record_kind, HISTORY_ME);
-    CHECK_MEM(e->body, e->body_len, "waves  at\tyou");
+    CHECK(!chat_session_echoes(c, 0, &e->event));
+    CHECK_MEM(e->event.body, e->event.body_len, "waves  at\tyou");
     send_line(c, 0, "/ME   ");
     CHECK_ONLY_REPLY(c, 0, "*** Usage: /me ACTION");
 
@@ -209,7 +313,7 @@ static void test_say_and_me(void)
     chat_session_line(c, 0, "long line", 9, 1, now);
     CHECK_INT(count(c), 2);
     CHECK_REPLY(c, 0, 0, "*** Your line was too long: it was cut at 1024 bytes.");
-    CHECK_MEM(effect(c, 1)->text, effect(c, 1)->text_len, "<guest1> long line");
+    CHECK_STR(event_line(c, 1), "<guest1> long line");
 
     /* A line longer than the contract is cut at a character boundary and flagged. */
     {
@@ -221,9 +325,9 @@ static void test_say_and_me(void)
         CHECK_INT(count(c), 2);
         CHECK_REPLY(c, 0, 0, "*** Your line was too long: it was cut at 1024 bytes.");
         e = effect(c, 1);
-        CHECK_INT(e->body_len, 1023);
-        CHECK_INT(e->text_len, 1023 + strlen("<guest1> "));
-        CHECK(memcmp(e->body, big, 1023) == 0);
+        CHECK_INT(e->event.body_len, 1023);
+        CHECK_INT(strlen(event_line(c, 1)), 1023 + strlen("<guest1> "));
+        CHECK(memcmp(e->event.body, big, 1023) == 0);
     }
     CHECK(texts_clean(c));
     chat_destroy(c);
@@ -234,19 +338,21 @@ static void test_nick(void)
     chat *c = make(0, 0, 0, 0, 0, 8);
     const chat_effect *e;
     char longname[1000];
-    chat_session_open(c, 0, 1, now);
-    chat_session_open(c, 1, 2, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
 
+    /* One event for the session's one room, stored, and shown to the sender
+     * too (its confirmation): the same text as the members'. */
     send_line(c, 0, "/nick alice");
     CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_NICK, 1, "*** guest1 is now known as alice");
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_ROOM);
-    CHECK_INT(e->except_slot, CHAT_NO_SLOT);   /* the sender sees it too */
-    CHECK_MEM(e->text, e->text_len, "*** guest1 is now known as alice");
-    CHECK_INT(e->record_kind, HISTORY_NICK);
-    CHECK_STR(e->nick, "guest1");
-    CHECK_MEM(e->body, e->body_len, "alice");
-    CHECK_STR(e->room, "lobby");
+    CHECK(chat_session_echoes(c, 0, &e->event));   /* the sender sees it too */
+    CHECK_STR(echo_line(c, 0), "*** guest1 is now known as alice");
+    CHECK_STR(e->event.nick, "guest1");
+    CHECK_MEM(e->event.body, e->event.body_len, "alice");
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "lobby");
     CHECK_STR(chat_session_nick(c, 0), "alice");
 
     /* Taken, case-insensitively. */
@@ -255,7 +361,7 @@ static void test_nick(void)
     CHECK_STR(chat_session_nick(c, 1), "guest2");
     /* The old nick is free again. */
     send_line(c, 1, "/Nick  guest1 \t");
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest2 is now known as guest1");
+    CHECK_STR(event_line(c, 0), "*** guest2 is now known as guest1");
     CHECK_STR(chat_session_nick(c, 1), "guest1");
 
     /* Same nick: a notice.  A change of case only: allowed and announced. */
@@ -263,7 +369,7 @@ static void test_nick(void)
     CHECK_ONLY_REPLY(c, 0, "*** You are already alice.");
     send_line(c, 0, "/nick Alice");
     CHECK_INT(count(c), 1);
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** alice is now known as Alice");
+    CHECK_STR(event_line(c, 0), "*** alice is now known as Alice");
     CHECK_STR(chat_session_nick(c, 0), "Alice");
     send_line(c, 1, "/nick aLiCe");
     CHECK_ONLY_REPLY(c, 1, "*** The nick Alice is taken.");
@@ -306,9 +412,9 @@ static void test_join_rooms_who(void)
     chat *c = make(10, 0, 0, 0, 0, 8);
     const chat_effect *e;
     members m;
-    chat_session_open(c, 0, 1, now);
-    chat_session_open(c, 1, 2, now);
-    chat_session_open(c, 2, 3, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 2, 3, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/nick alice");
     send_line(c, 1, "/nick bob");
 
@@ -318,27 +424,30 @@ static void test_join_rooms_who(void)
     CHECK_INT(m.slots[1], 1);
     CHECK_INT(m.slots[2], 2);
 
+    /* The leave, the join, then the replies and the replay. */
     send_line(c, 0, "/join Games");
     CHECK_INT(count(c), 4);
+    CHECK_EVENT(c, 0, 0, HISTORY_LEAVE, 1, "*** alice left lobby (joined Games)");
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_ROOM);
-    CHECK_STR(e->room, "lobby");
-    CHECK_INT(e->except_slot, CHAT_NO_SLOT);
-    CHECK_MEM(e->text, e->text_len, "*** alice left lobby (joined Games)");
-    CHECK_INT(e->record_kind, HISTORY_LEAVE);
-    CHECK_STR(e->nick, "alice");
-    CHECK_MEM(e->body, e->body_len, "joined Games");
-    CHECK_REPLY(c, 1, 0, "*** You are now in Games (1 here).");
-    e = effect(c, 2);
-    CHECK_INT(e->kind, CHAT_HISTORY);
-    CHECK_STR(e->room, "Games");
-    CHECK_INT(e->limit, 10);
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK_INT(e->event.quit, 0);
+    CHECK_STR(e->event.nick, "alice");
+    CHECK_MEM(e->event.body, e->event.body_len, "joined Games");
+    /* The old room's members see it; alice, out of it, gets no copy. */
+    CHECK(!chat_session_echoes(c, 0, &e->event));
+    CHECK(!is_member(c, "lobby", 0));
+    CHECK_EVENT(c, 1, 0, HISTORY_JOIN, 1, "*** alice joined Games");
+    e = effect(c, 1);
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "Games");
+    CHECK(!chat_session_echoes(c, 0, &e->event));
+    CHECK_REPLY(c, 2, 0, "*** You are now in Games (1 here).");
     e = effect(c, 3);
-    CHECK_INT(e->kind, CHAT_ROOM);
+    CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_STR(e->room, "Games");
-    CHECK_INT(e->except_slot, 0);
-    CHECK_MEM(e->text, e->text_len, "*** alice joined Games");
-    CHECK_INT(e->record_kind, HISTORY_JOIN);
+    CHECK(e->words == NULL);
+    CHECK_INT(e->limit, 10);
     CHECK_STR(chat_session_room(c, 0), "Games");
 
     /* Isolation: a line in one room goes to that room only. */
@@ -350,13 +459,15 @@ static void test_join_rooms_who(void)
     CHECK_INT(m.slots[0], 1);
     CHECK_INT(m.slots[1], 2);
     send_line(c, 1, "only lobby hears this");
-    CHECK_STR(effect(c, 0)->room, "lobby");
+    CHECK_INT(effect(c, 0)->event.room_count, 1);
+    CHECK_STR(effect(c, 0)->event.rooms[0], "lobby");
     send_line(c, 0, "only games hears this");
-    CHECK_STR(effect(c, 0)->room, "Games");
+    CHECK_INT(effect(c, 0)->event.room_count, 1);
+    CHECK_STR(effect(c, 0)->event.rooms[0], "Games");
 
     /* Joining keeps the room's first spelling; already there -> a notice only. */
     send_line(c, 1, "/join GAMES");
-    CHECK_REPLY(c, 1, 1, "*** You are now in Games (2 here).");
+    CHECK_REPLY(c, 2, 1, "*** You are now in Games (2 here).");
     CHECK_STR(chat_session_room(c, 1), "Games");
     send_line(c, 1, "/join games");
     CHECK_ONLY_REPLY(c, 1, "*** You are already in Games.");
@@ -375,8 +486,8 @@ static void test_join_rooms_who(void)
     send_line(c, 2, "/rooms");
     CHECK_ONLY_REPLY(c, 2, "*** 3 rooms: lobby (0), Games (2), side (1).");
     send_line(c, 2, "/join lobby");
-    CHECK_STR(effect(c, 0)->room, "side");
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest3 left side (joined lobby)");
+    CHECK_STR(effect(c, 0)->event.rooms[0], "side");
+    CHECK_STR(event_line(c, 0), "*** guest3 left side (joined lobby)");
     m = members_of(c, "side");
     CHECK_INT(m.n, 0);
     send_line(c, 2, "/rooms");
@@ -415,12 +526,14 @@ static void test_join_rooms_who(void)
 static void test_join_without_replay(void)
 {
     chat *c = make(0, 0, 0, 0, 0, 4);
-    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/join x");
     CHECK_INT(count(c), 3);
-    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
-    CHECK_INT(effect(c, 1)->kind, CHAT_REPLY);
-    CHECK_INT(effect(c, 2)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(effect(c, 0)->event.kind, HISTORY_LEAVE);
+    CHECK_INT(effect(c, 1)->kind, CHAT_EVENT);
+    CHECK_INT(effect(c, 1)->event.kind, HISTORY_JOIN);
+    CHECK_INT(effect(c, 2)->kind, CHAT_REPLY);
     chat_destroy(c);
 }
 
@@ -428,21 +541,22 @@ static void test_msg(void)
 {
     chat *c = make(0, 0, 0, 0, 0, 8);
     const chat_effect *e;
-    chat_session_open(c, 0, 1, now);
-    chat_session_open(c, 1, 2, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/nick alice");
     send_line(c, 1, "/nick Bob");
     send_line(c, 1, "/join elsewhere");   /* private messages cross rooms */
 
     send_line(c, 0, "/msg bob   hi  there \t");
     CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_MSG, 0, "*alice* hi  there");   /* log_private 0: not stored */
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_PRIVATE);
-    CHECK_INT(e->slot, 0);
     CHECK_INT(e->to_slot, 1);
-    CHECK_MEM(e->text, e->text_len, "*alice* hi  there");
-    CHECK_INT(e->record_kind, HISTORY_KIND_NONE);
-    CHECK_MEM(e->confirm, e->confirm_len, "*** to Bob: hi  there");
+    CHECK_STR(e->event.target, "Bob");   /* as the recipient spells it */
+    CHECK_MEM(e->event.body, e->event.body_len, "hi  there");
+    /* The sender's confirmation is its echo form. */
+    CHECK(chat_session_echoes(c, 0, &e->event));
+    CHECK_STR(echo_line(c, 0), "*** to Bob: hi  there");
 
     send_line(c, 0, "/msg zed hello");
     CHECK_ONLY_REPLY(c, 0, "*** No such nick: zed.");
@@ -460,20 +574,22 @@ static void test_msg(void)
 
     /* log_private: stored as kind "msg" in the sender's room, body "to <nick>: text". */
     c = make(0, 0, 0, 0, 1, 8);
-    chat_session_open(c, 0, 1, now);
-    chat_session_open(c, 1, 2, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/join den");
     send_line(c, 0, "/msg guest2 psst");
     CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_MSG, 1, "*guest1* psst");
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_PRIVATE);
     CHECK_INT(e->to_slot, 1);
-    CHECK_MEM(e->text, e->text_len, "*guest1* psst");
-    CHECK_INT(e->record_kind, HISTORY_MSG);
-    CHECK_STR(e->room, "den");
-    CHECK_STR(e->nick, "guest1");
-    CHECK_MEM(e->body, e->body_len, "to guest2: psst");
-    CHECK_MEM(e->confirm, e->confirm_len, "*** to guest2: psst");
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "den");
+    CHECK_STR(e->event.nick, "guest1");
+    /* The hub stores "to guest2: psst" from these two. */
+    CHECK_STR(e->event.target, "guest2");
+    CHECK_MEM(e->event.body, e->event.body_len, "psst");
+    CHECK(chat_session_echoes(c, 0, &e->event));
+    CHECK_STR(echo_line(c, 0), "*** to guest2: psst");
     chat_destroy(c);
 }
 
@@ -483,9 +599,10 @@ static void check_history_limit(chat *c, const char *line, int limit)
     send_line(c, 0, line);
     CHECK_INT(count(c), 1);
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_HISTORY);
+    CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_INT(e->slot, 0);
     CHECK_STR(e->room, "lobby");
+    CHECK(e->words == NULL);
     CHECK_INT(e->limit, limit);
 }
 
@@ -494,7 +611,7 @@ static void test_history_search(void)
     static const char usage[] = "*** Usage: /history [N] (N from 1 to 200, default 20)";
     chat *c = make(0, 0, 0, 0, 0, 4);
     const chat_effect *e;
-    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     check_history_limit(c, "/history", 20);
     check_history_limit(c, "/HISTORY   ", 20);
     check_history_limit(c, "/history 1", 1);
@@ -520,7 +637,7 @@ static void test_history_search(void)
     send_line(c, 0, "/search  dune   arrakis ");
     CHECK_INT(count(c), 1);
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_SEARCH);
+    CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_INT(e->slot, 0);
     CHECK_STR(e->room, "books");
     CHECK_STR(e->words, "dune   arrakis");
@@ -541,7 +658,7 @@ static void test_help_unknown(void)
     size_t n, i;
     static const char *const commands[] = {"/nick", "/join", "/rooms", "/who", "/me", "/msg",
                                            "/history", "/search", "/help", "/quit", "//"};
-    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/help");
     n = chat_effects(c, &e);
     CHECK_INT(n, 12);
@@ -582,8 +699,8 @@ static void test_quit_close(void)
     chat *c = make(0, 0, 0, 0, 0, 4);
     const chat_effect *e;
     char reason[512];
-    chat_session_open(c, 0, 1, now);
-    chat_session_open(c, 1, 2, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/nick alice");
 
     send_line(c, 0, "/quit   see you  later ");
@@ -606,20 +723,23 @@ static void test_quit_close(void)
     CHECK_STR(chat_session_nick(c, 0), "alice");   /* still known until the hub closes it */
     chat_session_close(c, 0, "quit: see you  later");
     CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_LEAVE, 1, "*** alice left lobby (quit: see you  later)");
     e = effect(c, 0);
-    CHECK_INT(e->kind, CHAT_ROOM);
-    CHECK_STR(e->room, "lobby");
-    CHECK_INT(e->except_slot, CHAT_NO_SLOT);
-    CHECK_MEM(e->text, e->text_len, "*** alice left lobby (quit: see you  later)");
-    CHECK_INT(e->record_kind, HISTORY_LEAVE);
-    CHECK_STR(e->nick, "alice");
-    CHECK_MEM(e->body, e->body_len, "quit: see you  later");
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK_INT(e->event.quit, 1);
+    CHECK_STR(e->event.nick, "alice");
+    CHECK_MEM(e->event.body, e->event.body_len, "quit: see you  later");
+    /* Nobody is left out: the slot is out of the room already (a new session
+     * reusing it must see the line), and a leaver gets no copy of its own. */
+    CHECK(!is_member(c, "lobby", 0));
+    CHECK(!chat_session_echoes(c, 0, &e->event));
     CHECK(chat_session_nick(c, 0) == NULL);
     CHECK_INT(members_of(c, "lobby").n, 1);
 
     /* The hub keeps the CLOSE effect's reason and hands it back later, after
      * other sessions' lines: it must still read the same. */
-    chat_session_open(c, 0, 3, now);
+    chat_session_open(c, 0, 3, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/quit bye");
     e = effect(c, 0);
     {
@@ -631,12 +751,12 @@ static void test_quit_close(void)
         CHECK_STR(kept, "quit: bye");
         chat_session_close(c, 0, kept);
     }
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest3 left lobby (quit: bye)");
-    chat_session_open(c, 0, 4, now);
+    CHECK_STR(event_line(c, 0), "*** guest3 left lobby (quit: bye)");
+    chat_session_open(c, 0, 4, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/quit");
     CHECK_STR(effect(c, 0)->reason, "quit");
     chat_session_close(c, 0, effect(c, 0)->reason);
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest4 left lobby (quit)");
+    CHECK_STR(event_line(c, 0), "*** guest4 left lobby (quit)");
 
     /* A long reason is cut (at a character boundary). */
     {
@@ -645,7 +765,7 @@ static void test_quit_close(void)
         for (i = 6; i + 2 < sizeof reason; i += 2)
             memcpy(reason + i, "\xc3\xa9", 2);
         reason[i] = '\0';
-        chat_session_open(c, 0, 5, now);
+        chat_session_open(c, 0, 5, CHAT_DIALECT_LINE, now);
         send_line(c, 0, reason);
         e = effect(c, 0);
         CHECK(strlen(e->reason) <= 6 + 200);
@@ -656,32 +776,32 @@ static void test_quit_close(void)
     }
 
     /* Other reasons, from the hub. */
-    chat_session_open(c, 0, 6, now);
+    chat_session_open(c, 0, 6, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/join quiet");
     chat_session_close(c, 0, "timeout");
     CHECK_INT(count(c), 1);
     e = effect(c, 0);
-    CHECK_STR(e->room, "quiet");
-    CHECK_MEM(e->text, e->text_len, "*** guest6 left quiet (timeout)");
+    CHECK_STR(e->event.rooms[0], "quiet");
+    CHECK_STR(event_line(c, 0), "*** guest6 left quiet (timeout)");
     CHECK_INT(members_of(c, "quiet").n, 0);
     /* A long reason from the hub is cut on a character boundary. */
-    chat_session_open(c, 0, 8, now);
+    chat_session_open(c, 0, 8, CHAT_DIALECT_LINE, now);
     chat_session_close(c, 0, reason + 6);
     e = effect(c, 0);
-    CHECK(e->body_len <= 215 && e->body_len >= 213);
-    CHECK(((unsigned char)e->body[e->body_len - 1] & 0xC0u) == 0x80u);
+    CHECK(e->event.body_len <= 215 && e->event.body_len >= 213);
+    CHECK(((unsigned char)e->event.body[e->event.body_len - 1] & 0xC0u) == 0x80u);
     CHECK(texts_clean(c));
     /* A session that quits and is reopened without a close frees its reason. */
-    chat_session_open(c, 0, 9, now);
+    chat_session_open(c, 0, 9, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/quit leaking?");
-    chat_session_open(c, 0, 10, now);
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest9 left lobby (connection lost)");
+    chat_session_open(c, 0, 10, CHAT_DIALECT_LINE, now);
+    CHECK_STR(event_line(c, 0), "*** guest9 left lobby (connection lost)");
     send_line(c, 0, "/quit still open at destroy");
     chat_session_close(c, 0, NULL);
-    chat_session_open(c, 0, 7, now);
+    chat_session_open(c, 0, 7, CHAT_DIALECT_LINE, now);
     chat_session_close(c, 0, NULL);
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest7 left lobby");
-    CHECK_INT(effect(c, 0)->body_len, 0);
+    CHECK_STR(event_line(c, 0), "*** guest7 left lobby");
+    CHECK_INT(effect(c, 0)->event.body_len, 0);
     /* Closing a free slot or one out of range: nothing. */
     chat_session_close(c, 0, "connection lost");
     CHECK_INT(count(c), 0);
@@ -693,7 +813,7 @@ static void test_quit_close(void)
     CHECK_INT(count(c), 0);
     chat_session_line(c, 1, NULL, 5, 0, now);
     CHECK_INT(count(c), 0);
-    chat_session_open(c, 77, 1, now);
+    chat_session_open(c, 77, 1, CHAT_DIALECT_LINE, now);
     CHECK_INT(count(c), 0);
     chat_destroy(c);
 }
@@ -703,30 +823,30 @@ static void test_slot_reuse(void)
     chat *c = make(0, 0, 0, 0, 0, 4);
     const chat_effect *e;
     size_t n;
-    chat_session_open(c, 2, 10, now);
+    chat_session_open(c, 2, 10, CHAT_DIALECT_LINE, now);
     chat_session_close(c, 2, "connection lost");
-    chat_session_open(c, 2, 11, now);
+    chat_session_open(c, 2, 11, CHAT_DIALECT_LINE, now);
     CHECK_STR(chat_session_nick(c, 2), "guest11");
     send_line(c, 2, "/nick guest10");   /* the old nick was released */
     CHECK_STR(chat_session_nick(c, 2), "guest10");
 
     /* A guest name taken with /nick gets a suffix. */
     send_line(c, 2, "/nick guest12");
-    chat_session_open(c, 0, 12, now);
+    chat_session_open(c, 0, 12, CHAT_DIALECT_LINE, now);
     CHECK_STR(chat_session_nick(c, 0), "guest12-2");
-    chat_session_open(c, 3, 99, now);
+    chat_session_open(c, 3, 99, CHAT_DIALECT_LINE, now);
     send_line(c, 3, "/nick guest12-3");
-    chat_session_open(c, 1, 12, now);
+    chat_session_open(c, 1, 12, CHAT_DIALECT_LINE, now);
     CHECK_STR(chat_session_nick(c, 1), "guest12-4");
     send_line(c, 1, "/msg GUEST12-2 hi");
     CHECK_INT(effect(c, 0)->to_slot, 0);
 
     /* Opening a slot that was never closed: the old session leaves first. */
-    chat_session_open(c, 0, 13, now);
+    chat_session_open(c, 0, 13, CHAT_DIALECT_LINE, now);
     n = chat_effects(c, &e);
     CHECK_INT(n, 6);
-    CHECK_MEM(e[0].text, e[0].text_len, "*** guest12-2 left lobby (connection lost)");
-    CHECK_INT(e[0].record_kind, HISTORY_LEAVE);
+    CHECK_STR(event_line(c, 0), "*** guest12-2 left lobby (connection lost)");
+    CHECK_INT(e[0].event.kind, HISTORY_LEAVE);
     CHECK_STR(chat_session_nick(c, 0), "guest13");
     CHECK_INT(members_of(c, "lobby").n, 4);
     chat_destroy(c);
@@ -738,15 +858,15 @@ static void test_flood(void)
     chat *c = make(0, 3, 2, 4, 0, 4);
     const chat_effect *e;
     int64_t t = 5000;
-    chat_session_open(c, 0, 1, t);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, t);
 
     /* The burst goes through... */
     chat_session_line(c, 0, "a", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
     chat_session_line(c, 0, "/who", 4, 0, t);   /* commands cost a token too */
     CHECK_INT(effect(c, 0)->kind, CHAT_REPLY);
     chat_session_line(c, 0, "c", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
     /* ...then lines are refused: not delivered, not stored. */
     chat_session_line(c, 0, "d", 1, 0, t);
     CHECK_ONLY_REPLY(c, 0, too_fast);
@@ -762,7 +882,7 @@ static void test_flood(void)
     /* ...500 ms gives exactly one, which resets the refused count. */
     chat_session_line(c, 0, "f", 1, 0, t + 500);
     CHECK_INT(count(c), 1);
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "<guest1> f");
+    CHECK_STR(event_line(c, 0), "<guest1> f");
     chat_session_line(c, 0, "g", 1, 0, t + 500);
     CHECK_ONLY_REPLY(c, 0, too_fast);
     chat_session_line(c, 0, "h", 1, 0, t + 500);
@@ -780,10 +900,10 @@ static void test_flood(void)
     chat_session_line(c, 0, "k", 1, 0, t + 100000);
     CHECK_INT(count(c), 0);
     chat_session_close(c, 0, e->reason);
-    CHECK_MEM(effect(c, 0)->text, effect(c, 0)->text_len, "*** guest1 left lobby (flood)");
+    CHECK_STR(event_line(c, 0), "*** guest1 left lobby (flood)");
 
     /* A full pause refills the whole burst, not more. */
-    chat_session_open(c, 1, 2, t);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, t);
     chat_session_line(c, 1, "1", 1, 0, t);
     chat_session_line(c, 1, "2", 1, 0, t);
     chat_session_line(c, 1, "3", 1, 0, t);
@@ -791,10 +911,10 @@ static void test_flood(void)
     CHECK_ONLY_REPLY(c, 1, too_fast);
     t += 3600 * 1000;
     chat_session_line(c, 1, "1", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
     chat_session_line(c, 1, "2", 1, 0, t);
     chat_session_line(c, 1, "3", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
     chat_session_line(c, 1, "4", 1, 0, t);
     CHECK_ONLY_REPLY(c, 1, too_fast);
     /* A clock going backwards gives no tokens and breaks nothing. */
@@ -804,7 +924,7 @@ static void test_flood(void)
     CHECK_ONLY_REPLY(c, 1, too_fast);
     /* ...and a jump from INT64_MIN to INT64_MAX refills without overflow. */
     chat_session_line(c, 1, "7", 1, 0, INT64_MAX);
-    CHECK_INT(effect(c, 0)->kind, CHAT_ROOM);
+    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
     /* /quit works even when out of tokens. */
     chat_session_line(c, 1, "8", 1, 0, INT64_MAX);
     chat_session_line(c, 1, "9", 1, 0, INT64_MAX);
@@ -817,7 +937,7 @@ static void test_flood(void)
 
     /* flood_kick 0: refused forever, never disconnected. */
     c = make(0, 1, 1, 0, 0, 2);
-    chat_session_open(c, 0, 1, 0);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, 0);
     chat_session_line(c, 0, "a", 1, 0, 0);
     {
         int i, refused = 0;
@@ -832,24 +952,24 @@ static void test_flood(void)
 
     /* Burst 0 or rate 0: flood control off. */
     c = make(0, 0, 5, 1, 0, 2);
-    chat_session_open(c, 0, 1, 0);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, 0);
     {
         int i, said = 0;
         for (i = 0; i < 1000; i++) {
             chat_session_line(c, 0, "b", 1, 0, 0);
-            if (count(c) == 1 && effect(c, 0)->kind == CHAT_ROOM)
+            if (count(c) == 1 && effect(c, 0)->kind == CHAT_EVENT)
                 said++;
         }
         CHECK_INT(said, 1000);
     }
     chat_destroy(c);
     c = make(0, 5, 0, 1, 0, 2);
-    chat_session_open(c, 0, 1, 0);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, 0);
     {
         int i, said = 0;
         for (i = 0; i < 100; i++) {
             chat_session_line(c, 0, "b", 1, 0, 0);
-            said += count(c) == 1 && effect(c, 0)->kind == CHAT_ROOM;
+            said += count(c) == 1 && effect(c, 0)->kind == CHAT_EVENT;
         }
         CHECK_INT(said, 100);
     }
@@ -955,7 +1075,7 @@ static void test_scale(void)
     uint32_t s;
     CHECK(c != NULL);
     for (s = 0; s < N; s++)
-        chat_session_open(c, s, s + 1, now);
+        chat_session_open(c, s, s + 1, CHAT_DIALECT_LINE, now);
     CHECK_INT(members_of(c, "lobby").n, N);
     send_line(c, 5, "/who");
     n = chat_effects(c, &e);
@@ -979,7 +1099,8 @@ static void test_scale(void)
     for (s = 0; s < N; s += 1000) {
         snprintf(line, sizeof line, "/msg GUEST%u hi", (unsigned)(N - s));
         send_line(c, s == 0 ? 1 : 0, line);
-        CHECK_INT(effect(c, 0)->kind, CHAT_PRIVATE);
+        CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+        CHECK_INT(effect(c, 0)->event.kind, HISTORY_MSG);
         CHECK_INT(effect(c, 0)->to_slot, N - s - 1);
     }
     for (s = 0; s < N; s++)
@@ -987,7 +1108,7 @@ static void test_scale(void)
     CHECK_INT(members_of(c, "lobby").n, 0);
     send_line(c, 1, "/rooms");
     CHECK_INT(count(c), 0);
-    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/rooms");
     CHECK_ONLY_REPLY(c, 0, "*** 1 room: lobby (1).");
     chat_destroy(c);
@@ -1022,7 +1143,7 @@ static void test_random(void)
         size_t n, i, len = 0, parts = rnd(6);
         t += rnd(300);
         if (!live[slot]) {
-            chat_session_open(c, slot, conn++, t);
+            chat_session_open(c, slot, conn++, CHAT_DIALECT_LINE, t);
             live[slot] = 1;
         } else if (rnd(40) == 0) {
             chat_session_close(c, slot, "connection lost");
@@ -1092,7 +1213,7 @@ static void test_null_chat(void)
     CHECK_INT(chat_effects(NULL, &e), 0);
     CHECK(e == NULL);
     CHECK_INT(chat_effects(NULL, NULL), 0);
-    chat_session_open(NULL, 0, 1, now);
+    chat_session_open(NULL, 0, 1, CHAT_DIALECT_LINE, now);
     chat_session_line(NULL, 0, "x", 1, 0, now);
     chat_session_close(NULL, 0, "quit");
     CHECK(chat_session_nick(NULL, 0) == NULL);
@@ -1101,7 +1222,7 @@ static void test_null_chat(void)
     chat_destroy(NULL);
     /* A negative replay means none; a destroyed chat with a pending /quit frees it. */
     c = make(-5, 0, 0, 0, 0, 2);
-    chat_session_open(c, 0, 1, now);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     CHECK_INT(count(c), 5);
     send_line(c, 0, "/quit left open");
     chat_destroy(c);
