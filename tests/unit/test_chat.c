@@ -1,4 +1,5 @@
-/* Drives chat with session events and lines and checks the effects it asks for. */
+/* Drives chat with session events and lines and checks the effects it asks for
+ * and how its events render (the line form, the IRC form). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,6 +7,7 @@
 
 #include "check.h"
 #include "chat.h"
+#include "text.h"
 
 static int64_t now = 1000000;
 
@@ -33,6 +35,24 @@ static const chat_effect *effect(const chat *c, size_t i)
     const chat_effect *e;
     size_t n = chat_effects(c, &e);
     return i < n ? &e[i] : NULL;
+}
+
+/* Effect i, which the caller expects to exist: if it does not, a failed
+ * check and an empty stand-in (for no session, with empty strings), so that
+ * the test goes on to its other checks instead of crashing. */
+static const chat_effect *must(const chat *c, size_t i)
+{
+    static chat_effect none;
+    const chat_effect *e = effect(c, i);
+    CHECK(e != NULL);
+    if (e)
+        return e;
+    memset(&none, 0, sizeof none);
+    none.kind = CHAT_CLOSE;
+    none.slot = none.to_slot = CHAT_NO_SLOT;
+    none.text = none.reason = none.room = "";
+    none.event.nick = none.event.body = none.event.target = "";
+    return &none;
 }
 
 static void send_line(chat *c, uint32_t slot, const char *s)
@@ -212,7 +232,7 @@ static void test_open(void)
     CHECK_REPLY(c, 0, 3, "*** Welcome to Test Relay.");
     CHECK_REPLY(c, 1, 3, "*** Your nick is guest7; change it with /nick NAME.");
     CHECK_EVENT(c, 2, 3, HISTORY_JOIN, 1, "*** guest7 joined lobby");
-    e = effect(c, 2);
+    e = must(c, 2);
     CHECK_INT(e->event.room_count, 1);
     CHECK_STR(e->event.rooms[0], "lobby");
     CHECK_STR(e->event.nick, "guest7");
@@ -222,7 +242,7 @@ static void test_open(void)
     CHECK(!chat_session_echoes(c, 3, &e->event));   /* the joiner is told by the replies instead */
     CHECK_REPLY(c, 3, 3, "*** You are in lobby (1 here).");
     CHECK_REPLY(c, 4, 3, "*** Type /help for the commands.");
-    e = effect(c, 5);
+    e = must(c, 5);
     CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_INT(e->slot, 3);
     CHECK_STR(e->room, "lobby");
@@ -249,8 +269,8 @@ static void test_open(void)
         chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
         CHECK_INT(count(c), 5);
         CHECK_REPLY(c, 0, 0, "*** Welcome to chatrelay.");
-        CHECK_INT(effect(c, 2)->kind, CHAT_EVENT);
-        CHECK_INT(effect(c, 4)->kind, CHAT_REPLY);   /* the last effect, and no query */
+        CHECK_INT(must(c, 2)->kind, CHAT_EVENT);
+        CHECK_INT(must(c, 4)->kind, CHAT_REPLY);   /* the last effect, and no query */
         chat_destroy(c);
         /* A server name with control characters never reaches a client raw. */
         cfg.server_name = "evil\x1b[2Jname\x07";
@@ -273,7 +293,7 @@ static void test_say_and_me(void)
     send_line(c, 0, "hello there");
     CHECK_INT(count(c), 1);
     CHECK_EVENT(c, 0, 0, HISTORY_SAY, 1, "<guest1> hello there");
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK(!chat_session_echoes(c, 0, &e->event));   /* the sender typed it: not sent back */
     CHECK_INT(e->event.room_count, 1);
     CHECK_STR(e->event.rooms[0], "lobby");
@@ -291,7 +311,7 @@ static void test_say_and_me(void)
 
     send_line(c, 1, "//etc/passwd is a path");
     CHECK_INT(count(c), 1);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_STR(event_line(c, 0), "<guest2> /etc/passwd is a path");
     CHECK_MEM(e->event.body, e->event.body_len, "/etc/passwd is a path");
     send_line(c, 1, "//");
@@ -303,7 +323,7 @@ static void test_say_and_me(void)
     send_line(c, 0, "/me waves  at\tyou  ");
     CHECK_INT(count(c), 1);
     CHECK_EVENT(c, 0, 0, HISTORY_ME, 1, "* guest1 waves  at\tyou");
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK(!chat_session_echoes(c, 0, &e->event));
     CHECK_MEM(e->event.body, e->event.body_len, "waves  at\tyou");
     send_line(c, 0, "/ME   ");
@@ -324,7 +344,7 @@ static void test_say_and_me(void)
         chat_session_line(c, 0, big, sizeof big, 0, now);
         CHECK_INT(count(c), 2);
         CHECK_REPLY(c, 0, 0, "*** Your line was too long: it was cut at 1024 bytes.");
-        e = effect(c, 1);
+        e = must(c, 1);
         CHECK_INT(e->event.body_len, 1023);
         CHECK_INT(strlen(event_line(c, 1)), 1023 + strlen("<guest1> "));
         CHECK(memcmp(e->event.body, big, 1023) == 0);
@@ -346,7 +366,7 @@ static void test_nick(void)
     send_line(c, 0, "/nick alice");
     CHECK_INT(count(c), 1);
     CHECK_EVENT(c, 0, 0, HISTORY_NICK, 1, "*** guest1 is now known as alice");
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK(chat_session_echoes(c, 0, &e->event));   /* the sender sees it too */
     CHECK_STR(echo_line(c, 0), "*** guest1 is now known as alice");
     CHECK_STR(e->event.nick, "guest1");
@@ -428,7 +448,7 @@ static void test_join_rooms_who(void)
     send_line(c, 0, "/join Games");
     CHECK_INT(count(c), 4);
     CHECK_EVENT(c, 0, 0, HISTORY_LEAVE, 1, "*** alice left lobby (joined Games)");
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->event.room_count, 1);
     CHECK_STR(e->event.rooms[0], "lobby");
     CHECK_INT(e->event.quit, 0);
@@ -438,12 +458,12 @@ static void test_join_rooms_who(void)
     CHECK(!chat_session_echoes(c, 0, &e->event));
     CHECK(!is_member(c, "lobby", 0));
     CHECK_EVENT(c, 1, 0, HISTORY_JOIN, 1, "*** alice joined Games");
-    e = effect(c, 1);
+    e = must(c, 1);
     CHECK_INT(e->event.room_count, 1);
     CHECK_STR(e->event.rooms[0], "Games");
     CHECK(!chat_session_echoes(c, 0, &e->event));
     CHECK_REPLY(c, 2, 0, "*** You are now in Games (1 here).");
-    e = effect(c, 3);
+    e = must(c, 3);
     CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_STR(e->room, "Games");
     CHECK(e->words == NULL);
@@ -459,11 +479,11 @@ static void test_join_rooms_who(void)
     CHECK_INT(m.slots[0], 1);
     CHECK_INT(m.slots[1], 2);
     send_line(c, 1, "only lobby hears this");
-    CHECK_INT(effect(c, 0)->event.room_count, 1);
-    CHECK_STR(effect(c, 0)->event.rooms[0], "lobby");
+    CHECK_INT(must(c, 0)->event.room_count, 1);
+    CHECK_STR(must(c, 0)->event.rooms[0], "lobby");
     send_line(c, 0, "only games hears this");
-    CHECK_INT(effect(c, 0)->event.room_count, 1);
-    CHECK_STR(effect(c, 0)->event.rooms[0], "Games");
+    CHECK_INT(must(c, 0)->event.room_count, 1);
+    CHECK_STR(must(c, 0)->event.rooms[0], "Games");
 
     /* Joining keeps the room's first spelling; already there -> a notice only. */
     send_line(c, 1, "/join GAMES");
@@ -486,7 +506,7 @@ static void test_join_rooms_who(void)
     send_line(c, 2, "/rooms");
     CHECK_ONLY_REPLY(c, 2, "*** 3 rooms: lobby (0), Games (2), side (1).");
     send_line(c, 2, "/join lobby");
-    CHECK_STR(effect(c, 0)->event.rooms[0], "side");
+    CHECK_STR(must(c, 0)->event.rooms[0], "side");
     CHECK_STR(event_line(c, 0), "*** guest3 left side (joined lobby)");
     m = members_of(c, "side");
     CHECK_INT(m.n, 0);
@@ -529,11 +549,11 @@ static void test_join_without_replay(void)
     chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/join x");
     CHECK_INT(count(c), 3);
-    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
-    CHECK_INT(effect(c, 0)->event.kind, HISTORY_LEAVE);
-    CHECK_INT(effect(c, 1)->kind, CHAT_EVENT);
-    CHECK_INT(effect(c, 1)->event.kind, HISTORY_JOIN);
-    CHECK_INT(effect(c, 2)->kind, CHAT_REPLY);
+    CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 0)->event.kind, HISTORY_LEAVE);
+    CHECK_INT(must(c, 1)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 1)->event.kind, HISTORY_JOIN);
+    CHECK_INT(must(c, 2)->kind, CHAT_REPLY);
     chat_destroy(c);
 }
 
@@ -550,7 +570,7 @@ static void test_msg(void)
     send_line(c, 0, "/msg bob   hi  there \t");
     CHECK_INT(count(c), 1);
     CHECK_EVENT(c, 0, 0, HISTORY_MSG, 0, "*alice* hi  there");   /* log_private 0: not stored */
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->to_slot, 1);
     CHECK_STR(e->event.target, "Bob");   /* as the recipient spells it */
     CHECK_MEM(e->event.body, e->event.body_len, "hi  there");
@@ -580,7 +600,7 @@ static void test_msg(void)
     send_line(c, 0, "/msg guest2 psst");
     CHECK_INT(count(c), 1);
     CHECK_EVENT(c, 0, 0, HISTORY_MSG, 1, "*guest1* psst");
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->to_slot, 1);
     CHECK_INT(e->event.room_count, 1);
     CHECK_STR(e->event.rooms[0], "den");
@@ -598,7 +618,7 @@ static void check_history_limit(chat *c, const char *line, int limit)
     const chat_effect *e;
     send_line(c, 0, line);
     CHECK_INT(count(c), 1);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_INT(e->slot, 0);
     CHECK_STR(e->room, "lobby");
@@ -636,14 +656,14 @@ static void test_history_search(void)
     send_line(c, 0, "/join books");
     send_line(c, 0, "/search  dune   arrakis ");
     CHECK_INT(count(c), 1);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->kind, CHAT_QUERY);
     CHECK_INT(e->slot, 0);
     CHECK_STR(e->room, "books");
     CHECK_STR(e->words, "dune   arrakis");
     CHECK_INT(e->limit, CHAT_SEARCH_MAX);
     send_line(c, 0, "/search \"quoted\" OR NEAR(x*)");
-    CHECK_STR(effect(c, 0)->words, "\"quoted\" OR NEAR(x*)");
+    CHECK_STR(must(c, 0)->words, "\"quoted\" OR NEAR(x*)");
     send_line(c, 0, "/search");
     CHECK_ONLY_REPLY(c, 0, "*** Usage: /search WORDS");
     send_line(c, 0, "/search \t ");
@@ -705,7 +725,7 @@ static void test_quit_close(void)
 
     send_line(c, 0, "/quit   see you  later ");
     CHECK_INT(count(c), 1);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->kind, CHAT_CLOSE);
     CHECK_INT(e->slot, 0);
     CHECK_MEM(e->text, e->text_len, "*** Bye.");
@@ -724,7 +744,7 @@ static void test_quit_close(void)
     chat_session_close(c, 0, "quit: see you  later");
     CHECK_INT(count(c), 1);
     CHECK_EVENT(c, 0, 0, HISTORY_LEAVE, 1, "*** alice left lobby (quit: see you  later)");
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->event.room_count, 1);
     CHECK_STR(e->event.rooms[0], "lobby");
     CHECK_INT(e->event.quit, 1);
@@ -741,7 +761,7 @@ static void test_quit_close(void)
      * other sessions' lines: it must still read the same. */
     chat_session_open(c, 0, 3, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/quit bye");
-    e = effect(c, 0);
+    e = must(c, 0);
     {
         const char *kept = e->reason;
         int i;
@@ -754,8 +774,8 @@ static void test_quit_close(void)
     CHECK_STR(event_line(c, 0), "*** guest3 left lobby (quit: bye)");
     chat_session_open(c, 0, 4, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/quit");
-    CHECK_STR(effect(c, 0)->reason, "quit");
-    chat_session_close(c, 0, effect(c, 0)->reason);
+    CHECK_STR(must(c, 0)->reason, "quit");
+    chat_session_close(c, 0, must(c, 0)->reason);
     CHECK_STR(event_line(c, 0), "*** guest4 left lobby (quit)");
 
     /* A long reason is cut (at a character boundary). */
@@ -767,7 +787,7 @@ static void test_quit_close(void)
         reason[i] = '\0';
         chat_session_open(c, 0, 5, CHAT_DIALECT_LINE, now);
         send_line(c, 0, reason);
-        e = effect(c, 0);
+        e = must(c, 0);
         CHECK(strlen(e->reason) <= 6 + 200);
         CHECK(strlen(e->reason) >= 6 + 198);
         CHECK(((unsigned char)e->reason[strlen(e->reason) - 1] & 0xC0u) == 0x80u);
@@ -780,14 +800,14 @@ static void test_quit_close(void)
     send_line(c, 0, "/join quiet");
     chat_session_close(c, 0, "timeout");
     CHECK_INT(count(c), 1);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_STR(e->event.rooms[0], "quiet");
     CHECK_STR(event_line(c, 0), "*** guest6 left quiet (timeout)");
     CHECK_INT(members_of(c, "quiet").n, 0);
     /* A long reason from the hub is cut on a character boundary. */
     chat_session_open(c, 0, 8, CHAT_DIALECT_LINE, now);
     chat_session_close(c, 0, reason + 6);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK(e->event.body_len <= 215 && e->event.body_len >= 213);
     CHECK(((unsigned char)e->event.body[e->event.body_len - 1] & 0xC0u) == 0x80u);
     CHECK(texts_clean(c));
@@ -801,7 +821,7 @@ static void test_quit_close(void)
     chat_session_open(c, 0, 7, CHAT_DIALECT_LINE, now);
     chat_session_close(c, 0, NULL);
     CHECK_STR(event_line(c, 0), "*** guest7 left lobby");
-    CHECK_INT(effect(c, 0)->event.body_len, 0);
+    CHECK_INT(must(c, 0)->event.body_len, 0);
     /* Closing a free slot or one out of range: nothing. */
     chat_session_close(c, 0, "connection lost");
     CHECK_INT(count(c), 0);
@@ -839,7 +859,7 @@ static void test_slot_reuse(void)
     chat_session_open(c, 1, 12, CHAT_DIALECT_LINE, now);
     CHECK_STR(chat_session_nick(c, 1), "guest12-4");
     send_line(c, 1, "/msg GUEST12-2 hi");
-    CHECK_INT(effect(c, 0)->to_slot, 0);
+    CHECK_INT(must(c, 0)->to_slot, 0);
 
     /* Opening a slot that was never closed: the old session leaves first. */
     chat_session_open(c, 0, 13, CHAT_DIALECT_LINE, now);
@@ -862,11 +882,11 @@ static void test_flood(void)
 
     /* The burst goes through... */
     chat_session_line(c, 0, "a", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
     chat_session_line(c, 0, "/who", 4, 0, t);   /* commands cost a token too */
-    CHECK_INT(effect(c, 0)->kind, CHAT_REPLY);
+    CHECK_INT(must(c, 0)->kind, CHAT_REPLY);
     chat_session_line(c, 0, "c", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
     /* ...then lines are refused: not delivered, not stored. */
     chat_session_line(c, 0, "d", 1, 0, t);
     CHECK_ONLY_REPLY(c, 0, too_fast);
@@ -891,7 +911,7 @@ static void test_flood(void)
     /* The fourth refusal in a row disconnects. */
     chat_session_line(c, 0, "j", 1, 0, t + 500);
     CHECK_INT(count(c), 1);
-    e = effect(c, 0);
+    e = must(c, 0);
     CHECK_INT(e->kind, CHAT_CLOSE);
     CHECK_INT(e->slot, 0);
     CHECK_STR(e->reason, "flood");
@@ -911,10 +931,10 @@ static void test_flood(void)
     CHECK_ONLY_REPLY(c, 1, too_fast);
     t += 3600 * 1000;
     chat_session_line(c, 1, "1", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
     chat_session_line(c, 1, "2", 1, 0, t);
     chat_session_line(c, 1, "3", 1, 0, t);
-    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
     chat_session_line(c, 1, "4", 1, 0, t);
     CHECK_ONLY_REPLY(c, 1, too_fast);
     /* A clock going backwards gives no tokens and breaks nothing. */
@@ -924,15 +944,15 @@ static void test_flood(void)
     CHECK_ONLY_REPLY(c, 1, too_fast);
     /* ...and a jump from INT64_MIN to INT64_MAX refills without overflow. */
     chat_session_line(c, 1, "7", 1, 0, INT64_MAX);
-    CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
+    CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
     /* /quit works even when out of tokens. */
     chat_session_line(c, 1, "8", 1, 0, INT64_MAX);
     chat_session_line(c, 1, "9", 1, 0, INT64_MAX);
     chat_session_line(c, 1, "x", 1, 0, INT64_MAX);
     CHECK_ONLY_REPLY(c, 1, too_fast);
     chat_session_line(c, 1, "/QUIT flooded", 13, 0, INT64_MAX);
-    CHECK_INT(effect(c, 0)->kind, CHAT_CLOSE);
-    CHECK_STR(effect(c, 0)->reason, "quit: flooded");
+    CHECK_INT(must(c, 0)->kind, CHAT_CLOSE);
+    CHECK_STR(must(c, 0)->reason, "quit: flooded");
     chat_destroy(c);
 
     /* flood_kick 0: refused forever, never disconnected. */
@@ -943,7 +963,7 @@ static void test_flood(void)
         int i, refused = 0;
         for (i = 0; i < 1000; i++) {
             chat_session_line(c, 0, "b", 1, 0, 0);
-            if (count(c) == 1 && effect(c, 0)->kind == CHAT_REPLY)
+            if (count(c) == 1 && must(c, 0)->kind == CHAT_REPLY)
                 refused++;
         }
         CHECK_INT(refused, 1000);
@@ -957,7 +977,7 @@ static void test_flood(void)
         int i, said = 0;
         for (i = 0; i < 1000; i++) {
             chat_session_line(c, 0, "b", 1, 0, 0);
-            if (count(c) == 1 && effect(c, 0)->kind == CHAT_EVENT)
+            if (count(c) == 1 && must(c, 0)->kind == CHAT_EVENT)
                 said++;
         }
         CHECK_INT(said, 1000);
@@ -969,7 +989,7 @@ static void test_flood(void)
         int i, said = 0;
         for (i = 0; i < 100; i++) {
             chat_session_line(c, 0, "b", 1, 0, 0);
-            said += count(c) == 1 && effect(c, 0)->kind == CHAT_EVENT;
+            said += count(c) == 1 && must(c, 0)->kind == CHAT_EVENT;
         }
         CHECK_INT(said, 100);
     }
@@ -1062,6 +1082,227 @@ static void test_format_history(void)
     CHECK_INT(chat_format_history(NULL, out, sizeof out), 0);
     CHECK_STR(out, "");
     CHECK_INT(chat_format_history(&rec, NULL, 10), 0);
+
+    /* For a line session, chat_render_history is that line with its CRLF,
+     * which a cut keeps. */
+    {
+        chat *c = make(0, 0, 0, 0, 0, 2);
+        char wire[64];
+        chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+        rec.body = "hello world";
+        rec.body_len = 11;
+        n = chat_render_history(c, 0, &rec, wire, sizeof wire);
+        CHECK_INT(n, 43);
+        CHECK_STR(wire, "*** [2026-11-27 03:04:05] <a> hello world\r\n");
+        rec.body = "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9";
+        rec.body_len = 8;
+        n = chat_render_history(c, 0, &rec, wire, 34);
+        CHECK_INT(n, 32);
+        CHECK_STR(wire, "*** [2026-11-27 03:04:05] <a> \r\n");
+        n = chat_render_history(c, 0, &rec, wire, 36);
+        CHECK_INT(n, 34);
+        CHECK_STR(wire, "*** [2026-11-27 03:04:05] <a> \xc3\xa9\r\n");
+        CHECK_INT(chat_render_history(c, 0, NULL, wire, sizeof wire), 0);
+        chat_destroy(c);
+    }
+}
+
+/* An event in several rooms (an IRC client's quit): the line form names each
+ * room, so the hub renders it once per room. */
+static void test_multi_room_render(void)
+{
+    chat *c = make(0, 0, 0, 0, 0, 2);
+    chat_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = HISTORY_LEAVE;
+    ev.quit = 1;
+    ev.nick = "bob";
+    ev.body = "quit: bye";
+    ev.body_len = strlen(ev.body);
+    ev.rooms[0] = "a";
+    ev.rooms[1] = "b";
+    ev.room_count = 2;
+    CHECK_STR(render_line(c, &ev, 0, 0), "*** bob left a (quit: bye)");
+    CHECK_STR(render_line(c, &ev, 1, 0), "*** bob left b (quit: bye)");
+    CHECK_INT(chat_form_names_room(CHAT_FORM_LINE, &ev), 1);
+    CHECK_INT(chat_form_names_room(CHAT_FORM_IRC, &ev), 0);       /* one QUIT for all */
+    CHECK_INT(chat_form_names_room(CHAT_FORM_IRC_TIME, &ev), 0);
+    ev.room_count = 1;
+    CHECK_STR(render_line(c, &ev, 0, 0), "*** bob left a (quit: bye)");
+    CHECK_INT(chat_form_names_room(CHAT_FORM_LINE, &ev), 0);
+    chat_destroy(c);
+}
+
+/* Effect i is a reply to slot whose text starts with prefix. */
+static int reply_starts(const chat *c, size_t i, uint32_t slot, const char *prefix)
+{
+    const chat_effect *e = effect(c, i);
+    size_t n = strlen(prefix);
+    return e && e->kind == CHAT_REPLY && e->slot == slot && e->text_len >= n && memcmp(e->text, prefix, n) == 0;
+}
+
+/* A line as the hub hands it to an IRC session: cleaned, the CTCP delimiter kept. */
+static void send_irc(chat *c, uint32_t slot, const char *s)
+{
+    char clean[TEXT_MAX_LINE + 1];
+    int cut = 0;
+    size_t n = text_clean_keeping(s, strlen(s), clean, sizeof clean, &cut, 0x01);
+    CHECK(!cut);
+    chat_session_line(c, slot, clean, n, 0, now);
+}
+
+/* An IRC client and a line client in one room: registration, JOIN with its
+ * names, and a line each way in the other's form. */
+static void test_irc(void)
+{
+    chat_config cfg;
+    chat *c;
+    const chat_effect *e;
+    size_t n, i, len;
+    const char *out;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "chatrelay";
+    cfg.replay = 5;
+    c = chat_create(&cfg, 4);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);   /* guest1, in lobby */
+
+    /* Nobody until it registers: no greeting, no room, no nick. */
+    chat_session_open(c, 1, 2, CHAT_DIALECT_IRC, now);
+    CHECK_INT(count(c), 0);
+    CHECK_INT(chat_session_dialect(c, 1), CHAT_DIALECT_IRC);
+    CHECK_INT(chat_session_form(c, 1), CHAT_FORM_IRC);
+    CHECK(chat_session_nick(c, 1) == NULL);
+    CHECK(chat_session_room(c, 1) == NULL);
+    send_irc(c, 1, "NICK alice");
+    CHECK_INT(count(c), 0);
+    send_irc(c, 1, "USER a 0 * :A");
+    n = chat_effects(c, &e);
+    CHECK(n >= 1);
+    CHECK(reply_starts(c, 0, 1, ":chatrelay 001 alice "));
+    for (i = 0; i < n; i++) {
+        CHECK_INT(e[i].kind, CHAT_REPLY);   /* registering joins nothing: no event */
+        CHECK_INT(e[i].slot, 1);
+    }
+    CHECK_STR(chat_session_nick(c, 1), "alice");
+    CHECK(chat_session_room(c, 1) == NULL);
+    CHECK_INT(members_of(c, "lobby").n, 1);
+
+    /* JOIN: the event (which the joiner gets back, as IRC wants), then the
+     * names, then the replay. */
+    send_irc(c, 1, "JOIN #lobby");
+    CHECK_INT(count(c), 4);
+    CHECK_EVENT(c, 0, 1, HISTORY_JOIN, 1, "*** alice joined lobby");
+    e = must(c, 0);
+    CHECK_INT(e->event.room_count, 1);
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK_STR(e->event.nick, "alice");
+    CHECK(chat_session_echoes(c, 1, &e->event));
+    out = render_form(c, CHAT_FORM_IRC, &e->event, 0, 1, &len);
+    CHECK_MEM(out, len, ":alice!alice@chatrelay JOIN #lobby\r\n");
+    CHECK_REPLY(c, 1, 1, ":chatrelay 353 alice = #lobby :guest1 alice");
+    CHECK_REPLY(c, 2, 1, ":chatrelay 366 alice #lobby :End of /NAMES list");
+    e = must(c, 3);
+    CHECK_INT(e->kind, CHAT_QUERY);
+    CHECK_STR(e->room, "lobby");
+    CHECK(e->words == NULL);
+    CHECK_INT(e->limit, 5);
+    CHECK_STR(chat_session_room(c, 1), "lobby");
+    CHECK(is_member(c, "lobby", 0) && is_member(c, "lobby", 1));
+
+    /* The line client's line, as the IRC client gets it. */
+    send_line(c, 0, "hi");
+    CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 0, HISTORY_SAY, 1, "<guest1> hi");
+    out = render_form(c, chat_session_form(c, 1), &must(c, 0)->event, 0, 0, &len);
+    CHECK_MEM(out, len, ":guest1!guest1@chatrelay PRIVMSG #lobby :hi\r\n");
+
+    /* The IRC client's CTCP ACTION is a /me, as the line client gets it. */
+    send_irc(c, 1, "PRIVMSG #lobby :\x01" "ACTION waves\x01");
+    CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 1, HISTORY_ME, 1, "* alice waves");
+    e = must(c, 0);
+    CHECK_MEM(e->event.body, e->event.body_len, "waves");
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK(!chat_session_echoes(c, 1, &e->event));   /* no echo-message asked for */
+    out = render_form(c, CHAT_FORM_IRC, &e->event, 0, 0, &len);
+    CHECK_MEM(out, len, ":alice!alice@chatrelay PRIVMSG #lobby :\x01" "ACTION waves\x01\r\n");
+    CHECK(texts_clean(c));
+
+    /* In two rooms, its quit is one event naming both: once per room in the
+     * line form, one QUIT in IRC's. */
+    send_irc(c, 1, "JOIN #games");
+    CHECK_INT(must(c, 0)->event.kind, HISTORY_JOIN);
+    chat_session_close(c, 1, "quit: bye");
+    CHECK_INT(count(c), 1);
+    CHECK_EVENT(c, 0, 1, HISTORY_LEAVE, 1, "*** alice left lobby (quit: bye)");
+    e = must(c, 0);
+    CHECK_INT(e->event.quit, 1);
+    CHECK_INT(e->event.room_count, 2);
+    CHECK_STR(e->event.rooms[0], "lobby");
+    CHECK_STR(e->event.rooms[1], "games");
+    CHECK_STR(render_line(c, &e->event, 1, 0), "*** alice left games (quit: bye)");
+    CHECK_INT(chat_form_names_room(CHAT_FORM_LINE, &e->event), 1);
+    out = render_form(c, CHAT_FORM_IRC, &e->event, 0, 0, &len);
+    CHECK_MEM(out, len, ":alice!alice@chatrelay QUIT :quit: bye\r\n");
+    CHECK(texts_clean(c));
+    CHECK_INT(members_of(c, "games").n, 0);
+    chat_destroy(c);
+}
+
+/* A long line from a line client, in the IRC form: several PRIVMSGs, each
+ * within IRC's 512 bytes, carrying the whole text, never half a character. */
+static void test_irc_split(void)
+{
+    chat_config cfg;
+    chat *c;
+    char body[1001], got[1001];
+    size_t i, len, got_len = 0, lines = 0;
+    const char *out, *p, *end;
+    static const char prefix[] = ":guest1!guest1@chatrelay PRIVMSG #lobby :";
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "chatrelay";
+    c = chat_create(&cfg, 2);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    /* 200 times "é€": 1000 bytes, a 2- and a 3-byte character in turn, so
+     * no fixed cut lands between characters every time. */
+    for (i = 0; i < 1000; i += 5)
+        memcpy(body + i, "\xc3\xa9\xe2\x82\xac", 5);
+    body[1000] = '\0';
+    send_line(c, 0, body);
+    CHECK_INT(count(c), 1);
+    CHECK_INT(must(c, 0)->event.body_len, 1000);
+    out = render_form(c, CHAT_FORM_IRC, &must(c, 0)->event, 0, 0, &len);
+    end = out + len;
+    CHECK(len > 1000);
+    for (p = out; p < end; lines++) {
+        const char *crlf = NULL, *q;
+        size_t chunk;
+        for (q = p; q + 1 < end; q++)
+            if (q[0] == '\r' && q[1] == '\n') {
+                crlf = q;
+                break;
+            }
+        CHECK(crlf != NULL);
+        if (!crlf)
+            break;
+        CHECK((size_t)(crlf + 2 - p) <= 512);
+        CHECK((size_t)(crlf - p) > sizeof prefix - 1);
+        CHECK(memcmp(p, prefix, sizeof prefix - 1) == 0);
+        p += sizeof prefix - 1;
+        chunk = (size_t)(crlf - p);
+        /* A chunk starts and ends on a character boundary. */
+        CHECK(((unsigned char)p[0] & 0xC0u) != 0x80u);
+        CHECK(crlf + 2 == end || ((unsigned char)crlf[2 + sizeof prefix - 1] & 0xC0u) != 0x80u);
+        CHECK(memchr(p, '\r', chunk) == NULL && memchr(p, '\n', chunk) == NULL);
+        if (got_len + chunk <= 1000)
+            memcpy(got + got_len, p, chunk);
+        got_len += chunk;
+        p = crlf + 2;
+    }
+    CHECK(lines >= 2);
+    CHECK_INT(got_len, 1000);
+    CHECK(got_len == 1000 && memcmp(got, body, 1000) == 0);
+    chat_destroy(c);
 }
 
 /* Many sessions in one room: /who and /rooms stay bounded, nick lookups stay right. */
@@ -1099,9 +1340,9 @@ static void test_scale(void)
     for (s = 0; s < N; s += 1000) {
         snprintf(line, sizeof line, "/msg GUEST%u hi", (unsigned)(N - s));
         send_line(c, s == 0 ? 1 : 0, line);
-        CHECK_INT(effect(c, 0)->kind, CHAT_EVENT);
-        CHECK_INT(effect(c, 0)->event.kind, HISTORY_MSG);
-        CHECK_INT(effect(c, 0)->to_slot, N - s - 1);
+        CHECK_INT(must(c, 0)->kind, CHAT_EVENT);
+        CHECK_INT(must(c, 0)->event.kind, HISTORY_MSG);
+        CHECK_INT(must(c, 0)->to_slot, N - s - 1);
     }
     for (s = 0; s < N; s++)
         chat_session_close(c, s, "server stopping");
@@ -1242,6 +1483,9 @@ int main(void)
     test_slot_reuse();
     test_flood();
     test_format_history();
+    test_multi_room_render();
+    test_irc();
+    test_irc_split();
     test_scale();
     test_random();
     test_null_chat();
