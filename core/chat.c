@@ -669,7 +669,7 @@ chat_result chat_op_msg(chat *c, uint32_t slot, const char *nick, size_t n, int 
                         const char *text, size_t len, uint32_t *to_out)
 {
     uint32_t to = chat_name_valid(nick, n) ? chat_nick_find(c, nick, n) : NONE;
-    if (to == NONE || c->sessions[to].state != SESSION_LIVE)
+    if (to == NONE)   /* a session that is closing still has its nick until it is gone */
         return CHAT_NO_SUCH;
     *to_out = to;
     if (to == slot)

@@ -677,11 +677,11 @@ static void test_help_unknown(void)
     const chat_effect *e;
     size_t n, i;
     static const char *const commands[] = {"/nick", "/join", "/rooms", "/who", "/me", "/msg",
-                                           "/history", "/search", "/help", "/quit", "//"};
+                                           "/history", "/search", "/topic", "/help", "/quit", "//"};
     chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
     send_line(c, 0, "/help");
     n = chat_effects(c, &e);
-    CHECK_INT(n, 12);
+    CHECK_INT(n, 13);
     for (i = 0; i < n; i++) {
         CHECK_INT(e[i].kind, CHAT_REPLY);
         CHECK(e[i].text_len > 4 && memcmp(e[i].text, "*** ", 4) == 0);
@@ -696,7 +696,7 @@ static void test_help_unknown(void)
         CHECK(found);
     }
     send_line(c, 0, "/HeLp");
-    CHECK_INT(count(c), 12);
+    CHECK_INT(count(c), 13);
 
     send_line(c, 0, "/frobnicate now");
     CHECK_ONLY_REPLY(c, 0, "*** Unknown command /frobnicate; type /help for the list.");
