@@ -285,6 +285,17 @@ void chat_query_range(chat *c, uint32_t slot, uint32_t ri, const history_bound *
         e->hi.at = chat_copy(c, hi->at, strlen(hi->at));
 }
 
+void chat_query_on_join(chat *c, uint32_t slot, uint32_t ri, int limit, int range)
+{
+    history_bound open_end;
+    memset(&open_end, 0, sizeof open_end);
+    if (range)
+        chat_query_range(c, slot, ri, &open_end, &open_end, limit, 1);
+    else
+        chat_query(c, slot, ri, NULL, 0, limit);
+    c->effects[c->effect_count - 1].on_join = 1;
+}
+
 /* ---- the name tables ---- */
 
 uint32_t chat_nick_find(const chat *c, const char *s, size_t n)

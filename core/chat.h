@@ -89,6 +89,9 @@ typedef struct chat_effect {
     const char *room;       /* QUERY */
     const char *words;      /* QUERY: NULL = recent lines (or a range), else a search */
     int limit;              /* QUERY */
+    uint8_t on_join;        /* QUERY: the replay of a room just joined: what was stored when the
+                             * session came (else: what is stored once the lines before the
+                             * command are, so a line said just before /history is in it) */
     uint8_t range;          /* QUERY: the lines between lo and hi (IRC CHATHISTORY) */
     uint8_t from_newest;    /* QUERY range: the newest `limit` of them, else the oldest */
     history_bound lo, hi;   /* QUERY range (the `at` strings live in the arena) */

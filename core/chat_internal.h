@@ -137,6 +137,8 @@ void chat_reply(chat *c, uint32_t slot, const char *text);   /* a constant text 
 void chat_reply_built(chat *c, uint32_t slot, sbuf *b);
 void chat_close(chat *c, uint32_t slot, const char *text, size_t len, const char *reason);
 void chat_query(chat *c, uint32_t slot, uint32_t room, const char *words, size_t words_len, int limit);
+/* The replay of a room just joined (see chat_effect.on_join): range for IRC (messages only). */
+void chat_query_on_join(chat *c, uint32_t slot, uint32_t room, int limit, int range);
 void chat_query_range(chat *c, uint32_t slot, uint32_t room, const history_bound *lo, const history_bound *hi,
                       int limit, int from_newest);
 

@@ -425,8 +425,9 @@ static void cmd_join(chat *c, uint32_t slot, const irc_msg *m, int64_t now_ms)
             topic_reply(c, slot, ri, 0);
             names_reply(c, slot, ri);
             /* a client that asks for history itself gets no automatic replay */
+            /* the last messages (joins and parts are not played back to IRC) */
             if (c->cfg.replay > 0 && !(c->sessions[slot].irc->caps & CAP_CHATHISTORY))
-                chat_query(c, slot, ri, NULL, 0, c->cfg.replay);
+                chat_query_on_join(c, slot, ri, c->cfg.replay, 1);
             break;
         case CHAT_SAME:
             break;

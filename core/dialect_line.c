@@ -205,7 +205,7 @@ void line_open(chat *c, uint32_t slot)
     reply_topic(c, slot, lobby);
     chat_reply(c, slot, "*** Type /help for the commands.");
     if (c->cfg.replay > 0)
-        chat_query(c, slot, lobby, NULL, 0, c->cfg.replay);
+        chat_query_on_join(c, slot, lobby, c->cfg.replay, 0);
 }
 
 void line_flood_refused(chat *c, uint32_t slot, int kicked)
@@ -344,7 +344,7 @@ static void cmd_join(chat *c, uint32_t slot, args a)
     chat_reply_built(c, slot, &b);
     reply_topic(c, slot, target);
     if (c->cfg.replay > 0)
-        chat_query(c, slot, target, NULL, 0, c->cfg.replay);
+        chat_query_on_join(c, slot, target, c->cfg.replay, 0);
 }
 
 /* Packs "a, b, c" lists into reply lines of about CHAT_LIST_LINE bytes. */

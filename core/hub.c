@@ -859,6 +859,7 @@ typedef struct later_query {
     int32_t limit;
     uint8_t is_search;
     uint8_t range, from_newest;        /* a CHATHISTORY range */
+    uint8_t bound_fixed;               /* max_id was read when asked (a replay on join) */
     int64_t lo_id, hi_id;
     char lo_at[HISTORY_TIME_LEN + 1], hi_at[HISTORY_TIME_LEN + 1];   /* "" = none */
 } later_query;
@@ -884,6 +885,15 @@ static int send_history_row(void *ctx, const history_record *rec)
 static void later_push_query(hub *h, uint32_t slot, msgbuf *m)
 {
     hub_slot *s = &h->slots[slot];
+    /* The bound of the answer: what is stored now.  Everything delivered
+     * before this point is at or below it, everything after above it, so a
+     * line is neither replayed after it was shown live nor shown twice. */
+    later_query lq;
+    memcpy(&lq, m->data, sizeof lq);
+    if (!lq.bound_fixed) {
+        lq.max_id = history_newest_id(h->cfg.history);
+        memcpy(m->data, &lq, sizeof lq);
+    }
     if (sendq_push_tagged(&s->later, m, LATER_QUERY) != 0)
         request_close(h, slot, "out of memory");
     else
@@ -913,8 +923,13 @@ static void defer_query(hub *h, const chat_effect *fx)
     }
     later_query lq;
     memset(&lq, 0, sizeof lq);
-    lq.max_id = history_newest_id(h->cfg.history);
     lq.limit = fx->limit;
+    /* The bound of the answer: a replay on join shows what was there when
+     * the session came (not its own join); a command, what is stored once
+     * the lines before it are (read when it leaves the outbox). */
+    lq.bound_fixed = fx->on_join;
+    if (fx->on_join)
+        lq.max_id = history_newest_id(h->cfg.history);
     lq.is_search = fx->words != NULL;
     lq.range = fx->range;
     lq.from_newest = fx->from_newest;
@@ -927,8 +942,10 @@ static void defer_query(hub *h, const chat_effect *fx)
     memcpy(m->data + sizeof lq + room_len + 1, words, words_len + 1);
     m->len = (uint32_t)(sizeof lq + room_len + words_len + 2);
     s->queries++;
-    if (s->ob_pending > 0) {
-        /* behind the session's own events (an IRC JOIN before its replay) */
+    if (fx->on_join ? s->ob_pending > 0 : h->ob_count > 0) {
+        /* Behind what the outbox holds (the session's own JOIN before its
+         * replay; lines said just before it): answered from what is stored
+         * once they are (later_push_query reads max_id then). */
         outbox_entry *e = outbox_push(h);
         if (!e) {
             request_close(h, fx->slot, "out of memory");

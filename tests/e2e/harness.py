@@ -75,6 +75,8 @@ class Relay:
         self.db = os.path.join(WORK, name + ".db")
         self.log_path = os.path.join(WORK, name + ".log")
         self.args = list(args)
+        # "{irc}" in an argument stands for a second free port (an IRC listener's)
+        self.irc_port = free_port() if any("{irc}" in a for a in self.args) else None
         self.history = history
         self.proc = None
         self.starts = 0
@@ -108,7 +110,7 @@ class Relay:
             cmd += ["--db", winpath(self.db)]
         else:
             cmd += ["--no-history"]
-        cmd += self.args + list(extra)
+        cmd += [a.replace("{irc}", str(self.irc_port)) for a in self.args] + list(extra)
         if not self.starts:
             self.reset_db()     # every test run starts from an empty history
         # A fresh log per test run; restarts within the test append to it.
