@@ -1226,6 +1226,25 @@ static void put_text_lines(sbuf *b, const chat *c, const char *tags, size_t tags
     } while (body_len > 0);
 }
 
+/* "[tags]:nick!nick@server VERB [#room] [:text]\r\n" */
+static void put_command(sbuf *b, const chat *c, const sbuf *tags, const char *nick, const char *verb,
+                        const char *room_name, const char *text, size_t text_len)
+{
+    sb_put(b, tags->p, tags->len);
+    put_prefix(b, c, nick);
+    sb_puts(b, " ");
+    sb_puts(b, verb);
+    if (room_name) {
+        sb_puts(b, " #");
+        sb_puts(b, room_name);
+    }
+    if (text) {
+        sb_puts(b, " :");
+        sb_put(b, text, text_len);
+    }
+    sb_puts(b, "\r\n");
+}
+
 size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int echo, const char *at, sbuf *b)
 {
     size_t start = b->len;
@@ -1257,40 +1276,19 @@ size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int
                        ev->body, ev->body_len, 0);
         break;
     case HISTORY_JOIN:
-        sb_put(b, t.p, t.len);
-        put_prefix(b, c, ev->nick);
-        sb_puts(b, " JOIN #");
-        sb_puts(b, rname);
-        sb_puts(b, "\r\n");
+        put_command(b, c, &t, ev->nick, "JOIN", rname, NULL, 0);
         break;
     case HISTORY_LEAVE:
-        sb_put(b, t.p, t.len);
-        put_prefix(b, c, ev->nick);
-        if (ev->quit) {
-            sb_puts(b, " QUIT :");
-        } else {
-            sb_puts(b, " PART #");
-            sb_puts(b, rname);
-            sb_puts(b, " :");
-        }
-        sb_put(b, ev->body, chat_cut(ev->body, ev->body_len, 300));
-        sb_puts(b, "\r\n");
+        if (ev->quit)
+            put_command(b, c, &t, ev->nick, "QUIT", NULL, ev->body, chat_cut(ev->body, ev->body_len, 300));
+        else
+            put_command(b, c, &t, ev->nick, "PART", rname, ev->body, chat_cut(ev->body, ev->body_len, 300));
         break;
     case HISTORY_NICK:
-        sb_put(b, t.p, t.len);
-        put_prefix(b, c, ev->nick);
-        sb_puts(b, " NICK :");
-        sb_put(b, ev->body, ev->body_len);
-        sb_puts(b, "\r\n");
+        put_command(b, c, &t, ev->nick, "NICK", NULL, ev->body, ev->body_len);
         break;
     case HISTORY_TOPIC:
-        sb_put(b, t.p, t.len);
-        put_prefix(b, c, ev->nick);
-        sb_puts(b, " TOPIC #");
-        sb_puts(b, rname);
-        sb_puts(b, " :");
-        sb_put(b, ev->body, ev->body_len);
-        sb_puts(b, "\r\n");
+        put_command(b, c, &t, ev->nick, "TOPIC", rname, ev->body, ev->body_len);
         break;
     default:
         break;

@@ -4,11 +4,12 @@ the error numerics, pings, topics, and the real clients irssi and ii.
 
 Exact protocol checks use irc_clients.IrcClient (every line kept and parsed); line clients are
 harness.Client; the history is read with the sqlite3 CLI's view of the file (Relay.query)."""
-import re
 import time
+import types
 
-from harness import Client, Relay, TestFailure, check, expect_line, read_through, read_to, run_cases
+from harness import Relay, check, expect_line, read_through, run_cases
 from irc_clients import IrcClient, Irssi, Ii
+from test_protocol import connect
 
 PLAIN = ["--flood-burst", "0", "--max-per-ip", "0"]
 
@@ -21,12 +22,8 @@ def irc(relay, nick, caps=(), port=None):
 
 
 def line_client(relay):
-    c = Client(relay.port)
-    lines = read_through(c, lambda l: l.startswith("*** Type /help"), what="the greeting")
-    m = [re.match(r"\*\*\* Your nick is (\S+); change it", l) for l in lines]
-    m = [x for x in m if x]
-    check(m, "no nick in the greeting %r" % lines)
-    return c, m[0].group(1)
+    """A greeted line client and its guest nick (test_protocol's connect)."""
+    return connect(relay)
 
 
 def case_registration():
@@ -396,9 +393,7 @@ def case_service():
         check(rc == 0, "sc start failed (rc %d): %s" % (rc, out))
         svc.wait_state(name, "RUNNING")
         with Irssi() as ir, Ii() as ii:
-            line = Client(port)
-            lines = read_through(line, lambda l: l.startswith("*** Type /help"), what="the greeting")
-            gl = re.search(r"Your nick is (\S+);", "\n".join(lines)).group(1)
+            line, gl = connect(types.SimpleNamespace(port=port))   # a service, not a Relay
             ir.start("127.0.0.1", irc_port, "irssisvc")
             ir.join("#lobby")
             ii.start("127.0.0.1", port, "iisvc")
