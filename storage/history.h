@@ -170,7 +170,8 @@ int history_prune_step(history *h, int64_t now_ms, int max_rows);
 int history_idle_step(history *h);
 
 /* Formats Unix time in milliseconds as "2026-11-27T03:04:05.123Z" into out
- * (at least HISTORY_TIME_LEN + 1 bytes). */
+ * (at least HISTORY_TIME_LEN + 1 bytes): clock_format_utc (core/clock.h),
+ * the one formatter of times, clamped to years 0000..9999. */
 void history_format_time(int64_t unix_ms, char *out);
 
 #endif
