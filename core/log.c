@@ -1,10 +1,9 @@
 /* log: formats one line per event and hands it to the sinks.
  *
- * A line is "2026-11-27T03:04:05.123Z INFO message\n": UTC from clock.h
- * (timespec_get where the CRT has it), the date computed arithmetically so
- * no gmtime/gmtime_r/gmtime_s portability question arises.  Control
- * characters in a message (a client's text, a path) become '?', so one event
- * is always one line and nobody can forge log lines.
+ * A line is "2026-11-27T03:04:05.123Z INFO message\n": the wall clock and its
+ * text are clock.h's (clock_format_utc, the formatter history's `at` uses
+ * too).  Control characters in a message (a client's text, a path) become
+ * '?', so one event is always one line and nobody can forge log lines.
  *
  * The file sink is opened in binary append mode and flushed after every line
  * (tests and administrators read it while the relay runs).  Past max_bytes it
@@ -30,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #ifdef _WIN32
 #include <wchar.h>
@@ -289,41 +287,10 @@ void log_close(void)
     log_unlock();
 }
 
-/* Writes "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 chars + NUL) for now, UTC. */
-static void format_now(char out[25])
-{
-    int64_t now_ms = clock_wall_ms();
-    int64_t secs, days, rem, z, era, doe, yoe, y, doy, mp, d, m;
-    long ms;
-
-    secs = now_ms / 1000;
-    ms = (long)(now_ms % 1000);
-    days = secs / 86400;
-    rem = secs % 86400;
-    if (rem < 0) {
-        rem += 86400;
-        days--;
-    }
-    /* Civil date from days since 1970-01-01 (H. Hinnant's algorithm). */
-    z = days + 719468;
-    era = (z >= 0 ? z : z - 146096) / 146097;
-    doe = z - era * 146097;
-    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    y = yoe + era * 400;
-    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    mp = (5 * doy + 2) / 153;
-    d = doy - (153 * mp + 2) / 5 + 1;
-    m = mp < 10 ? mp + 3 : mp - 9;
-    if (m <= 2)
-        y++;
-    snprintf(out, 25, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", (int)y, (int)m, (int)d,
-             (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60), ms);
-}
-
 void log_msg(log_level level, const char *fmt, ...)
 {
     char line[LOG_LINE_MAX];
-    char stamp[25];
+    char stamp[CLOCK_TIME_LEN + 1];
     va_list ap;
     int head, n;
     size_t len, i;
@@ -338,7 +305,7 @@ void log_msg(log_level level, const char *fmt, ...)
 
     if (!want_main && !want_sink)
         return;
-    format_now(stamp);
+    clock_format_utc(clock_wall_ms(), stamp);
     head = snprintf(line, sizeof line, "%s %s ", stamp, level_name(level));
     if (head < 0)
         return;
