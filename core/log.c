@@ -9,12 +9,34 @@
  * (tests and administrators read it while the relay runs).  Past max_bytes it
  * is closed, renamed to path.1 (replacing the previous copy) and reopened
  * empty: at most about 2 * max_bytes on disk.
- * Threads: the I/O thread logs most; the service's threads log now and then
- * (a stop request, the final status).  A tiny spin lock keeps a line, and a
- * rotation, whole when two of them meet; it is held only while writing.
+ *
+ * Threads: more than one logs, so there is one lock, g_lock_word below, the
+ * only lock of the portable core (docs/ARCHITECTURE.md).  The I/O thread
+ * writes nearly every line.  The thread that started the relay (ServiceMain's,
+ * or main's in console mode) logs before the I/O thread exists and after it
+ * ended, and while it runs writes the stop request ("service: STOP requested",
+ * from relay_wait's progress callback) and relay_wait's own errors.  The SCM
+ * control handler and the console Ctrl handler threads log only if SetEvent
+ * or SetServiceStatus fails.  The lock is a spin lock held only to read the
+ * settings and to write one finished line to stderr and the file (and, once
+ * per max_bytes, to rotate): formatting and the extra sink (the Event Log, an
+ * RPC) run outside it.  The other threads write a handful of lines in the
+ * relay's lifetime, so the I/O thread rarely waits, and then for one other
+ * line's write (or a rotation).  log_emergency (the unhandled-exception
+ * filter, on whichever thread crashed) takes no lock: that thread may be the
+ * one holding it.
+ *
  * Never: decides what is logged (callers do).
- * Portable C11; on Windows the path is converted to UTF-16 for _wfopen here,
- * without <windows.h>.
+ * Portable C11, no <windows.h>.  The Windows branches are all about file
+ * names: paths are UTF-8 in this program, but the CRT's fopen/rename/remove
+ * read a char path in the process's ANSI code page, so a non-ASCII --log path
+ * would name another file.  The _w* calls take UTF-16, and the Win32
+ * converter (MultiByteToWideChar) would need <windows.h>: hence utf8_to_wide
+ * below, which refuses (EINVAL) invalid UTF-8 rather than open a different
+ * name.  text.h cannot stand in for it: it converts nothing to UTF-16, and its
+ * cleaning replaces and removes characters, right for a chat line and wrong
+ * for a file name.  (Nor can text_clean do the message's '?': it removes
+ * control characters, and a removed CR LF would hide that one was there.)
  */
 #if defined(_MSC_VER) && !defined(_CRT_SECURE_NO_WARNINGS)
 #define _CRT_SECURE_NO_WARNINGS   /* fopen, _wfopen, strerror are the portable calls here */
@@ -47,8 +69,9 @@ static struct {
     log_level sink_level;
 } g_log = { 1, LOG_INFO, NULL, "", 0, 0, NULL, LOG_ERROR };
 
-/* The spin lock: compiler intrinsics (no <windows.h>, no C11 atomics, which
- * MSVC lacks); a compiler without either gets no lock (single-threaded use). */
+/* The lock (see the top of the file: who takes it and for how long): compiler
+ * intrinsics (no <windows.h>, no C11 atomics, which MSVC lacks); a compiler
+ * without either gets no lock (single-threaded use). */
 static volatile long g_lock_word;
 
 #if defined(_MSC_VER) && !defined(__clang__)

@@ -4,8 +4,10 @@
  * (stderr in console mode; a size-bounded file with one rotated copy,
  * name.log -> name.log.1, in service mode; an optional extra sink such as the
  * Windows Event Log, set by service/).  Never: decides policy.
- * Called from the I/O thread and, rarely, from the service thread: a small
- * spin lock in log.c keeps each line (and a rotation) whole.
+ * Called from the I/O thread and, rarely, from the thread that started the
+ * relay and from the stop handlers' threads: the one spin lock in log.c keeps
+ * each line (and a rotation) whole; it is held only while a finished line is
+ * written (log.c's top comment says who takes it and why that is short).
  */
 #ifndef CHATRELAY_LOG_H
 #define CHATRELAY_LOG_H
