@@ -1,6 +1,8 @@
 /* stub_history: storage/history.h answered by a script.  See stub_history.h. */
 #include "stub_history.h"
 
+#include "clock.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -459,26 +461,5 @@ history_kind history_kind_parse(const char *name)
 
 void history_format_time(int64_t unix_ms, char *out)
 {
-    /* days since 1970-01-01 to a civil date (H. Hinnant's algorithm) */
-    int64_t ms = unix_ms % 1000, secs = unix_ms / 1000;
-    if (ms < 0) {
-        ms += 1000;
-        secs--;
-    }
-    int64_t days = secs / 86400, sod = secs % 86400;
-    if (sod < 0) {
-        sod += 86400;
-        days--;
-    }
-    int64_t z = days + 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    int64_t d = doy - (153 * mp + 2) / 5 + 1;
-    int64_t m = mp < 10 ? mp + 3 : mp - 9;
-    int64_t y = yoe + era * 400 + (m <= 2);
-    snprintf(out, HISTORY_TIME_LEN + 1, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", (int)y, (int)m, (int)d,
-             (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60), (int)ms);
+    clock_format_utc(unix_ms, out);   /* the product's one formatter */
 }
