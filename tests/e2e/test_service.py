@@ -5,14 +5,20 @@ Cases (one ctest test each, run with `python3 test_service.py CASE`):
   start_args       `sc start NAME --listen ...` overrides the binPath's --listen
   start_failures   port in use / bad start option -> STOPPED with a service-specific error, log says why
   stop_1000        sc stop with 1000 connected clients: STOPPED within 2 s, each gets the goodbye, then the close
-  stop_log_stalled sc stop is answered at once while the service's log cannot be written (a full FIFO)
-  install_cmd      installer/install.cmd + uninstall.cmd from a folder with spaces, any current folder
+  stop_log_stalled the service's log cannot be written (a full FIFO): it stays START_PENDING (checkpoint,
+                   wait hint, sc stop refused) until the log drains; then sc stop is answered at
+                   once and it stays STOP_PENDING, its checkpoint rising, until the log drains
+  install_cmd      installer/install.cmd + uninstall.cmd from a folder with spaces, any current folder;
+                   the data folder, removed first, is created
   msi              msiexec /i chatrelay.msi, the service runs, net stop + msiexec /x removes everything
-  exe_install      chatrelay.exe install/uninstall from a path with spaces, option checks, twice, missing
+  exe_install      chatrelay.exe install/uninstall from a path with spaces, option checks, twice, missing;
+                   --help lists every option, each on a line of its own; --version
   db_read_only_console   --console, history on a read-only filesystem: exit 1, error 4, log says why
   db_read_only_service   the same as a service: STOPPED with service-specific error 4, log says why
   db_folder_missing      --db in a folder that does not exist: console and service refuse to start
-  data_folder_read_only  the default data folder cannot be created: console and service refuse
+  data_folder_read_only  the default data folder cannot be created: console and service refuse; once
+                         it can, a service with no --db and no --log creates it and keeps its
+                         history.db and chatrelay.log there
 
 Every case uses its own ports, its own service name where the installer allows it, and deletes
 its service in a `finally`, so a failure leaves no auto-start service behind in the prefix.
@@ -25,6 +31,7 @@ import re
 import selectors
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import termios
@@ -45,6 +52,11 @@ RELAY_ERR_OPTIONS = 1
 RELAY_ERR_LISTEN = 3
 RELAY_ERR_DATABASE = 4
 DB_START_FAILED = "the history database cannot be opened"
+# Every option of core/options.c, each with a line of its own in --help.
+HELP_OPTIONS = ("--listen", "--max-sessions", "--max-queue-bytes", "--max-per-ip", "--idle-timeout",
+                "--flood-burst", "--flood-rate", "--flood-kick", "--name", "--db", "--no-history", "--replay",
+                "--retain-days", "--retain-messages", "--log-private", "--log", "--log-max-bytes",
+                "--console", "--version", "--help")
 
 
 # ---- running Windows commands --------------------------------------------------------------
@@ -99,8 +111,9 @@ def sc(*args, timeout=60):
 
 
 def query(name):
-    """sc query NAME -> {'STATE': 'RUNNING', 'WIN32_EXIT_CODE': 0, 'SERVICE_EXIT_CODE': 0}, or None
-    when the service does not exist (Windows: rc 1060; Wine's sc: rc 1 and no output)."""
+    """sc query NAME -> {'STATE': 'RUNNING', 'WIN32_EXIT_CODE': 0, 'SERVICE_EXIT_CODE': 0,
+    'CHECKPOINT': 0, 'WAIT_HINT': 0}, or None when the service does not exist (Windows: rc 1060;
+    Wine's sc: rc 1 and no output)."""
     rc, out = sc("query", name)
     if rc != 0:
         return None
@@ -114,6 +127,8 @@ def query(name):
             info["STATE"] = parts[1]
         elif key in ("WIN32_EXIT_CODE", "SERVICE_EXIT_CODE") and parts:
             info[key] = int(parts[0])
+        elif key in ("CHECKPOINT", "WAIT_HINT") and parts:
+            info[key] = int(parts[0], 0)      # printed in hex: "0x2710"
     if "STATE" not in info:
         raise TestFailure("cannot read sc query output: %r" % out)
     return info
@@ -451,10 +466,25 @@ F_SETPIPE_SZ = 1031         # <linux/fcntl.h>
 
 
 def stop_log_stalled():
-    """The SCM holds `sc stop` until the control handler answers, and gives up after a bound
-    (Wine: 10 s, error 1053): the handler must not wait for anything, the log included.  The
-    service logs into a FIFO that this test keeps full, so every log write blocks; sc stop must
-    still succeed at once, and the stop completes once the log drains."""
+    """The service logs into a FIFO that this test keeps full, so every log write blocks until
+    the test drains it: the service can be held in START_PENDING and in STOP_PENDING for as long
+    as the test looks, with no timing involved.
+
+    Start: the FIFO is full before sc start; the service reports START_PENDING, then blocks on its
+    first log line, before it opens a history or listens.  It must show START_PENDING with a
+    checkpoint and a wait hint, refuse a stop (no control before RUNNING: 1052 under Wine), not
+    listen yet, and go RUNNING once the log drains.
+
+    Stop: the SCM holds `sc stop` until the control handler answers, and gives up after a bound
+    (Wine: 10 s, error 1053): the handler must not wait for anything, the log included.  With the
+    FIFO full again, sc stop must still succeed at once; the service stays STOP_PENDING (it logs
+    "service: stopped" before it reports STOPPED) with a checkpoint that rises (the handler
+    reports the first, the service thread the next when it looks, every 200 ms), and the stop
+    completes once the log drains.
+
+    What Wine cannot show reliably: the checkpoint rising at each step of a start (database,
+    listeners): those steps take milliseconds, less than one `sc query` under Wine, and holding
+    the service between them would depend on which log lines happen to fall between its steps."""
     name = unique_name("logstall")
     port = free_port()
     fifo = os.path.join(WORK, name + ".fifo")
@@ -487,16 +517,8 @@ def stop_log_stalled():
             sel.select(timeout=0.2)
             drain_once()
 
-    drainer = threading.Thread(target=drain_forever, daemon=True)
-    drainer.start()
-    try:
-        create(name, ["--listen", "127.0.0.1:%d" % port, "--no-history", "--log", winpath(fifo)])
-        sc("start", name)
-        wait_state(name, "RUNNING")
-        chat_works(port)
-        drain_once()
-        check(b"service: running" in drained, "the service logged nothing into the FIFO: %r" % bytes(drained))
-        # Fill the pipe to the last byte: from now on every write of the service's log blocks.
+    def fill():
+        """Fills the pipe to the last byte: from now on every write of the service's log blocks."""
         for size in (512, 1):
             while True:
                 try:
@@ -508,12 +530,47 @@ def stop_log_stalled():
         check(int.from_bytes(queued, "little") == fcntl.fcntl(reader, 1032),   # F_GETPIPE_SZ
               "the FIFO is not full (%d bytes queued)" % int.from_bytes(queued, "little"))
 
+    def pending(state, info):
+        check(info is not None and info["STATE"] == state and info.get("CHECKPOINT", 0) >= 1 and
+              info.get("WAIT_HINT", 0) > 0,
+              "while its log is stalled the service must be %s with a checkpoint and a wait hint: %r"
+              % (state, info))
+
+    drainer = threading.Thread(target=drain_forever, daemon=True)
+    drainer.start()
+    try:
+        create(name, ["--listen", "127.0.0.1:%d" % port, "--no-history", "--log", winpath(fifo)])
+        fill()
+        rc, out = sc("start", name)
+        check(rc == 0, "sc start failed (rc %d): %s" % (rc, out))
+        pending("START_PENDING", query(name))
+        rc, out = sc("stop", name)
+        check(rc != 0 and "1052" in out,
+              "sc stop during START_PENDING must be refused (no control before RUNNING; 1052 under "
+              "Wine): rc %d, %s" % (rc, out.strip()))
+        pending("START_PENDING", query(name))          # the refused stop changed nothing
+        check(refused(port), "the service listens on %d while it is still START_PENDING" % port)
+        drain_once()            # the start goes on
+        wait_state(name, "RUNNING")
+        chat_works(port)
+        drain_once()
+        check(b"service: running" in drained, "the service logged nothing into the FIFO: %r" % bytes(drained))
+
+        fill()
         start = time.time()
         rc, out = sc("stop", name)
         check(rc == 0, "sc stop failed while the log was stalled (rc %d, after %.1f s): %s"
               % (rc, time.time() - start, out.strip()))
         info = query(name)
-        check(info["STATE"] in ("STOP_PENDING", "STOPPED"), "after sc stop: %r" % info)
+        pending("STOP_PENDING", info)
+        # The handler reported checkpoint 1; the service thread reports the next when it looks
+        # (every 200 ms), before it writes to the stalled log.
+        deadline = time.time() + 10
+        while info["CHECKPOINT"] < 2 and time.time() < deadline:
+            time.sleep(0.1)
+            info = query(name)
+            pending("STOP_PENDING", info)
+        check(info["CHECKPOINT"] >= 2, "the STOP_PENDING checkpoint did not rise past 1 in 10 s: %r" % info)
 
         draining.set()          # the log flows again: the stop can finish
         info = wait_state(name, "STOPPED", 20)
@@ -549,6 +606,10 @@ def install_cmd():
     folder = copy_release(os.path.join(WORK, "install cmd test", "Chat Relay"))
     log = fresh(os.path.join(WORK, name + ".log"))
     env = {"CHATRELAY_SERVICE_NAME": name}
+    # The data folder an earlier run (or another installer) left would make its check pass.
+    data = os.path.join(WINEPREFIX, "drive_c", "ProgramData", "ChatRelay")
+    shutil.rmtree(data, ignore_errors=True)
+    check(not os.path.exists(data), "cannot remove %s before the test" % data)
     try:
         # From another current folder, through the path with spaces.
         rc, out = wine("cmd", "/c", winpath(os.path.join(folder, "install.cmd")),
@@ -561,7 +622,6 @@ def install_cmd():
         rc, path = wine("reg", "query", "HKLM\\SYSTEM\\CurrentControlSet\\Services\\" + name, "/v", "ImagePath")
         check('"%s"' % winpath(os.path.join(folder, "chatrelay.exe")) in path,
               "ImagePath does not hold the quoted exe path: %s" % path)
-        data = os.path.join(WINEPREFIX, "drive_c", "ProgramData", "ChatRelay")
         check(os.path.isdir(data), "install.cmd did not create %s" % data)
 
         rc, out = wine("cmd", "/c", winpath(os.path.join(folder, "install.cmd")), env=env, cwd=tempfile.gettempdir())
@@ -673,6 +733,20 @@ def exe_install():
         rc, out = wine(exe)
         check(rc == 1 and "--console" in out and "1063" not in out, "plain start from a console: rc %d, %s"
               % (rc, out))
+
+        # --help (the form docs/SERVICE.md documents) shows the verbs and lists every option as a
+        # line of its own: "--log" is found only on its own line, never inside "--log-private".
+        rc, out = wine(exe, "--help")
+        check(rc == 0, "--help exited %d: %s" % (rc, out))
+        for verb in ("chatrelay.exe --console [options]", "chatrelay.exe install [--service-name NAME] [options]",
+                     "chatrelay.exe uninstall [--service-name NAME]", "chatrelay.exe configure [--service-name NAME]",
+                     "chatrelay.exe --help | --version"):
+            check(verb in out, "--help does not show %r:\n%s" % (verb, out))
+        listed = set(re.findall(r"(?m)^ {2}(--[a-z][a-z-]*)(?![a-z-])", out))
+        missing = [opt for opt in HELP_OPTIONS if opt not in listed]
+        check(not missing, "--help has no line for %s; it lists %s" % (", ".join(missing), sorted(listed)))
+        rc, out = wine(exe, "--version")
+        check(rc == 0 and re.fullmatch(r"chatrelay \S+\s*", out), "--version: rc %d, %r" % (rc, out))
     finally:
         remove_service(name)
 
@@ -812,7 +886,9 @@ def db_folder_missing():
 
 def data_folder_read_only():
     """No --db: the data folder %ProgramData%\\ChatRelay must be created, and cannot be: the
-    prefix's ProgramData is covered by a read-only mount for the duration."""
+    prefix's ProgramData is covered by a read-only mount for the duration.  Then, with the mount
+    gone and no such folder, a service with neither --db nor --log creates it and keeps its
+    history and its log there (docs/SERVICE.md, "Files")."""
     program_data = os.path.join(WINEPREFIX, "drive_c", "ProgramData")
     check(os.path.isdir(program_data), "the prefix has no %s" % program_data)
     data = "C:\\ProgramData\\ChatRelay"
@@ -821,6 +897,34 @@ def data_folder_read_only():
         mnt.read_only()
         check_console_db_refused([], data, why)
         check_service_db_refused("datadir", [], data, why)
+
+    folder = os.path.join(program_data, "ChatRelay")
+    shutil.rmtree(folder, ignore_errors=True)     # left by an earlier run or an installer
+    check(not os.path.exists(folder), "cannot remove %s before the test" % folder)
+    db, log = os.path.join(folder, "history.db"), os.path.join(folder, "chatrelay.log")
+    name = unique_name("defaults")
+    port = free_port()
+    try:
+        create(name, ["--listen", "127.0.0.1:%d" % port])
+        rc, out = sc("start", name)
+        check(rc == 0, "sc start failed (rc %d): %s" % (rc, out))
+        info = wait_state(name, "RUNNING")
+        check(info["WIN32_EXIT_CODE"] == 0, "RUNNING with exit code %r" % info)
+        text = chat_works(port)
+        check(os.path.isdir(folder), "the service did not create %s" % folder)
+        log_has(log, "service: running")
+        stop(name, log)
+        wait_state(name, "STOPPED", 10)
+        log_has(log, "service: stopped")
+        check(os.path.exists(db), "no history at %s" % db)
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            said = con.execute("SELECT count(*) FROM messages WHERE kind = 'say' AND body = ?", (text,)).fetchone()[0]
+        finally:
+            con.close()
+        check(said == 1, "the default history %s holds %r %d time(s), expected once" % (db, text, said))
+    finally:
+        remove_service(name)
 
 
 if __name__ == "__main__":
