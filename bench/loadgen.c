@@ -14,6 +14,20 @@
  * echoes a line to its sender, so each line sent is expected at the N-1 other
  * clients.  Every receiver checks the per-sender sequence (duplicates, gaps).
  *
+ * IRC mode (--irc, or --irc-clients K for K of the N clients, spread evenly so
+ * that senders and receivers of both kinds mix): such a client registers with
+ * NICK lg<i> / USER, sends JOIN --channel (#lobby) after 001, and counts as up
+ * at the 366 that ends the NAMES of its JOIN.  It sends
+ *
+ *     "PRIVMSG #lobby :<tag> <sender> <seq> <t_ns> xxxx..."
+ *
+ * and a received ":nick!user@host PRIVMSG #lobby :<tag> ..." is a delivery,
+ * counted by the same code as a line client's "<nick> <tag> ...": so a room of
+ * both kinds is measured with one count, one window and one loss check.  A
+ * server's PING is answered with PONG.  An IRC error numeric (4xx/5xx) fails
+ * the run; before the client is up it counts as refused.  Without
+ * echo-message an IRC server does not echo either, so N-1 holds for both.
+ *
  * Flow control without echo: a sender cannot see its own lines, so its window
  * is counted at the receivers: a line stays "in flight" until EVERY other
  * client received it.  So no client ever has more than senders x window lines
@@ -44,10 +58,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -58,6 +74,7 @@
 #define CARRY_MAX 4096          /* longest line kept across reads (the relay's are <= ~1.2 KiB) */
 #define SEND_BATCH_MAX 256      /* lines formatted into one write() per sender */
 #define MAX_EVENTS 1024
+#define REPLY_ROOM 4096         /* registration, JOIN and PONGs queued behind a sender's lines */
 #define QUIET_NS (500 * 1000000LL)  /* idle mode: the line is quiet after this long without bytes */
 #define SETTLE_MAX_NS (120 * 1000000000LL)
 
@@ -78,6 +95,9 @@ typedef struct options {
     double hold_secs;           /* idle mode: wait this long for the server to close us */
     int relay_pid, server_pid;
     int pace_observer;          /* window counted at one observer client (diagnostic) */
+    uint32_t irc_clients;       /* of the clients, this many speak IRC */
+    int irc_port;               /* where IRC clients connect (0 = --port) */
+    const char *channel;        /* the channel IRC clients join */
     int verbose;
 } options;
 
@@ -101,6 +121,10 @@ static void usage(void)
             "  --server-pid PID  its wineserver: CPU and RSS from /proc\n"
             "  --pace observer   count the window at one observer client instead of at every\n"
             "                    receiver (diagnostic: lets other clients fall behind)\n"
+            "  --irc             every client speaks IRC (NICK/USER, JOIN, PRIVMSG, PONG)\n"
+            "  --irc-clients K   K of the clients speak IRC, spread evenly among them (0)\n"
+            "  --irc-port P      IRC clients connect to port P (default: --port)\n"
+            "  --channel NAME    the channel IRC clients join (#lobby, the line clients' room)\n"
             "  --verbose         progress on stderr\n");
 }
 
@@ -129,10 +153,16 @@ static int parse_options(int argc, char **argv, options *o)
     o->drain_secs = 10;
     o->relay_pid = -1;
     o->server_pid = -1;
+    o->channel = "#lobby";
+    int all_irc = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--verbose") == 0) {
             o->verbose = 1;
+            continue;
+        }
+        if (strcmp(a, "--irc") == 0) {
+            all_irc = 1;
             continue;
         }
         if (strcmp(a, "--help") == 0) {
@@ -176,6 +206,12 @@ static int parse_options(int argc, char **argv, options *o)
             bad = parse_num(v, 1, 1e9, &d) || ((o->relay_pid = (int)d), 0);
         else if (strcmp(a, "--server-pid") == 0)
             bad = parse_num(v, 1, 1e9, &d) || ((o->server_pid = (int)d), 0);
+        else if (strcmp(a, "--irc-clients") == 0)
+            bad = parse_num(v, 0, 100000, &d) || ((o->irc_clients = (uint32_t)d), 0);
+        else if (strcmp(a, "--irc-port") == 0)
+            bad = parse_num(v, 1, 65535, &d) || ((o->irc_port = (int)d), 0);
+        else if (strcmp(a, "--channel") == 0)
+            bad = v[0] == '\0' || strlen(v) > 64 || strpbrk(v, " ,\r\n\a") != NULL || ((o->channel = v), 0);
         else if (strcmp(a, "--pace") == 0)
             bad = strcmp(v, "observer") == 0 ? ((o->pace_observer = 1), 0) : strcmp(v, "all") != 0;
         else {
@@ -201,6 +237,20 @@ static int parse_options(int argc, char **argv, options *o)
         fprintf(stderr, "loadgen: senders need at least one other client to deliver to\n");
         return -1;
     }
+    if (all_irc)
+        o->irc_clients = o->clients;
+    if (o->irc_clients > o->clients) {
+        fprintf(stderr, "loadgen: --irc-clients %u is more than --clients %u\n", o->irc_clients, o->clients);
+        return -1;
+    }
+    /* The text must fit an IRC line (512 bytes with the prefix the server adds) whole:
+     * a server would cut the padding, and a shorter line is not what was sent. */
+    if (o->irc_clients > 0 && o->size > 400) {
+        fprintf(stderr, "loadgen: --size %u is too long for an IRC line (at most 400)\n", o->size);
+        return -1;
+    }
+    if (o->irc_port == 0)
+        o->irc_port = o->port;
     return 0;
 }
 
@@ -339,12 +389,13 @@ enum { C_NEW, C_CONNECTING, C_GREETING, C_READY, C_CLOSED };
 typedef struct client {
     int fd;
     uint8_t state;
+    uint8_t irc;                /* speaks IRC (else the line protocol) */
     uint8_t want_out;           /* EPOLLOUT is registered */
     uint8_t skipping;           /* dropping an over-long line up to its end */
     uint32_t carry_len;
     char *carry;                /* the partial last line of the previous read */
-    char *out;                  /* senders: bytes not yet written */
-    uint32_t out_len, out_off;
+    char *out;                  /* senders and IRC clients: bytes not yet written */
+    uint32_t out_len, out_off, out_cap;
 } client;
 
 typedef struct sender {
@@ -368,7 +419,7 @@ static int64_t last_bytes_ns;   /* the last time any byte arrived */
 static struct {
     uint32_t connecting, greeted, connect_failed, refused, closed;
     uint64_t lines_sent, expected, received, dup, gap, foreign, notices, other;
-    uint64_t kicked, goodbye, overlong;
+    uint64_t kicked, goodbye, overlong, irc_errors, pongs;
     int64_t first_close_ns, last_close_ns;
 } st;
 
@@ -466,15 +517,10 @@ static int take_u64(const char **p, const char *end, uint64_t *out)
     return 0;
 }
 
-static void on_delivery(uint32_t receiver, const char *p, size_t n, int64_t now)
+/* One chat line's text as received, "<tag> <sender> <seq> <t_ns> xxx...", in
+ * either dialect: the one place deliveries are counted and checked. */
+static void count_delivery(uint32_t receiver, const char *q, const char *end, int64_t now)
 {
-    const char *end = p + n;
-    const char *q = memchr(p, '>', n);
-    if (!q || q + 2 > end || q[1] != ' ') {
-        st.other++;
-        return;
-    }
-    q += 2;
     if (end - q < 9 || memcmp(q, tag, 8) != 0 || q[8] != ' ') {
         st.foreign++;   /* a line from someone else (another run?) */
         return;
@@ -515,10 +561,136 @@ static void on_delivery(uint32_t receiver, const char *p, size_t n, int64_t now)
     }
 }
 
+/* A line client's "<nick> text". */
+static void on_delivery(uint32_t receiver, const char *p, size_t n, int64_t now)
+{
+    const char *end = p + n;
+    const char *q = memchr(p, '>', n);
+    if (!q || q + 2 > end || q[1] != ' ') {
+        st.other++;
+        return;
+    }
+    count_delivery(receiver, q + 2, end, now);
+}
+
+/* Queues bytes behind whatever the client has not written yet (IRC replies,
+ * registration); a sender's next batch waits until they are out. */
+static void out_append(uint32_t idx, const char *data, size_t n)
+{
+    client *c = &clients[idx];
+    if (c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    if (c->out_len + n > c->out_cap && c->out_off > 0) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+    }
+    if (c->out_len + n > c->out_cap) {
+        fprintf(stderr, "loadgen: client %u: %u bytes of replies not written (the server stopped reading?)\n", idx,
+                c->out_len);
+        exit(2);
+    }
+    memcpy(c->out + c->out_len, data, n);
+    c->out_len += (uint32_t)n;
+}
+
+static void client_flush(uint32_t idx, int64_t now);
+
+static void client_up(client *c)
+{
+    c->state = C_READY;
+    st.connecting--;
+    st.greeted++;
+}
+
+/* The notices both dialects share: a slow-consumer cut, the goodbye, a refusal. */
+static void check_notice(const char *p, size_t n)
+{
+    if (contains(p, n, "not reading fast enough") || contains(p, n, "buffer space exhausted"))
+        st.kicked++;
+    else if (contains(p, n, "server is stopping"))
+        st.goodbye++;
+    else if (contains(p, n, "server is full") || contains(p, n, "too many connections"))
+        st.refused++;
+}
+
+/* One IRC line: [@tags] [:source] COMMAND params... */
+static void on_irc_line(uint32_t idx, const char *p, size_t n, int64_t now)
+{
+    client *c = &clients[idx];
+    const char *end = p + n, *q = p;
+    if (q < end && *q == '@') {
+        while (q < end && *q != ' ')
+            q++;
+        while (q < end && *q == ' ')
+            q++;
+    }
+    if (q < end && *q == ':') {
+        while (q < end && *q != ' ')
+            q++;
+        while (q < end && *q == ' ')
+            q++;
+    }
+    const char *cmd = q;
+    while (q < end && *q != ' ')
+        q++;
+    size_t cmd_len = (size_t)(q - cmd);
+    while (q < end && *q == ' ')
+        q++;
+    const char *params = q;     /* the rest: "target :text", "nick #chan :End of NAMES" */
+#define IS_CMD(s) (cmd_len == sizeof(s) - 1 && memcmp(cmd, s, cmd_len) == 0)
+    if (IS_CMD("PRIVMSG")) {
+        const char *t = memmem(params, (size_t)(end - params), " :", 2);
+        if (t)
+            count_delivery(idx, t + 2, end, now);
+        else
+            st.other++;
+    } else if (IS_CMD("PING")) {
+        char pong[600];
+        size_t k = (size_t)(end - params);
+        if (k > 500)
+            k = 500;
+        int h = snprintf(pong, sizeof pong, "PONG %s%.*s\r\n", params[0] == ':' ? "" : ":", (int)k, params);
+        out_append(idx, pong, (size_t)h);
+        client_flush(idx, now);
+        st.pongs++;
+    } else if (IS_CMD("001")) {
+        char join[96];
+        int h = snprintf(join, sizeof join, "JOIN %s\r\n", opt.channel);
+        out_append(idx, join, (size_t)h);
+        client_flush(idx, now);
+        st.other++;
+    } else if (IS_CMD("366")) {
+        /* "<nick> <channel> :End of NAMES": ours ends the join (channel names compare without case) */
+        const char *ch = memchr(params, ' ', (size_t)(end - params));
+        size_t cl = strlen(opt.channel);
+        if (c->state == C_GREETING && ch && end - ch > (ptrdiff_t)cl && strncasecmp(ch + 1, opt.channel, cl) == 0 &&
+            (ch + 1 + cl == end || ch[1 + cl] == ' '))
+            client_up(c);
+        st.other++;
+    } else if (IS_CMD("NOTICE") || IS_CMD("ERROR")) {
+        st.notices++;
+        check_notice(params, (size_t)(end - params));
+    } else if (cmd_len == 3 && (cmd[0] == '4' || cmd[0] == '5') && cmd[1] >= '0' && cmd[1] <= '9') {
+        st.irc_errors++;
+        if (c->state == C_GREETING)
+            st.refused++;
+        if (st.irc_errors <= 3)
+            fprintf(stderr, "loadgen: client %u: %.*s\n", idx, (int)n, p);
+    } else {
+        st.other++;
+    }
+#undef IS_CMD
+}
+
 static void on_line(uint32_t idx, const char *p, size_t n, int64_t now)
 {
     if (n > 0 && p[n - 1] == '\r')
         n--;
+    if (clients[idx].irc) {
+        on_irc_line(idx, p, n, now);
+        return;
+    }
     if (n > 0 && p[0] == '<') {
         on_delivery(idx, p, n, now);
         return;
@@ -530,9 +702,7 @@ static void on_line(uint32_t idx, const char *p, size_t n, int64_t now)
     st.notices++;
     client *c = &clients[idx];
     if (c->state == C_GREETING && contains(p, n, "/help")) {
-        c->state = C_READY;
-        st.connecting--;
-        st.greeted++;
+        client_up(c);
     } else if (contains(p, n, "not reading fast enough")) {
         st.kicked++;
     } else if (contains(p, n, "server is stopping")) {
@@ -626,6 +796,13 @@ static void client_writable(uint32_t idx, int64_t now)
         }
         c->state = C_GREETING;
         set_events(idx, 0);
+        if (c->irc) {
+            /* IRC clients speak first; registration needs no CAP */
+            char reg[128];
+            int h = snprintf(reg, sizeof reg, "NICK lg%u\r\nUSER lg%u 0 * :loadgen %u\r\n", idx, idx, idx);
+            out_append(idx, reg, (size_t)h);
+            client_flush(idx, now);
+        }
         return;
     }
     client_flush(idx, now);
@@ -667,6 +844,8 @@ static void sender_fill(uint32_t s, int64_t now)
         return;
     char *o = c->out;
     for (uint64_t i = 0; i < n; i++) {
+        if (c->irc)
+            o += sprintf(o, "PRIVMSG %s :", opt.channel);
         int h = sprintf(o, "%s %u %llu %lld ", tag, (unsigned)s, (unsigned long long)(sd->sent + 1),
                         (long long)now);
         o += h;
@@ -749,6 +928,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "loadgen: --host must be an IPv4 address, got %s\n", opt.host);
         return 2;
     }
+    struct sockaddr_in irc_addr = addr;
+    irc_addr.sin_port = htons((uint16_t)opt.irc_port);
 
     snprintf(tag, sizeof tag, "%08x", (unsigned)(now_ns() ^ ((int64_t)getpid() << 16)));
     clients = calloc(opt.clients, sizeof *clients);
@@ -758,11 +939,22 @@ int main(int argc, char **argv)
     if (!clients || !senders || !last_seq || !pad)
         die("calloc");
     memset(pad, 'x', opt.size);
-    size_t line_max = opt.size + 64;   /* a header longer than --size is sent unpadded */
+    /* a header longer than --size is sent unpadded; IRC adds "PRIVMSG <channel> :" */
+    size_t line_max = opt.size + 64 + 80;
+    for (uint32_t i = 0; i < opt.clients; i++) {
+        /* K IRC clients evenly among N: client i is one where floor(i * K / N) steps */
+        clients[i].irc = opt.irc_clients &&
+                         (uint64_t)i * opt.irc_clients / opt.clients != ((uint64_t)i + 1) * opt.irc_clients / opt.clients;
+        if (i < opt.senders || clients[i].irc) {
+            clients[i].out_cap = (uint32_t)((i < opt.senders ? SEND_BATCH_MAX * line_max : 0) + REPLY_ROOM);
+            clients[i].out = malloc(clients[i].out_cap);
+            if (!clients[i].out)
+                die("malloc");
+        }
+    }
     for (uint32_t s = 0; s < opt.senders; s++) {
-        clients[s].out = malloc(SEND_BATCH_MAX * line_max);
         senders[s].receipts = calloc(opt.window, sizeof *senders[s].receipts);
-        if (!clients[s].out || !senders[s].receipts)
+        if (!senders[s].receipts)
             die("malloc");
     }
     epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -780,8 +972,10 @@ int main(int argc, char **argv)
      * as up once its greeting's /help line arrived. */
     uint32_t next = 0;
     while (st.greeted + st.closed < opt.clients) {
-        while (next < opt.clients && st.connecting < opt.batch)
-            client_connect(next++, &addr);
+        while (next < opt.clients && st.connecting < opt.batch) {
+            client_connect(next, clients[next].irc ? &irc_addr : &addr);
+            next++;
+        }
         poll_once(100);
         if (now_ns() > deadline) {
             status = "timeout";
@@ -854,15 +1048,21 @@ int main(int argc, char **argv)
         status = "lost";
     if (strcmp(status, "ok") == 0 && opt.senders > 0 && st.closed)
         status = "closed";
+    if (strcmp(status, "ok") == 0 && st.irc_errors)
+        status = "irc_error";
 
     double span = sending && t_last_delivery > t_send_start ? secs(t_last_delivery - t_send_start) : 0;
     double cpu_relay = cpu_relay0 >= 0 ? cpu_relay2 - cpu_relay1 : -1;
     double cpu_server = cpu_server0 >= 0 ? cpu_server2 - cpu_server1 : -1;
-    printf("loadgen clients=%u senders=%u lines=%llu size=%u window=%u%s rate=%g"
+    /* a native server (ngIRCd) has no wineserver: its own CPU is the whole cost */
+    double cpu_server_part = opt.server_pid < 0 ? 0 : cpu_server;
+    printf("loadgen clients=%u senders=%u lines=%llu size=%u window=%u%s rate=%g irc_clients=%u"
            " status=%s connect_s=%.3f greeted=%u connect_failed=%u refused=%llu",
            opt.clients, opt.senders, (unsigned long long)opt.lines, opt.size, opt.window,
-           opt.pace_observer ? " pace=observer" : "", opt.rate, status,
+           opt.pace_observer ? " pace=observer" : "", opt.rate, opt.irc_clients, status,
            secs(t_connected - t_start), st.greeted, st.connect_failed, (unsigned long long)st.refused);
+    if (opt.irc_clients)
+        printf(" irc_errors=%llu pongs=%llu", (unsigned long long)st.irc_errors, (unsigned long long)st.pongs);
     if (opt.senders > 0) {
         printf(" lines_sent=%llu expected=%llu received=%llu lost=%llu dup=%llu gap=%llu kicked=%llu closed=%u"
                " foreign=%llu send_s=%.3f deliveries_per_s=%.0f lines_per_s=%.0f"
@@ -875,8 +1075,9 @@ int main(int argc, char **argv)
                (unsigned long long)hist_percentile(0.99), (unsigned long long)hist_max_us);
         printf(" cpu_relay_s=%.2f cpu_server_s=%.2f cpu_loadgen_s=%.2f cpu_us_per_delivery=%.3f", cpu_relay,
                cpu_server, cpu_self2 - cpu_self1,
-               st.received && cpu_relay >= 0 && cpu_server >= 0 ? (cpu_relay + cpu_server) * 1e6 / (double)st.received
-                                                               : -1.0);
+               st.received && cpu_relay >= 0 && cpu_server_part >= 0
+                   ? (cpu_relay + cpu_server_part) * 1e6 / (double)st.received
+                   : -1.0);
     } else {
         printf(" rss_relay_before_kib=%ld rss_relay_after_kib=%ld rss_server_before_kib=%ld rss_server_after_kib=%ld",
                rss_relay0, rss_relay1, rss_server0, rss_server1);
