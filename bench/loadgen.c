@@ -114,7 +114,8 @@ static void usage(void)
             "  --size B          bytes per line without CRLF (64)\n"
             "  --batch K         connections set up at once (200)\n"
             "  --send-secs D     stop sending after D s even if M lines were not sent (0 = off)\n"
-            "  --drain SECS      give up when no delivery arrived for this long (10)\n"
+            "  --drain SECS      give up when no delivery arrived (or, connecting, no client\n"
+            "                    came up) for this long (10)\n"
             "  --timeout SECS    bound on the whole run (300)\n"
             "  --hold SECS       senders 0: print \"ready\", wait up to SECS for the server to close us\n"
             "  --relay-pid PID   the relay process: CPU and RSS from /proc\n"
@@ -971,13 +972,25 @@ int main(int argc, char **argv)
     /* Connect: at most --batch connections being set up at once; each counts
      * as up once its greeting's /help line arrived. */
     uint32_t next = 0;
+    /* A server that never completes a greeting (an IRC client at a server without IRC)
+     * ends the run after --drain seconds without a client coming up, not at --timeout. */
+    uint32_t up_before = 0;
+    int64_t t_up = now_ns(), stall_ns = (int64_t)(opt.drain_secs * 1e9);
     while (st.greeted + st.closed < opt.clients) {
         while (next < opt.clients && st.connecting < opt.batch) {
             client_connect(next, clients[next].irc ? &irc_addr : &addr);
             next++;
         }
         poll_once(100);
-        if (now_ns() > deadline) {
+        int64_t now = now_ns();
+        if (st.greeted + st.closed != up_before) {
+            up_before = st.greeted + st.closed;
+            t_up = now;
+        } else if (now - t_up > stall_ns) {
+            status = "connect_stalled";
+            break;
+        }
+        if (now > deadline) {
             status = "timeout";
             break;
         }
