@@ -294,10 +294,14 @@ def case_command_line():
 
     rc, out = run("--help")
     check(rc == 0, "--help exited %d" % rc)
-    for opt in ("--console", "--listen", "--max-sessions", "--max-queue-bytes", "--db", "--no-history",
-                "--replay", "--retain-days", "--retain-messages", "--flood-burst", "--flood-rate",
-                "--flood-kick", "--max-per-ip", "--idle-timeout", "--log-private", "--log"):
-        check(opt in out, "--help does not mention %s" % opt)
+    # Each option starts a line of its own ("  --log PATH ..."), so "--log" is not found in
+    # "--log-private" nor "--listen" in "--listen-irc".
+    starts = {l.split()[0] for l in out.splitlines() if l.strip().startswith("--")}
+    for opt in ("--console", "--listen", "--listen-irc", "--greet-delay", "--irc-ping", "--max-sessions",
+                "--max-queue-bytes", "--db", "--no-history", "--replay", "--retain-days", "--retain-messages",
+                "--flood-burst", "--flood-rate", "--flood-kick", "--max-per-ip", "--idle-timeout",
+                "--log-private", "--log"):
+        check(opt in starts, "--help has no line for %s (lines start with %r)" % (opt, sorted(starts)))
     rc, out = run("--console", "--max-sessions", "x")
     check(rc == 2, "a bad --max-sessions exited %d, expected 2" % rc)
     check("--max-sessions" in out and "'x'" in out, "the error does not name the option and value: %r" % out)
