@@ -672,6 +672,8 @@ static void on_irc_line(uint32_t idx, const char *p, size_t n, int64_t now)
     } else if (IS_CMD("NOTICE") || IS_CMD("ERROR")) {
         st.notices++;
         check_notice(params, (size_t)(end - params));
+    } else if (IS_CMD("422")) {
+        st.other++;   /* ERR_NOMOTD ends a registration like 376: a server without a MOTD file */
     } else if (cmd_len == 3 && (cmd[0] == '4' || cmd[0] == '5') && cmd[1] >= '0' && cmd[1] <= '9') {
         st.irc_errors++;
         if (c->state == C_GREETING)
