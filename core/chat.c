@@ -962,8 +962,8 @@ void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,
     session *s = &c->sessions[slot];
     if (s->state != SESSION_LIVE && s->state != SESSION_UNREGISTERED)
         return;   /* closing: whatever else it sent is dropped */
-    if (len > CHAT_LINE_MAX) {
-        len = chat_cut(line, len, CHAT_LINE_MAX);
+    if (len > TEXT_MAX_LINE) {
+        len = chat_cut(line, len, TEXT_MAX_LINE);
         truncated = 1;
     }
     if (text_is_blank(line, len))

@@ -17,7 +17,6 @@
 
 #include "text.h"
 
-#define CHAT_LINE_MAX TEXT_MAX_LINE
 #define CHAT_ARENA_BYTES (64u * 1024u)  /* worst single call (IRC WHO/NAMES of a full room) needs under 24 KiB */
 #define CHAT_EFFECTS_MAX 160u           /* worst single call (IRC registration, WHO of 100) needs under 120 */
 #define CHAT_LIST_SHOWN 100u            /* /who, /rooms, WHO and LIST name at most this many entries */

@@ -478,7 +478,7 @@ static void away_notice(chat *c, uint32_t slot, uint32_t to)
 
 static void cmd_privmsg(chat *c, uint32_t slot, const irc_msg *m, int notice, int64_t now_ms)
 {
-    char scratch[CHAT_LINE_MAX];
+    char scratch[TEXT_MAX_LINE];
     if (m->params < 1 || m->param[0].n == 0) {
         if (!notice)
             num(c, slot, "411", ":No recipient given (PRIVMSG)");
@@ -734,7 +734,7 @@ static void cmd_ison(chat *c, uint32_t slot, const irc_msg *m)
  * client's first channel. */
 static void cmd_search(chat *c, uint32_t slot, const irc_msg *m)
 {
-    char words[CHAT_LINE_MAX];
+    char words[TEXT_MAX_LINE];
     size_t words_len = 0;
     uint32_t ri = chat_first_room(c, slot);
     int limit = CHAT_SEARCH_MAX;
@@ -822,7 +822,7 @@ static void cmd_topic(chat *c, uint32_t slot, const irc_msg *m, int64_t now_ms)
     }
     if (!chat_flood_take(c, slot, now_ms))
         return;
-    char scratch[CHAT_LINE_MAX];
+    char scratch[TEXT_MAX_LINE];
     args text = m->param[1];
     int action;
     (void)take_ctcp(&text, &action, scratch, sizeof scratch);   /* no delimiters in a topic */
@@ -1399,7 +1399,7 @@ size_t irc_render_history(const chat *c, const session *s, const history_record 
     if (!chat_name_valid(rec->room ? rec->room : "", rl))
         return 0;
     memcpy(rname, rec->room, rl + 1);
-    char body[CHAT_LINE_MAX + 40];
+    char body[TEXT_MAX_LINE + 40];
     size_t body_len = 0;
     const char *text = rec->body ? rec->body : "";
     size_t text_len = rec->body ? rec->body_len : 0;

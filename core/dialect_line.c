@@ -556,7 +556,7 @@ void line_input(chat *c, uint32_t slot, const char *line, size_t len, int trunca
         sbuf b;
         sb_open(c, &b);
         sb_puts(&b, "*** Your line was too long: it was cut at ");
-        sb_put_u64(&b, CHAT_LINE_MAX);
+        sb_put_u64(&b, TEXT_MAX_LINE);
         sb_puts(&b, " bytes.");
         chat_reply_built(c, slot, &b);
     }

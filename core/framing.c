@@ -111,10 +111,10 @@ static void append_data(framer *f, const unsigned char *p, size_t n, framer_line
 
     f->flags &= (uint8_t)~FL_AFTER_CR;
     if (f->flags & FL_DISCARDING) return;
-    room = FRAMER_MAX_LINE - f->len;
+    room = TEXT_MAX_LINE - f->len;
     if (n > room) {
         memcpy(f->line + f->len, p, room);
-        f->len = FRAMER_MAX_LINE;
+        f->len = TEXT_MAX_LINE;
         report_truncated(f, on_line, ctx);
         return;
     }
@@ -238,7 +238,7 @@ void framer_feed(framer *f, const unsigned char *data, size_t n,
         {
             size_t run = plain_run(p, (size_t)(end - p));
             if (run > 0) {
-                if (f->len == 0 && !(f->flags & FL_DISCARDING) && run <= FRAMER_MAX_LINE &&
+                if (f->len == 0 && !(f->flags & FL_DISCARDING) && run <= TEXT_MAX_LINE &&
                     run < (size_t)(end - p) && (p[run] == '\n' || p[run] == '\r')) {
                     /* the whole line is in the caller's buffer: no copy */
                     f->flags &= (uint8_t)~FL_AFTER_CR;

@@ -3,7 +3,7 @@
  * Owns: line ends (LF, CRLF, CR NUL and bare CR), the telnet protocol (IAC
  * commands and subnegotiations are removed, even when split across reads;
  * DO/WILL are refused with WONT/DONT), BS/DEL line editing, and the maximum
- * line length (FRAMER_MAX_LINE raw bytes: the rest of an over-long line is
+ * line length (TEXT_MAX_LINE raw bytes: the rest of an over-long line is
  * discarded up to its end, and the line is reported as truncated, cut at a
  * UTF-8 character boundary).
  * Never: allocates, cleans text (see text.h), knows about sessions.  Portable C11.
@@ -15,10 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FRAMER_MAX_LINE 1024
+#include "text.h"   /* TEXT_MAX_LINE: the one line limit, raw and cleaned */
 
 enum {
-    FRAMER_LINE_TRUNCATED = 1 /* the client sent more than FRAMER_MAX_LINE bytes on this line */
+    FRAMER_LINE_TRUNCATED = 1 /* the client sent more than TEXT_MAX_LINE bytes on this line */
 };
 
 /* Called once per complete line, without its line end.  line is not
@@ -32,7 +32,7 @@ typedef struct framer {
     uint8_t state;          /* telnet / line-end parser state (private) */
     uint8_t flags;          /* private */
     uint8_t opt_cmd;        /* private: pending telnet command */
-    unsigned char line[FRAMER_MAX_LINE];
+    unsigned char line[TEXT_MAX_LINE];
 } framer;
 
 void framer_init(framer *f);

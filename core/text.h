@@ -12,7 +12,8 @@
 
 #include <stddef.h>
 
-/* Longest line (in bytes, after cleaning) that the relay accepts from a client. */
+/* Longest line a client may send, in bytes: what the framer keeps of a raw
+ * line, and what a cleaned line may hold (the one name for that limit). */
 #define TEXT_MAX_LINE 1024
 
 /* Cleans in[0..n) into out (capacity cap, always NUL-terminated, so cap >= 1).

@@ -253,11 +253,11 @@ static void on_line(void *ctx, const char *line, size_t len, unsigned flags)
     size_t i;
     unsigned char header[5];
 
-    FUZZ_ASSERT(len <= FRAMER_MAX_LINE);
+    FUZZ_ASSERT(len <= TEXT_MAX_LINE);
     FUZZ_ASSERT((flags & ~(unsigned)FRAMER_LINE_TRUNCATED) == 0);
     /* cut back by at most one partial character (the line before the cut may
      * still end in an invalid sequence: raw bytes are not UTF-8 yet) */
-    if (flags & FRAMER_LINE_TRUNCATED) FUZZ_ASSERT(len + 3 >= FRAMER_MAX_LINE);
+    if (flags & FRAMER_LINE_TRUNCATED) FUZZ_ASSERT(len + 3 >= TEXT_MAX_LINE);
     for (i = 0; i < len; i++)
         FUZZ_ASSERT(u[i] != '\r' && u[i] != '\n' && u[i] != 0x08 && u[i] != 0x7F);
 

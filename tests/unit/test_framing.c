@@ -350,7 +350,7 @@ static void test_garbage(void)
 static void test_size(void)
 {
     CHECK(sizeof(framer) <= 1100);
-    CHECK(sizeof(framer) >= FRAMER_MAX_LINE);
+    CHECK(sizeof(framer) >= TEXT_MAX_LINE);
 }
 
 int main(void)

@@ -203,7 +203,7 @@ static void test_removed_characters_at_the_cap(void)
 
 /* Cleaning runs on whole lines: a separator whose bytes arrive in different
  * reads is put together by the framer first, then removed. */
-struct lines { char text[4][FRAMER_MAX_LINE + 1]; int count; };
+struct lines { char text[4][TEXT_MAX_LINE + 1]; int count; };
 
 static void collect_line(void *ctx, const char *line, size_t len, unsigned flags)
 {
@@ -237,9 +237,9 @@ static void test_split_across_reads(void)
      * half separator is left to become U+FFFD */
     {
         static framer f;
-        static unsigned char line[FRAMER_MAX_LINE + 8];
+        static unsigned char line[TEXT_MAX_LINE + 8];
         struct lines l;
-        size_t n = FRAMER_MAX_LINE - 2;
+        size_t n = TEXT_MAX_LINE - 2;
         l.count = 0;
         memset(line, 'x', n);
         memcpy(line + n, "\xE2\x80\xA8\r\n", 5);
