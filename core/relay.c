@@ -251,8 +251,9 @@ static void log_handles(relay *r, const char *what)
              (unsigned long)handles);
 }
 
-/* Steps 5: closing sessions whose linger ended are cancelled; cancelled ones
- * whose routines have all run go back to the hub and the free list. */
+/* Turn step 3 (core/turn.h), reap: closing sessions whose linger ended are
+ * cancelled; cancelled ones whose routines have all run go back to the hub
+ * and the free list. */
 static void reap_sessions(relay *r, int64_t now)
 {
     uint32_t i = 0;
