@@ -20,6 +20,7 @@
  */
 #include "chat_internal.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -351,32 +352,35 @@ uint32_t chat_room_find(const chat *c, const char *s, size_t n)
     return NONE;
 }
 
-/* Doubles an array of n-byte elements; the new part is zeroed.  0 or -1. */
-static int grow_array(void **arr, uint32_t *cap, size_t elem)
+/* Doubles a pool of elem-byte elements (the new part zeroed) and threads
+ * the new elements onto its free list through the uint32_t link at
+ * link_off in each (the list was empty).  0, or -1 when out of memory. */
+static int grow_pool(void **arr, uint32_t *cap, size_t elem, size_t link_off, uint32_t *free_head)
 {
-    uint32_t ncap = *cap * 2;
-    if (ncap <= *cap || ncap > UINT32_MAX / 2)
+    uint32_t old = *cap, ncap = old * 2;
+    if (ncap <= old || ncap > UINT32_MAX / 2)
         return -1;
     char *p = realloc(*arr, (size_t)ncap * elem);
     if (!p)
         return -1;
-    memset(p + (size_t)*cap * elem, 0, (size_t)(ncap - *cap) * elem);
+    memset(p + (size_t)old * elem, 0, (size_t)(ncap - old) * elem);
+    for (uint32_t k = old; k < ncap; k++) {
+        uint32_t next = k + 1 < ncap ? k + 1 : NONE;
+        memcpy(p + (size_t)k * elem + link_off, &next, sizeof next);
+    }
     *arr = p;
     *cap = ncap;
+    *free_head = old;
     return 0;
 }
 
 static uint32_t room_create(chat *c, const char *name, size_t n)
 {
     if (c->room_free == NONE) {
-        uint32_t old = c->room_cap;
         void *arr = c->rooms;
-        if (grow_array(&arr, &c->room_cap, sizeof *c->rooms) != 0)
+        if (grow_pool(&arr, &c->room_cap, sizeof *c->rooms, offsetof(room, next), &c->room_free) != 0)
             return NONE;
         c->rooms = arr;
-        for (uint32_t k = old; k < c->room_cap; k++)
-            c->rooms[k].next = k + 1 < c->room_cap ? k + 1 : NONE;
-        c->room_free = old;
     }
     uint32_t i = c->room_free;
     room *r = &c->rooms[i];
@@ -447,14 +451,10 @@ uint32_t chat_first_room(const chat *c, uint32_t slot)
 static int member_add(chat *c, uint32_t slot, uint32_t ri)
 {
     if (c->member_free == NONE) {
-        uint32_t old = c->member_cap;
         void *arr = c->members;
-        if (grow_array(&arr, &c->member_cap, sizeof *c->members) != 0)
+        if (grow_pool(&arr, &c->member_cap, sizeof *c->members, offsetof(member, sess_next), &c->member_free) != 0)
             return -1;
         c->members = arr;
-        for (uint32_t k = old; k < c->member_cap; k++)
-            c->members[k].sess_next = k + 1 < c->member_cap ? k + 1 : NONE;
-        c->member_free = old;
     }
     uint32_t mi = c->member_free;
     member *m = &c->members[mi];

@@ -285,6 +285,19 @@ static void try_register(chat *c, uint32_t slot)
     }
 }
 
+/* ":server CAP nick VERB :" */
+static void cap_open(chat *c, sbuf *b, const session *s, const char *verb)
+{
+    sb_open(c, b);
+    sb_puts(b, ":");
+    sb_puts(b, c->irc_name);
+    sb_puts(b, " CAP ");
+    sb_puts(b, my_nick(s));
+    sb_puts(b, " ");
+    sb_puts(b, verb);
+    sb_puts(b, " :");
+}
+
 static void cmd_cap(chat *c, uint32_t slot, const irc_msg *m)
 {
     session *s = &c->sessions[slot];
@@ -295,12 +308,7 @@ static void cmd_cap(chat *c, uint32_t slot, const irc_msg *m)
         int list = chat_word_is(sub.p, sub.n, "list");
         if (!list && s->state == SESSION_UNREGISTERED)
             st->negotiating = 1;
-        sb_open(c, &b);
-        sb_puts(&b, ":");
-        sb_puts(&b, c->irc_name);
-        sb_puts(&b, " CAP ");
-        sb_puts(&b, my_nick(s));
-        sb_puts(&b, list ? " LIST :" : " LS :");
+        cap_open(c, &b, s, list ? "LIST" : "LS");
         int first = 1;
         for (size_t i = 0; i < sizeof caps_offered / sizeof caps_offered[0]; i++) {
             if (list && !(st->caps & caps_offered[i].bit))
@@ -336,12 +344,7 @@ static void cmd_cap(chat *c, uint32_t slot, const irc_msg *m)
         }
         if (ok)
             st->caps = (st->caps | add) & ~del;
-        sb_open(c, &b);
-        sb_puts(&b, ":");
-        sb_puts(&b, c->irc_name);
-        sb_puts(&b, " CAP ");
-        sb_puts(&b, my_nick(s));
-        sb_puts(&b, ok ? " ACK :" : " NAK :");
+        cap_open(c, &b, s, ok ? "ACK" : "NAK");
         sb_put_echo(&b, all.p, all.n > 200 ? 200 : all.n);
         chat_reply_built(c, slot, &b);
     } else if (chat_word_is(sub.p, sub.n, "end")) {
