@@ -297,40 +297,80 @@ void chat_query_on_join(chat *c, uint32_t slot, uint32_t ri, int limit, int rang
     c->effects[c->effect_count - 1].on_join = 1;
 }
 
-/* ---- the name tables ---- */
+/* ---- the name tables ----
+ * Nicks -> sessions and room names -> rooms: one chained hash each, written
+ * once.  An entry is an index; the table's key function gives its name and
+ * its chain link. */
 
-uint32_t chat_nick_find(const chat *c, const char *s, size_t n)
+typedef struct name_key {
+    const char *name;
+    size_t len;
+    uint32_t *next;
+} name_key;
+
+typedef name_key (*key_fn)(const chat *c, uint32_t i);
+
+static name_key nick_key(const chat *c, uint32_t i)
 {
-    uint32_t i = c->nick_buckets[name_hash(c, s, n) & c->bucket_mask];
+    session *s = &c->sessions[i];
+    name_key k = { s->nick, s->nick_len, &s->nick_next };
+    return k;
+}
+
+static name_key room_key(const chat *c, uint32_t i)
+{
+    room *r = &c->rooms[i];
+    name_key k = { r->name, r->name_len, &r->hash_next };
+    return k;
+}
+
+static uint32_t table_find(const chat *c, const uint32_t *buckets, key_fn key, const char *s, size_t n)
+{
+    uint32_t i = buckets[name_hash(c, s, n) & c->bucket_mask];
     while (i != NONE) {
-        const session *ss = &c->sessions[i];
-        if (chat_name_equal(ss->nick, ss->nick_len, s, n))
+        name_key k = key(c, i);
+        if (chat_name_equal(k.name, k.len, s, n))
             return i;
-        i = ss->nick_next;
+        i = *k.next;
     }
     return NONE;
 }
 
+static void table_link(chat *c, uint32_t *buckets, key_fn key, uint32_t i)
+{
+    name_key k = key(c, i);
+    uint32_t *bucket = &buckets[name_hash(c, k.name, k.len) & c->bucket_mask];
+    *k.next = *bucket;
+    *bucket = i;
+}
+
+static void table_unlink(chat *c, uint32_t *buckets, key_fn key, uint32_t i)
+{
+    name_key k = key(c, i);
+    uint32_t *link = &buckets[name_hash(c, k.name, k.len) & c->bucket_mask];
+    while (*link != NONE) {
+        if (*link == i) {
+            *link = *k.next;
+            break;
+        }
+        link = key(c, *link).next;
+    }
+    *k.next = NONE;
+}
+
+uint32_t chat_nick_find(const chat *c, const char *s, size_t n)
+{
+    return table_find(c, c->nick_buckets, nick_key, s, n);
+}
+
 static void nick_link(chat *c, uint32_t slot)
 {
-    session *s = &c->sessions[slot];
-    uint32_t *bucket = &c->nick_buckets[name_hash(c, s->nick, s->nick_len) & c->bucket_mask];
-    s->nick_next = *bucket;
-    *bucket = slot;
+    table_link(c, c->nick_buckets, nick_key, slot);
 }
 
 static void nick_unlink(chat *c, uint32_t slot)
 {
-    session *s = &c->sessions[slot];
-    uint32_t *link = &c->nick_buckets[name_hash(c, s->nick, s->nick_len) & c->bucket_mask];
-    while (*link != NONE) {
-        if (*link == slot) {
-            *link = s->nick_next;
-            break;
-        }
-        link = &c->sessions[*link].nick_next;
-    }
-    s->nick_next = NONE;
+    table_unlink(c, c->nick_buckets, nick_key, slot);
 }
 
 static void nick_set(session *s, const char *name, size_t n)
@@ -342,14 +382,7 @@ static void nick_set(session *s, const char *name, size_t n)
 
 uint32_t chat_room_find(const chat *c, const char *s, size_t n)
 {
-    uint32_t i = c->room_buckets[name_hash(c, s, n) & c->bucket_mask];
-    while (i != NONE) {
-        const room *r = &c->rooms[i];
-        if (chat_name_equal(r->name, r->name_len, s, n))
-            return i;
-        i = r->hash_next;
-    }
-    return NONE;
+    return table_find(c, c->room_buckets, room_key, s, n);
 }
 
 /* Doubles a pool of elem-byte elements (the new part zeroed) and threads
@@ -391,9 +424,7 @@ static uint32_t room_create(chat *c, const char *name, size_t n)
     r->live = 1;
     r->members = 0;
     r->head = r->tail = NONE;
-    uint32_t *bucket = &c->room_buckets[name_hash(c, name, n) & c->bucket_mask];
-    r->hash_next = *bucket;
-    *bucket = i;
+    table_link(c, c->room_buckets, room_key, i);
     r->prev = c->room_last;
     r->next = NONE;
     if (c->room_last != NONE)
@@ -409,14 +440,7 @@ static void room_destroy(chat *c, uint32_t i)
 {
     room *r = &c->rooms[i];
     CR_ASSERT(r->live && r->members == 0 && i != CHAT_LOBBY);
-    uint32_t *link = &c->room_buckets[name_hash(c, r->name, r->name_len) & c->bucket_mask];
-    while (*link != NONE) {
-        if (*link == i) {
-            *link = r->hash_next;
-            break;
-        }
-        link = &c->rooms[*link].hash_next;
-    }
+    table_unlink(c, c->room_buckets, room_key, i);
     if (r->prev != NONE)
         c->rooms[r->prev].next = r->next;
     else

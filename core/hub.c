@@ -14,6 +14,7 @@
 #include "framing.h"
 #include "invariant.h"
 #include "log.h"
+#include "ring.h"
 #include "text.h"
 
 #include <stddef.h>
@@ -407,16 +408,10 @@ static void notice_text(hub *h, uint32_t slot, const char *text, size_t len)
 static outbox_entry *outbox_push(hub *h)
 {
     if (h->ob_count == h->ob_cap) {
-        uint32_t ncap = h->ob_cap ? h->ob_cap * 2 : 256;
-        outbox_entry *ring = malloc(sizeof(outbox_entry) * ncap);
-        if (!ring)
+        void *ring = h->outbox;
+        if (ring_grow(&ring, &h->ob_cap, &h->ob_head, h->ob_count, sizeof(outbox_entry), 256) != 0)
             return NULL;
-        for (uint32_t i = 0; i < h->ob_count; i++)
-            ring[i] = h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
-        free(h->outbox);
         h->outbox = ring;
-        h->ob_cap = ncap;
-        h->ob_head = 0;
     }
     outbox_entry *e = &h->outbox[(h->ob_head + h->ob_count) & (h->ob_cap - 1)];
     memset(e, 0, sizeof *e);

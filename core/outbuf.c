@@ -2,6 +2,8 @@
  * See outbuf.h for the lifetime rules. */
 #include "outbuf.h"
 
+#include "ring.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,17 +142,10 @@ void sendq_init(sendq *q)
 
 static int sendq_grow(sendq *q)
 {
-    uint32_t ncap = q->cap ? q->cap * 2 : 8;
-    sendq_entry *ring = malloc(sizeof(sendq_entry) * ncap);
-    if (!ring)
+    void *ring = q->ring;
+    if (ring_grow(&ring, &q->cap, &q->head, q->count, sizeof(sendq_entry), 8) != 0)
         return -1;
-    /* Unwrap the old ring so entries stay in order from index 0. */
-    for (uint32_t i = 0; i < q->count; i++)
-        ring[i] = q->ring[(q->head + i) & (q->cap - 1)];
-    free(q->ring);
     q->ring = ring;
-    q->cap = ncap;
-    q->head = 0;
     return 0;
 }
 
