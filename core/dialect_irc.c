@@ -1198,7 +1198,6 @@ static void put_text_lines(sbuf *b, const chat *c, const char *tags, size_t tags
                            const char *verb, const char *hash, const char *target, int action,
                            const char *body, size_t body_len, int clean)
 {
-    size_t start_len = b->len;
     sbuf head;
     char head_buf[256];
     sb_init(&head, head_buf, sizeof head_buf);
@@ -1210,7 +1209,6 @@ static void put_text_lines(sbuf *b, const chat *c, const char *tags, size_t tags
     sb_puts(&head, target);
     sb_puts(&head, action ? " :\1ACTION " : " :");
     size_t chunk_max = IRC_LINE_MAX - head.len - (action ? 1 : 0);
-    (void)start_len;
     do {
         size_t n = body_len <= chunk_max ? body_len : text_utf8_boundary(body, chunk_max);
         if (n == 0 && body_len > 0)
@@ -1266,7 +1264,7 @@ size_t irc_render_event(const chat *c, chat_form form, const chat_event *ev, int
     }
     if (t.len)
         sb_puts(&t, " ");
-    (void)echo;
+    (void)echo;   /* an IRC client's own copy is the same line (echo-message) */
     const char *rname = ev->room_count > 0 ? ev->rooms[0] : "";
     switch (ev->kind) {
     case HISTORY_SAY:
