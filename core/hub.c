@@ -1298,6 +1298,9 @@ static int idle_check(hub *h, int64_t now)
     if (!h->cfg.idle_timeout_ms && h->irc_sessions == 0)
         return -1;
     if (now >= h->next_idle_check) {
+        /* the clocks of what a tick may make, read once for the whole pass */
+        h->input_now = now;
+        h->input_wall_ms = clock_wall_ms();
         for (uint32_t i = 0; i < h->cfg.max_sessions; i++) {
             hub_slot *s = &h->slots[i];
             if (s->conn_id == 0 || s->closing || s->detecting)
@@ -1309,8 +1312,6 @@ static int idle_check(hub *h, int64_t now)
                 notice_text(h, i, text, (size_t)n);
                 request_close(h, i, "timeout");
             } else if (s->irc) {
-                h->input_now = now;
-                h->input_wall_ms = clock_wall_ms();
                 chat_session_tick(h->chat, i, now - s->last_input_ms);
                 run_effects(h);
             }
