@@ -281,7 +281,8 @@ static size_t done(out_buf *o)
     return o->full ? 0 : o->len;
 }
 
-size_t nats_write_connect(char *out, size_t cap, const char *name, const char *user, const char *pass)
+size_t nats_write_connect(char *out, size_t cap, const char *name, const char *user, const char *pass,
+                          const char *token)
 {
     out_buf o = { out, 0, cap, 0 };
     /* verbose off (no +OK per command), echo off (not our own publishes back),
@@ -299,6 +300,10 @@ size_t nats_write_connect(char *out, size_t cap, const char *name, const char *u
     if (pass) {
         puts_(&o, ",\"pass\":");
         put_json(&o, pass);
+    }
+    if (token) {
+        puts_(&o, ",\"auth_token\":");
+        put_json(&o, token);
     }
     puts_(&o, "}\r\n");
     return done(&o);
@@ -398,4 +403,52 @@ int nats_ack_stream_seq(const char *reply, size_t len, uint64_t *seq)
     if (at == 0)
         return -1;
     return number(tok[at], tl[at], seq);
+}
+
+/* Header lines are "Name: value" after the "NATS/1.0[ status]" line; names
+ * compare without regard to case (they are MIME-style). */
+int nats_header(const char *headers, size_t len, const char *name, const char **val, size_t *val_len)
+{
+    size_t name_len = strlen(name), i = 0;
+    /* skip the status line */
+    while (i < len && headers[i] != '\n')
+        i++;
+    while (++i < len) {
+        size_t start = i;
+        while (i < len && headers[i] != '\n')
+            i++;
+        size_t end = i;   /* at the LF or len */
+        if (end > start && headers[end - 1] == '\r')
+            end--;
+        if (end - start > name_len && headers[start + name_len] == ':') {
+            size_t k = 0;
+            while (k < name_len && lower(headers[start + k]) == lower(name[k]))
+                k++;
+            if (k == name_len) {
+                size_t v = start + name_len + 1;
+                while (v < end && (headers[v] == ' ' || headers[v] == '\t'))
+                    v++;
+                *val = headers + v;
+                *val_len = end - v;
+                return 0;
+            }
+        }
+    }
+    return -1;
+}
+
+int nats_status(const char *headers, size_t len)
+{
+    /* "NATS/1.0 408 Request Timeout" */
+    if (len < 12 || memcmp(headers, "NATS/1.0 ", 9) != 0)
+        return 0;
+    int code = 0;
+    for (size_t i = 9; i < 12; i++) {
+        if (headers[i] < '0' || headers[i] > '9')
+            return 0;
+        code = code * 10 + (headers[i] - '0');
+    }
+    if (len > 12 && headers[12] != ' ' && headers[12] != '\r' && headers[12] != '\n')
+        return 0;
+    return code;
 }

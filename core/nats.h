@@ -57,7 +57,8 @@ int nats_feed(nats_parser *p, const void *data, size_t n, nats_msg_fn fn, void *
  * their count, or 0 if they do not fit or an argument is not allowed (a
  * subject or reply that is empty or holds a space, tab, CR or LF; a msg id
  * with CR or LF).  Strings are NUL-terminated; NULL = absent. */
-size_t nats_write_connect(char *out, size_t cap, const char *name, const char *user, const char *pass);
+size_t nats_write_connect(char *out, size_t cap, const char *name, const char *user, const char *pass,
+                          const char *token);
 size_t nats_write_pub(char *out, size_t cap, const char *subject, const char *reply, const char *msg_id,
                       const void *payload, size_t payload_len);
 size_t nats_write_sub(char *out, size_t cap, const char *subject, uint64_t sid);
@@ -71,5 +72,12 @@ size_t nats_write_pong(char *out, size_t cap);
  * ("$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<stream seq>..." ,
  * 12 or more tokens).  Returns 0 and sets *seq, or -1 if it is neither. */
 int nats_ack_stream_seq(const char *reply, size_t len, uint64_t *seq);
+
+/* The value of header `name` (case-insensitive) in an HMSG's header block;
+ * 0 and the span, or -1 if absent. */
+int nats_header(const char *headers, size_t len, const char *name, const char **val, size_t *val_len);
+/* The status code of a status message's header block ("NATS/1.0 408
+ * Request Timeout" -> 408: JetStream's answers to a pull); 0 if none. */
+int nats_status(const char *headers, size_t len);
 
 #endif

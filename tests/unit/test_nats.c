@@ -149,7 +149,7 @@ static void test_stop(void)
 static void test_writers(void)
 {
     char out[512];
-    size_t n = nats_write_connect(out, sizeof out, "relay \"a\"\n", "u", NULL);
+    size_t n = nats_write_connect(out, sizeof out, "relay \"a\"\n", "u", NULL, NULL);
     out[n] = '\0';
     CHECK_STR(out, "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"headers\":true,\"protocol\":1,"
                    "\"lang\":\"c\",\"version\":\"chatrelay\",\"name\":\"relay \\\"a\\\"\\u000a\",\"user\":\"u\"}\r\n");
@@ -221,9 +221,36 @@ static void test_captured(void)
     CHECK_INT(seq, 1);
 }
 
+/* The header block of the captured delivery and of the captured 408. */
+static void test_headers(void)
+{
+    static const char delivery[] = "NATS/1.0\r\nNats-Msg-Id: node1-1\r\n\r\n";
+    static const char expired[] = "NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 4\r\n"
+                                  "Nats-Pending-Bytes: 0\r\n\r\n";
+    const char *v = NULL;
+    size_t n = 0;
+    CHECK_INT(nats_header(delivery, sizeof delivery - 1, "Nats-Msg-Id", &v, &n), 0);
+    CHECK_INT(n, 7);
+    CHECK(memcmp(v, "node1-1", 7) == 0);
+    CHECK_INT(nats_header(delivery, sizeof delivery - 1, "nats-msg-id", &v, &n), 0);   /* any case */
+    CHECK_INT(nats_header(delivery, sizeof delivery - 1, "Nats-Msg", &v, &n), -1);     /* not a prefix */
+    CHECK_INT(nats_header(delivery, sizeof delivery - 1, "NATS/1.0", &v, &n), -1);     /* not the status line */
+    CHECK_INT(nats_header(expired, sizeof expired - 1, "Nats-Pending-Messages", &v, &n), 0);
+    CHECK_INT(n, 1);
+    CHECK_INT(v[0], '4');
+    CHECK_INT(nats_status(delivery, sizeof delivery - 1), 0);
+    CHECK_INT(nats_status(expired, sizeof expired - 1), 408);
+    CHECK_INT(nats_status("NATS/1.0 404\r\n\r\n", 16), 404);
+    CHECK_INT(nats_status("NATS/1.0 40", 11), 0);          /* cut short */
+    CHECK_INT(nats_status("NATS/1.0 4089 x\r\n", 17), 0); /* not three digits */
+    /* a header block cut in the middle of a line ends the search cleanly */
+    CHECK_INT(nats_header("NATS/1.0\r\nNats-Msg-Id", 21, "Nats-Msg-Id", &v, &n), -1);
+}
+
 int main(void)
 {
     test_captured();
+    test_headers();
     test_parse();
     test_errors();
     test_stop();
