@@ -22,14 +22,16 @@ typedef enum option_kind {
     OPT_SIZE,      /* byte count within [min, max], optional K/M/G suffix (binary) */
     OPT_PATH,      /* non-empty string shorter than OPTIONS_PATH_MAX */
     OPT_NAME,      /* printable text, 1..63 bytes */
-    OPT_LISTEN     /* ADDR:PORT, repeatable */
+    OPT_LISTEN,    /* ADDR:PORT, repeatable */
+    OPT_CLUSTER,   /* nats://HOST:PORT[,nats://...] */
+    OPT_NODE       /* 1..32 of [A-Za-z0-9_-] */
 } option_kind;
 
 typedef enum option_id {
     ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_LISTEN_IRC, ID_GREET_DELAY, ID_IRC_PING, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
     ID_DB, ID_NO_HISTORY, ID_REPLAY, ID_RETAIN_DAYS, ID_RETAIN_MESSAGES, ID_FLOOD_BURST,
     ID_FLOOD_RATE, ID_FLOOD_KICK, ID_MAX_PER_IP, ID_IDLE_TIMEOUT, ID_LOG_PRIVATE, ID_LOG, ID_LOG_MAX_BYTES,
-    ID_NAME
+    ID_NAME, ID_CLUSTER, ID_NODE, ID_CLUSTER_CREDENTIALS
 } option_id;
 
 typedef struct option_spec {
@@ -63,6 +65,9 @@ static const option_spec OPTION_TABLE[] = {
     { "--log",             ID_LOG,             OPT_PATH,   0, 0 },
     { "--log-max-bytes",   ID_LOG_MAX_BYTES,   OPT_SIZE,   KIB, GIB },
     { "--name",            ID_NAME,            OPT_NAME,   0, 0 },
+    { "--cluster",         ID_CLUSTER,         OPT_CLUSTER, 0, 0 },
+    { "--node",            ID_NODE,            OPT_NODE,   0, 0 },
+    { "--cluster-credentials", ID_CLUSTER_CREDENTIALS, OPT_PATH, 0, 0 },
 };
 
 #define OPTION_COUNT (sizeof OPTION_TABLE / sizeof OPTION_TABLE[0])
@@ -107,6 +112,13 @@ static const char HELP_TEXT[] =
     "                          %ProgramData%\\ChatRelay\\chatrelay.log as a service)\n"
     "  --log-max-bytes N       rotate the log file (to PATH.1) past this size, K/M/G\n"
     "                          suffixes allowed, 1K-1G (default 10M)\n"
+    "  --cluster URL[,URL...]  join a cluster of relays through NATS JetStream: the\n"
+    "                          servers to try, nats://HOST:PORT (port 4222 if left\n"
+    "                          out), up to 8 (default none: a single relay)\n"
+    "  --node NAME             this relay's name in the cluster, 1-32 of A-Z a-z 0-9\n"
+    "                          _ - (default the computer name)\n"
+    "  --cluster-credentials PATH  a file with the NATS credentials: user=NAME and\n"
+    "                          password=SECRET lines, or token=SECRET (default none)\n"
     "  --console               run in this console instead of as a service (Ctrl+C stops)\n"
     "  --version               print the version and exit\n"
     "  --help                  print this help and exit\n"
@@ -251,6 +263,39 @@ int options_parse_listen(const char *s, listen_addr *a)
     return 0;
 }
 
+int options_valid_node(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > OPTIONS_NODE_MAX)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return -1;
+    }
+    return 0;
+}
+
+int options_parse_cluster_url(const char *s, cluster_url *u)
+{
+    static const char scheme[] = "nats://";
+    if (strncmp(s, scheme, sizeof scheme - 1) == 0)
+        s += sizeof scheme - 1;
+    else if (strstr(s, "://"))
+        return -1;   /* tls://, ws://: not spoken here (TLS is for the links between NATS servers) */
+    const char *colon = strrchr(s, ':');
+    size_t host_len = colon ? (size_t)(colon - s) : strlen(s);
+    int64_t port = 4222;
+    if (host_len == 0 || host_len >= sizeof u->host || !valid_host(s, host_len) || memchr(s, ':', host_len))
+        return -1;
+    if (colon && (parse_decimal(colon + 1, 65535, &port) != 0 || port < 1))
+        return -1;
+    memset(u, 0, sizeof *u);
+    memcpy(u->host, s, host_len);
+    u->port = (uint16_t)port;
+    return 0;
+}
+
 static const option_spec *find_option(const char *name, size_t len)
 {
     size_t i;
@@ -339,7 +384,8 @@ static int apply(relay_options *o, const option_spec *spec, const char *value,
                     OPTIONS_PATH_MAX - 1, len == 0 ? "an empty one" : "a longer one");
             return -1;
         }
-        memcpy(spec->id == ID_DB ? o->db_path : o->log_path, value, len + 1);
+        memcpy(spec->id == ID_DB ? o->db_path : spec->id == ID_LOG ? o->log_path : o->cluster_credentials,
+               value, len + 1);
         return 0;
     case OPT_NAME:
         len = strlen(value);
@@ -350,6 +396,40 @@ static int apply(relay_options *o, const option_spec *spec, const char *value,
         }
         memcpy(o->server_name, value, len + 1);
         return 0;
+    case OPT_NODE:
+        if (options_valid_node(value) != 0) {
+            set_err(err, errlen, "%s: expected 1 to %d of A-Z a-z 0-9 _ -, got '%.80s'", spec->name,
+                    OPTIONS_NODE_MAX, value);
+            return -1;
+        }
+        memcpy(o->node, value, strlen(value) + 1);
+        return 0;
+    case OPT_CLUSTER: {
+        cluster_url urls[OPTIONS_MAX_CLUSTER];
+        int count = 0;
+        const char *p = value;
+        for (;;) {
+            const char *comma = strchr(p, ',');
+            size_t n = comma ? (size_t)(comma - p) : strlen(p);
+            char one[128];
+            if (count == OPTIONS_MAX_CLUSTER) {
+                set_err(err, errlen, "%s: at most %d servers, got more", spec->name, OPTIONS_MAX_CLUSTER);
+                return -1;
+            }
+            if (n >= sizeof one || (memcpy(one, p, n), one[n] = '\0', options_parse_cluster_url(one, &urls[count])) != 0) {
+                set_err(err, errlen, "%s: expected nats://HOST:PORT (or HOST:PORT), got '%.*s'", spec->name,
+                        (int)(n > 80 ? 80 : n), p);
+                return -1;
+            }
+            count++;
+            if (!comma)
+                break;
+            p = comma + 1;
+        }
+        memcpy(o->cluster, urls, sizeof urls[0] * (size_t)count);
+        o->cluster_count = count;
+        return 0;
+    }
     case OPT_LISTEN: {
         listen_addr a;
         if (options_parse_listen(value, &a) != 0) {

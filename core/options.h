@@ -19,6 +19,14 @@ typedef struct listen_addr {
     uint8_t irc;            /* --listen-irc: IRC only (else the dialect is detected) */
 } listen_addr;
 
+#define OPTIONS_MAX_CLUSTER 8
+#define OPTIONS_NODE_MAX 32
+
+typedef struct cluster_url {
+    char host[64];
+    uint16_t port;
+} cluster_url;
+
 typedef struct relay_options {
     int console;                         /* --console */
     int help;                            /* --help */
@@ -44,6 +52,10 @@ typedef struct relay_options {
     char log_path[OPTIONS_PATH_MAX];     /* --log PATH, "" = stderr (console) or %ProgramData%\ChatRelay\chatrelay.log */
     size_t log_max_bytes;                /* --log-max-bytes N, default 10 MiB */
     char server_name[64];                /* --name NAME, default "chatrelay" */
+    cluster_url cluster[OPTIONS_MAX_CLUSTER];
+    int cluster_count;                   /* --cluster URL[,URL...]: 0 = a single relay */
+    char node[OPTIONS_NODE_MAX + 1];     /* --node NAME, "" = the computer name */
+    char cluster_credentials[OPTIONS_PATH_MAX]; /* --cluster-credentials PATH, "" = none */
 } relay_options;
 
 void options_defaults(relay_options *o);
@@ -54,5 +66,9 @@ int options_parse(relay_options *o, int argc, char **argv, int first, char *err,
 const char *options_help(void);
 /* Parses "ADDR:PORT", "[v6]:PORT", ":PORT" or "PORT" into a. */
 int options_parse_listen(const char *s, listen_addr *a);
+/* Parses "nats://HOST:PORT", "HOST:PORT" or "HOST" (port 4222) into u. */
+int options_parse_cluster_url(const char *s, cluster_url *u);
+/* 0 if s is a valid --node name (1-32 of A-Z a-z 0-9 _ -). */
+int options_valid_node(const char *s);
 
 #endif

@@ -255,9 +255,47 @@ static void test_help(void)
     }
 }
 
+static void test_cluster_options(void)
+{
+    relay_options o;
+    char *a[] = { "--cluster", "nats://127.0.0.1:4222,10.0.0.2,nats-b.example:14222", "--node", "relay-1_a",
+                  "--cluster-credentials", "C:\\nats\\relay.creds" };
+    CHECK_INT(parse(&o, ARGC(a), a), 0);
+    CHECK_INT(o.cluster_count, 3);
+    CHECK_STR(o.cluster[0].host, "127.0.0.1");
+    CHECK_INT(o.cluster[0].port, 4222);
+    CHECK_STR(o.cluster[1].host, "10.0.0.2");
+    CHECK_INT(o.cluster[1].port, 4222);   /* NATS's port when none is given */
+    CHECK_STR(o.cluster[2].host, "nats-b.example");
+    CHECK_INT(o.cluster[2].port, 14222);
+    CHECK_STR(o.node, "relay-1_a");
+    CHECK_STR(o.cluster_credentials, "C:\\nats\\relay.creds");
+    /* a single relay by default, its node named at start */
+    options_defaults(&o);
+    CHECK_INT(o.cluster_count, 0);
+    CHECK_STR(o.node, "");
+    char *b1[] = { "--cluster", "tls://10.0.0.1:4222" };
+    char *b2[] = { "--cluster", "nats://:4222" };
+    char *b3[] = { "--cluster", "a:1,b:2,c:3,d:4,e:5,f:6,g:7,h:8,i:9" };
+    char *b4[] = { "--cluster", "a:1,,b:2" };
+    char *b5[] = { "--node", "has space" };
+    char *b6[] = { "--node", "a23456789012345678901234567890123" };
+    char *b7[] = { "--cluster", "a:70000" };
+    char *b8[] = { "--node", "" };
+    check_rejected(ARGC(b1), b1, "--cluster: expected nats://HOST:PORT (or HOST:PORT), got 'tls://10.0.0.1:4222'");
+    check_rejected(ARGC(b2), b2, "--cluster: expected nats://HOST:PORT");
+    check_rejected(ARGC(b3), b3, "--cluster: at most 8 servers");
+    check_rejected(ARGC(b4), b4, "--cluster: expected nats://HOST:PORT (or HOST:PORT), got ''");
+    check_rejected(ARGC(b5), b5, "--node: expected 1 to 32 of A-Z a-z 0-9 _ -, got 'has space'");
+    check_rejected(ARGC(b6), b6, "--node: expected 1 to 32");
+    check_rejected(ARGC(b7), b7, "--cluster: expected nats://HOST:PORT");
+    check_rejected(ARGC(b8), b8, "--node: expected 1 to 32");
+}
+
 int main(void)
 {
     test_defaults();
+    test_cluster_options();
     test_every_option();
     test_rejections();
     test_listen_forms();
