@@ -15,6 +15,11 @@
  *   index messages_room_id ON messages(room COLLATE NOCASE, id): room names are
  *   case-insensitive (ASCII), so a room's past does not depend on its spelling
  *   messages_fts: FTS5 over body (external content = messages, kept by triggers)
+ *   cluster(id = 1, stream, stream_created, applied_seq): at most one row, the
+ *   JetStream stream a cluster node's file belongs to and the last stream
+ *   sequence applied to it; no row = a single-node database
+ *   cluster_gaps(first_seq, last_seq, noted_at): sequences the stream no
+ *   longer held when this node caught up (docs/CLUSTER.md)
  */
 #ifndef CHATRELAY_HISTORY_H
 #define CHATRELAY_HISTORY_H
@@ -33,7 +38,7 @@ enum {
                           * batch would be refused again; the caller must find and drop the record */
 };
 
-#define HISTORY_SCHEMA_VERSION 3
+#define HISTORY_SCHEMA_VERSION 4
 #define HISTORY_TIME_LEN 24   /* "2026-11-27T03:04:05.123Z" */
 
 /* What a stored line is, shared by chat (which says it), the hub (which

@@ -52,6 +52,25 @@ static const char *const migrations[] = {
      * reads the newest of each room at start through this partial index,
      * which holds only the topic rows. */
     "CREATE INDEX messages_topic ON messages(room COLLATE NOCASE, id) WHERE kind = 'topic';\n",
+    /* 3 -> 4: cluster mode (docs/CLUSTER.md).  cluster holds at most one
+     * row, the stream the file was bound to and the last stream sequence
+     * applied to it, written in the same transaction as the rows it brought,
+     * so a node killed at any moment resumes right after what the file holds;
+     * no row is a single-node database.  cluster_gaps lists the sequences the
+     * stream no longer held when the node caught up: a gap in the history
+     * said, not hidden.  Plain CREATE, as in 0 -> 1: a table of the same name
+     * someone else made fails the step instead of being adopted. */
+    ("CREATE TABLE cluster(\n"
+     "  id INTEGER PRIMARY KEY CHECK (id = 1),\n"
+     "  stream TEXT NOT NULL,\n"
+     "  stream_created TEXT NOT NULL,\n"
+     "  applied_seq INTEGER NOT NULL\n"
+     ");\n"
+     "CREATE TABLE cluster_gaps(\n"
+     "  first_seq INTEGER NOT NULL,\n"
+     "  last_seq INTEGER NOT NULL,\n"
+     "  noted_at TEXT NOT NULL\n"
+     ");\n"),
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == HISTORY_SCHEMA_VERSION,
