@@ -100,6 +100,16 @@ static const struct {
                      "DELETE FROM messages (prune)" },
     [STMT_FTS_MERGE] = { "INSERT INTO messages_fts(messages_fts, rank) VALUES ('merge', " STRINGIFY(MERGE_PAGES) ")",
                          "INSERT INTO messages_fts ('merge')" },
+    /* The cluster row; its columns have affinities, not types, so a row
+     * changed by hand ('abc', 1.5) is told from ours by sqlite3_column_type. */
+    [STMT_CLUSTER_STATE] = { "SELECT stream, stream_created, applied_seq FROM main.cluster WHERE id = 1",
+                             "SELECT ... FROM cluster" },
+    [STMT_CLUSTER_BIND] = { "INSERT INTO main.cluster(id, stream, stream_created, applied_seq) VALUES (1, ?1, ?2, 0)",
+                            "INSERT INTO cluster" },
+    [STMT_CLUSTER_APPLIED] = { "UPDATE main.cluster SET applied_seq = ?1 WHERE id = 1",
+                               "UPDATE cluster SET applied_seq" },
+    [STMT_CLUSTER_GAP] = { "INSERT INTO main.cluster_gaps(first_seq, last_seq, noted_at) VALUES (?1, ?2, ?3)",
+                           "INSERT INTO cluster_gaps" },
 };
 
 /* ---- errors and statements ------------------------------------------- */
@@ -569,6 +579,342 @@ void history_rollback(history *h)
     hist_rollback_keep_error(h);
 }
 
+
+/* ---- cluster mode ----------------------------------------------------- */
+
+/* Values quoted in messages: at most SHOWN_LEN bytes of them (a JetStream
+ * name is at most 255, a time about 30), control bytes as '?', so that a
+ * value changed by hand cannot break the log's one line per message. */
+#define SHOWN_LEN 100
+
+static const char *shown(const char *in, char out[SHOWN_LEN + 1])
+{
+    size_t i;
+    for (i = 0; in && in[i] && i < SHOWN_LEN; i++)
+        out[i] = (unsigned char)in[i] < 0x20 || in[i] == 0x7f ? '?' : in[i];
+    out[i] = '\0';
+    return out;
+}
+
+static const char *type_name(int type)
+{
+    switch (type) {
+    case SQLITE_INTEGER: return "an integer";
+    case SQLITE_FLOAT: return "a real";
+    case SQLITE_TEXT: return "text";
+    case SQLITE_BLOB: return "a blob";
+    default: return "NULL";
+    }
+}
+
+/* Steps STMT_CLUSTER_STATE.  HISTORY_OK with *bound = 0 (statement reset)
+ * or *bound = 1 with the statement on the row, its three columns checked to
+ * be what chatrelay writes (the caller reads them, then hist_stmt_done).
+ * Anything else leaves the reason, prefixed with caller, in h->errmsg. */
+static int cluster_row(history *h, const char *caller, int *bound)
+{
+    static const char *const column[3] = { "stream", "stream_created", "applied_seq" };
+    sqlite3_stmt *stmt = h->stmt[STMT_CLUSTER_STATE];
+    char call[96];
+    int rc = sqlite3_step(stmt), i;
+    *bound = 0;
+    if (rc == SQLITE_DONE) {
+        hist_stmt_done(stmt);
+        return HISTORY_OK;
+    }
+    if (rc != SQLITE_ROW) {
+        hist_stmt_done(stmt);
+        snprintf(call, sizeof call, "%s: sqlite3_step(%s)", caller, stmt_table[STMT_CLUSTER_STATE].name);
+        return hist_fail(h, call, rc);
+    }
+    /* Types before any conversion: INTEGER affinity keeps 'abc' as text. */
+    for (i = 0; i < 3; i++) {
+        int want = i < 2 ? SQLITE_TEXT : SQLITE_INTEGER;
+        int type = sqlite3_column_type(stmt, i);
+        if (type != want) {
+            char text[SHOWN_LEN + 1], value[SHOWN_LEN + 16];
+            if (type == SQLITE_BLOB)
+                snprintf(value, sizeof value, "of %d bytes", sqlite3_column_bytes(stmt, i));
+            else
+                snprintf(value, sizeof value, "(%s)", shown((const char *)sqlite3_column_text(stmt, i), text));
+            hist_set_errmsg(h, "%s: the cluster row was changed by hand: %s is %s %s, not %s; "
+                            "the file no longer says %s",
+                            caller, column[i], type_name(type), value, type_name(want),
+                            i < 2 ? "which stream it holds" : "where to resume");
+            hist_stmt_done(stmt);
+            return HISTORY_ERROR;
+        }
+    }
+    if (sqlite3_column_int64(stmt, 2) < 0) {
+        hist_set_errmsg(h, "%s: the cluster row was changed by hand: applied_seq is %lld, and stream "
+                        "sequences are never negative; the file no longer says where to resume",
+                        caller, (long long)sqlite3_column_int64(stmt, 2));
+        hist_stmt_done(stmt);
+        return HISTORY_ERROR;
+    }
+    if (!sqlite3_column_text(stmt, 0) || !sqlite3_column_text(stmt, 1)) {   /* text already: only NOMEM */
+        hist_stmt_done(stmt);
+        snprintf(call, sizeof call, "%s: sqlite3_column_text(cluster)", caller);
+        return hist_fail(h, call, SQLITE_NOMEM);
+    }
+    *bound = 1;
+    return HISTORY_OK;
+}
+
+/* Copies column i of the state row into out (if wanted); HISTORY_ERROR
+ * when it does not fit, rather than a name cut into another stream's. */
+static int copy_column(history *h, int i, const char *what, char *out, size_t cap)
+{
+    sqlite3_stmt *stmt = h->stmt[STMT_CLUSTER_STATE];
+    const char *text = (const char *)sqlite3_column_text(stmt, i);
+    size_t len = (size_t)sqlite3_column_bytes(stmt, i);
+    if (!out)
+        return HISTORY_OK;
+    if (len >= cap) {
+        hist_set_errmsg(h, "history_cluster_state: the %s (%llu bytes) does not fit in %llu bytes",
+                        what, (unsigned long long)len, (unsigned long long)cap);
+        return HISTORY_ERROR;
+    }
+    memcpy(out, text, len);
+    out[len] = '\0';
+    return HISTORY_OK;
+}
+
+int history_cluster_state(history *h, int *bound, char *stream, size_t stream_cap,
+                          char *created, size_t created_cap, uint64_t *applied_seq)
+{
+    int is_bound = 0, r;
+    if (stream && stream_cap)
+        stream[0] = '\0';
+    if (created && created_cap)
+        created[0] = '\0';
+    if (applied_seq)
+        *applied_seq = 0;
+    if (bound)
+        *bound = 0;
+    r = cluster_row(h, "history_cluster_state", &is_bound);
+    if (r != HISTORY_OK || !is_bound)
+        return r;
+    r = copy_column(h, 0, "stream name", stream, stream_cap);
+    if (r == HISTORY_OK)
+        r = copy_column(h, 1, "stream's creation time", created, created_cap);
+    if (r == HISTORY_OK && applied_seq)
+        *applied_seq = (uint64_t)sqlite3_column_int64(h->stmt[STMT_CLUSTER_STATE], 2);
+    hist_stmt_done(h->stmt[STMT_CLUSTER_STATE]);
+    if (r != HISTORY_OK) {
+        if (stream && stream_cap)
+            stream[0] = '\0';
+        if (created && created_cap)
+            created[0] = '\0';
+        return r;
+    }
+    if (bound)
+        *bound = 1;
+    return HISTORY_OK;
+}
+
+/* Steps an INSERT or UPDATE of the cluster tables that must change exactly
+ * one row (a trigger added by hand could make it change none). */
+static int cluster_write(history *h, enum history_stmt id, const char *caller)
+{
+    int r = hist_step(h, id);
+    if (r == HISTORY_OK && sqlite3_changes(h->db) != 1) {
+        hist_set_errmsg(h, "%s: %s changed %d rows, not 1", caller, stmt_table[id].name, sqlite3_changes(h->db));
+        r = HISTORY_ERROR;
+    }
+    return r;
+}
+
+/* Inside BEGIN IMMEDIATE: the file's row against the stream asked for, or
+ * the new row.  A refusal leaves its reason in h->errmsg. */
+static int cluster_bind_locked(history *h, const char *stream, const char *created)
+{
+    sqlite3_stmt *stmt = h->stmt[STMT_CLUSTER_STATE];
+    int bound = 0, rc;
+    int r = cluster_row(h, "history_cluster_bind", &bound);
+    if (r != HISTORY_OK)
+        return r;
+    if (bound) {
+        const char *have = (const char *)sqlite3_column_text(stmt, 0);
+        const char *have_created = (const char *)sqlite3_column_text(stmt, 1);
+        char a[SHOWN_LEN + 1], b[SHOWN_LEN + 1], c[SHOWN_LEN + 1], d[SHOWN_LEN + 1];
+        /* Byte for byte: a name with a NUL inside (made by hand) is not ours. */
+        if ((size_t)sqlite3_column_bytes(stmt, 0) != strlen(stream) || strcmp(have, stream) != 0) {
+            hist_set_errmsg(h, "history_cluster_bind: this database belongs to stream \"%s\" (created %s), "
+                            "not to stream \"%s\" (created %s); use that stream's database or a new file",
+                            shown(have, a), shown(have_created, b), shown(stream, c), shown(created, d));
+            r = HISTORY_REJECTED;
+        } else if ((size_t)sqlite3_column_bytes(stmt, 1) != strlen(created) || strcmp(have_created, created) != 0) {
+            hist_set_errmsg(h, "history_cluster_bind: this database belongs to stream \"%s\" created %s, "
+                            "not to the stream of that name created %s: a stream deleted and created again "
+                            "restarts its sequences; use a new file",
+                            shown(have, a), shown(have_created, b), shown(created, c));
+            r = HISTORY_REJECTED;
+        }
+        hist_stmt_done(stmt);
+        return r;
+    }
+    /* Unbound: only an empty file may join, since the cluster's ids and
+     * order are the stream's, which a single node's rows never were. */
+    rc = sqlite3_step(h->stmt[STMT_MAX_ID]);
+    if (rc == SQLITE_ROW && sqlite3_column_type(h->stmt[STMT_MAX_ID], 0) != SQLITE_NULL) {
+        char a[SHOWN_LEN + 1], b[SHOWN_LEN + 1];
+        hist_set_errmsg(h, "history_cluster_bind: this database holds lines stored as a single node "
+                        "(ids up to %lld), whose ids and order are not those of stream \"%s\" "
+                        "(created %s); cluster mode needs a new file",
+                        (long long)sqlite3_column_int64(h->stmt[STMT_MAX_ID], 0), shown(stream, a), shown(created, b));
+        hist_stmt_done(h->stmt[STMT_MAX_ID]);
+        return HISTORY_REJECTED;
+    }
+    hist_stmt_done(h->stmt[STMT_MAX_ID]);
+    if (rc != SQLITE_ROW)
+        return hist_fail(h, "history_cluster_bind: sqlite3_step(SELECT max(id) FROM messages)", rc);
+    rc = sqlite3_bind_text(h->stmt[STMT_CLUSTER_BIND], 1, stream, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(h->stmt[STMT_CLUSTER_BIND], 2, created, -1, SQLITE_STATIC);
+    if (rc != SQLITE_OK) {
+        hist_stmt_done(h->stmt[STMT_CLUSTER_BIND]);
+        return hist_fail(h, "history_cluster_bind: sqlite3_bind_text(INSERT INTO cluster)", rc);
+    }
+    return cluster_write(h, STMT_CLUSTER_BIND, "history_cluster_bind");
+}
+
+int history_cluster_bind(history *h, const char *stream, const char *created, char *err, size_t errlen)
+{
+    char dummy[1];
+    int r;
+    if (!err || errlen == 0) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = '\0';
+    if (h->in_batch) {
+        hist_set_errmsg(h, "history_cluster_bind: a batch is open (bind before history_begin)");
+        r = HISTORY_ERROR;
+    } else if (!stream || !stream[0] || !created || !created[0]) {
+        hist_set_errmsg(h, "history_cluster_bind: no stream name or creation time");
+        r = HISTORY_ERROR;
+    } else {
+        r = hist_step(h, STMT_BEGIN);
+        if (r == HISTORY_OK)
+            r = cluster_bind_locked(h, stream, created);
+        /* Also when nothing was written (already bound): ends the read. */
+        if (r == HISTORY_OK)
+            r = hist_step(h, STMT_COMMIT);
+        if (r != HISTORY_OK)
+            hist_rollback_keep_error(h);
+    }
+    if (r != HISTORY_OK)
+        snprintf(err, errlen, "%s", h->errmsg);
+    return r;
+}
+
+/* The checks history_cluster_applied and _gap share: an open, unpoisoned
+ * batch, a bound database; *applied := its applied sequence. */
+static int cluster_in_batch(history *h, const char *caller, sqlite3_int64 *applied)
+{
+    int bound = 0, r;
+    if (!h->in_batch) {
+        hist_set_errmsg(h, "%s: no batch open (call history_begin first)", caller);
+        return HISTORY_ERROR;
+    }
+    r = cluster_row(h, caller, &bound);
+    if (r != HISTORY_OK)
+        return r;
+    if (!bound) {
+        hist_set_errmsg(h, "%s: the database is not bound to a stream (history_cluster_bind first)", caller);
+        return HISTORY_ERROR;
+    }
+    *applied = sqlite3_column_int64(h->stmt[STMT_CLUSTER_STATE], 2);
+    hist_stmt_done(h->stmt[STMT_CLUSTER_STATE]);
+    return HISTORY_OK;
+}
+
+static int cluster_applied(history *h, uint64_t seq)
+{
+    sqlite3_int64 applied = 0;
+    int rc, r;
+    if (seq > (uint64_t)INT64_MAX) {
+        hist_set_errmsg(h, "history_cluster_applied: sequence %llu is past SQLite's largest integer",
+                        (unsigned long long)seq);
+        return HISTORY_ERROR;
+    }
+    r = cluster_in_batch(h, "history_cluster_applied", &applied);
+    if (r != HISTORY_OK)
+        return r;
+    if ((sqlite3_int64)seq <= applied) {
+        hist_set_errmsg(h, "history_cluster_applied: sequence %llu is not after the one already applied (%lld): "
+                        "the stream is applied in order, each record once",
+                        (unsigned long long)seq, (long long)applied);
+        return HISTORY_ERROR;
+    }
+    rc = sqlite3_bind_int64(h->stmt[STMT_CLUSTER_APPLIED], 1, (sqlite3_int64)seq);
+    if (rc != SQLITE_OK) {
+        hist_stmt_done(h->stmt[STMT_CLUSTER_APPLIED]);
+        return hist_fail(h, "history_cluster_applied: sqlite3_bind_int64(UPDATE cluster)", rc);
+    }
+    return cluster_write(h, STMT_CLUSTER_APPLIED, "history_cluster_applied");
+}
+
+static int cluster_gap(history *h, uint64_t first_seq, uint64_t last_seq, const char *at)
+{
+    sqlite3_stmt *stmt = h->stmt[STMT_CLUSTER_GAP];
+    sqlite3_int64 applied = 0;
+    int rc, r;
+    if (first_seq < 1 || first_seq > last_seq || last_seq > (uint64_t)INT64_MAX) {
+        hist_set_errmsg(h, "history_cluster_gap: %llu .. %llu is not a range of stream sequences",
+                        (unsigned long long)first_seq, (unsigned long long)last_seq);
+        return HISTORY_ERROR;
+    }
+    if (!at || strlen(at) != HISTORY_TIME_LEN) {
+        hist_set_errmsg(h, "history_cluster_gap: time \"%.40s\" is not in the form 2026-11-27T03:04:05.123Z",
+                        at ? at : "(null)");
+        return HISTORY_ERROR;
+    }
+    r = cluster_in_batch(h, "history_cluster_gap", &applied);
+    if (r != HISTORY_OK)
+        return r;
+    if ((sqlite3_int64)first_seq <= applied) {
+        hist_set_errmsg(h, "history_cluster_gap: the gap %llu .. %llu starts at or before the applied sequence "
+                        "%lld (note a gap before applying what follows it)",
+                        (unsigned long long)first_seq, (unsigned long long)last_seq, (long long)applied);
+        return HISTORY_ERROR;
+    }
+    rc = sqlite3_bind_int64(stmt, 1, (sqlite3_int64)first_seq);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 2, (sqlite3_int64)last_seq);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(stmt, 3, at, HISTORY_TIME_LEN, SQLITE_STATIC);
+    if (rc != SQLITE_OK) {
+        hist_stmt_done(stmt);
+        return hist_fail(h, "history_cluster_gap: sqlite3_bind(INSERT INTO cluster_gaps)", rc);
+    }
+    return cluster_write(h, STMT_CLUSTER_GAP, "history_cluster_gap");
+}
+
+/* Both poison the batch on failure, as history_append does: the batch is
+ * then lost already, and the first message is kept. */
+int history_cluster_applied(history *h, uint64_t seq)
+{
+    int r;
+    if (h->in_batch && h->batch_failed != HISTORY_OK)
+        return h->batch_failed;
+    r = cluster_applied(h, seq);
+    if (r != HISTORY_OK && h->in_batch)
+        h->batch_failed = r;
+    return r;
+}
+
+int history_cluster_gap(history *h, uint64_t first_seq, uint64_t last_seq, const char *at)
+{
+    int r;
+    if (h->in_batch && h->batch_failed != HISTORY_OK)
+        return h->batch_failed;
+    r = cluster_gap(h, first_seq, last_seq, at);
+    if (r != HISTORY_OK && h->in_batch)
+        h->batch_failed = r;
+    return r;
+}
 
 int64_t history_newest_id(history *h)
 {

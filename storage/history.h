@@ -149,6 +149,49 @@ int64_t history_newest_id(history *h);
  * rows have the ids last-n+1 .. last, in append order (rowids are max+1). */
 int64_t history_last_commit_id(const history *h);
 
+/* Cluster mode (docs/CLUSTER.md): a node applies the stream's records in
+ * stream order, each batch in one transaction with the last sequence it
+ * applied, so after a crash it resumes right after what its file holds.
+ * Sequences are JetStream's (1, 2, ...), at most INT64_MAX (SQLite's integer).
+ *
+ * The stream this database is bound to: HISTORY_OK with *bound = 1 and the
+ * stream's name, its creation time as the stream reports it, and the last
+ * stream sequence applied; *bound = 0 (empty strings, *applied_seq = 0) if it
+ * never was.  stream / created may be NULL (not wanted); a value longer than
+ * its buffer is HISTORY_ERROR, never cut.  HISTORY_ERROR also if the row
+ * cannot be read, or holds what chatrelay never writes (a name or time that
+ * is not text, a sequence that is not an integer >= 0: changed by hand), the
+ * reason in history_errmsg.  Works inside an open batch too (it then sees the
+ * batch's own history_cluster_applied). */
+int history_cluster_state(history *h, int *bound, char *stream, size_t stream_cap,
+                          char *created, size_t created_cap, uint64_t *applied_seq);
+/* Binds an unbound database to a stream (applied_seq 0), in its own
+ * transaction (not inside a batch: HISTORY_ERROR).  Refused with
+ * HISTORY_REJECTED if it is bound to another stream or another creation time
+ * of the same name (a stream deleted and created again restarts its
+ * sequences), or if it holds rows stored as a single node (their ids and
+ * order are not the cluster's); err gets a one-line reason naming both.
+ * HISTORY_OK if it is already bound to exactly this stream (names and times
+ * compare byte for byte; nothing is written).  HISTORY_BUSY / HISTORY_ERROR
+ * as usual, with history_errmsg's text in err too. */
+int history_cluster_bind(history *h, const char *stream, const char *created, char *err, size_t errlen);
+/* Inside an open batch (between history_begin and history_commit): the batch
+ * applies the stream up to seq, written in the same transaction as the rows,
+ * so the rows and the sequence are stored together or not at all.  seq must
+ * be after the applied sequence (as stored, or as set earlier in this batch)
+ * and the database bound: else HISTORY_ERROR.  Any failure poisons the batch
+ * like a failed history_append (history_commit rolls it back and returns it):
+ * rows stored without their sequence would be applied twice after a restart. */
+int history_cluster_applied(history *h, uint64_t seq);
+/* Inside an open batch: notes that the stream no longer held first_seq ..
+ * last_seq (1 <= first_seq <= last_seq) when this node caught up, at `at`
+ * (HISTORY_TIME_LEN chars, as history_record.at), as a row of cluster_gaps
+ * in the same transaction.  The gap lies after what was applied: call it
+ * before history_cluster_applied(last_seq or later), which the batch still
+ * needs; a gap at or below the applied sequence, an unbound database or bad
+ * arguments are HISTORY_ERROR.  Failures poison the batch, as above. */
+int history_cluster_gap(history *h, uint64_t first_seq, uint64_t last_seq, const char *at);
+
 /* One bounded retention step (deletes at most max_rows rows that fall outside
  * retain_days/retain_messages, FTS kept consistent).  now_ms is Unix time in
  * milliseconds.  Returns the number of rows deleted (0 when nothing is due),

@@ -3,7 +3,8 @@
  * lets its parts, one file per concern the way SQLite keeps a VFS or a
  * virtual table in a file of its own, see the one handle:
  *
- *   history.c      opening and closing, errors, the statements, group commit
+ *   history.c      opening and closing, errors, the statements, group commit,
+ *                  the cluster row that commits with the batch
  *   schema.c       the schema, its migrations, the pragmas, the writable proof
  *   batch_table.c  the open batch in memory and the virtual table that reads it
  *   query.c        replay, /history and /search (and the FTS5 query builder)
@@ -73,6 +74,7 @@
 enum history_stmt {
     STMT_BEGIN, STMT_COMMIT, STMT_ROLLBACK,   /* need no schema: prepared first (migrations use them) */
     STMT_FLUSH, STMT_RECENT, STMT_SEARCH, STMT_MAX_ID, STMT_TOPICS, STMT_RANGE_OLDEST, STMT_RANGE_NEWEST, STMT_PRUNE, STMT_FTS_MERGE,
+    STMT_CLUSTER_STATE, STMT_CLUSTER_BIND, STMT_CLUSTER_APPLIED, STMT_CLUSTER_GAP,
     STMT_COUNT
 };
 
