@@ -11,7 +11,9 @@
  * Everything arrives on one wildcard subscription, our inbox:
  *   <inbox>.api.<n>    the answer to API request n (only the newest counts)
  *   <inbox>.ack.<s>    the PubAck of our publish with serial s
- *   <inbox>.pull       the deliveries of our pulls, and their end (408 ...)
+ *   <inbox>.pull       the end of a pull (408 ...)
+ * and the deliveries of our pulls, with their own subject and an ack
+ * subject ($JS.ACK...) as reply.
  */
 #include "cluster.h"
 
@@ -554,6 +556,10 @@ static int on_msg(void *ctx, const nats_msg *m)
     case NATS_MSG:
         break;
     }
+    /* A delivery keeps its own subject (chatrelay.chat); its reply subject,
+     * the ack, says it is one.  Everything else comes to our inbox. */
+    if (m->reply_len > 8 && memcmp(m->reply, "$JS.ACK.", 8) == 0)
+        return c->st >= ST_CATCHUP ? on_pull(c, m) : 0;
     size_t il = strlen(c->inbox);
     if (m->subject_len <= il + 1 || memcmp(m->subject, c->inbox, il) != 0 || m->subject[il] != '.')
         return 0;

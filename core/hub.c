@@ -12,6 +12,7 @@
 
 #include "clock.h"
 #include "framing.h"
+#include "json.h"
 #include "invariant.h"
 #include "log.h"
 #include "ring.h"
@@ -71,6 +72,9 @@ typedef struct outbox_entry {
     uint8_t kind, quit, notice; /* the event's */
     uint8_t room_count;
     uint8_t pending_for_slot;   /* counted in from_slot's ob_pending: it will output to that session */
+    uint8_t published;          /* cluster mode: handed to the bus, waiting to come back from the stream */
+    uint64_t serial;            /* cluster mode: its message id's serial */
+    int64_t published_ms;
     int64_t id;                 /* EVENT: its first row's id once stored */
     uint32_t from_slot, from_conn;  /* the actor, or the session a reply/query is for */
     uint64_t last_open;             /* sessions opened after this (open_seq) came after the event */
@@ -110,6 +114,9 @@ struct hub {
     size_t ob_unstored_bytes;
     int db_failing;             /* the last commit attempt failed */
     int64_t db_failing_since;
+    int bus_failing;            /* cluster mode: the bus is not taking lines (down, catching up, stalled) */
+    int64_t bus_failing_since;
+    uint64_t next_serial;       /* cluster mode: the last serial given to a published entry */
     int64_t next_commit_try;
 
     int64_t next_idle_check;
@@ -127,6 +134,7 @@ struct hub {
 };
 
 static const char NOTICE_HISTORY_DOWN[] = "*** history unavailable, message not sent";
+static const char NOTICE_CLUSTER_DOWN[] = "*** cluster unavailable, message not sent";
 static const char NOTICE_HISTORY_OFF[] = "*** history is switched off on this server";
 static const char NOTICE_REJECTED[] = "*** message not sent: the history database refused to store it";
 static const char NOTICE_UNDELIVERED[] = "*** message not delivered: the recipient left before it could be";
@@ -427,13 +435,21 @@ static size_t held_cost(const outbox_entry *e)
 /* While the database is failing, new user lines are refused once the pending
  * ones pass a bound (count, bytes, or age): never delivered unrecorded, never
  * silently dropped, and memory stays bounded. */
+static int in_outage(const hub *h)
+{
+    return h->db_failing || h->bus_failing;
+}
+
 static int outbox_over_bound(const hub *h, int64_t now)
 {
-    if (!h->db_failing)
+    if (!in_outage(h))
         return 0;
     if (h->ob_unstored >= h->cfg.pending_max_lines || h->ob_unstored_bytes >= h->cfg.pending_max_bytes)
         return 1;
-    return now - h->db_failing_since >= h->cfg.pending_max_ms;
+    int64_t since = !h->db_failing ? h->bus_failing_since
+                    : !h->bus_failing ? h->db_failing_since
+                    : h->db_failing_since < h->bus_failing_since ? h->db_failing_since : h->bus_failing_since;
+    return now - since >= h->cfg.pending_max_ms;
 }
 
 static int is_user_kind(history_kind kind)
@@ -441,47 +457,22 @@ static int is_user_kind(history_kind kind)
     return kind == HISTORY_SAY || kind == HISTORY_ME || kind == HISTORY_MSG;
 }
 
-/* Queues an event.  Returns 0, or -1 if it was refused (the actor has been told). */
-static int outbox_add_event(hub *h, const chat_effect *fx)
+/* Lays an event out in a new entry's data: "nick\0target\0body\0" then
+ * room_count "room\0", then, for a private message that is stored, its
+ * stored body "to NICK: text\0".  Returns 0, or -1 out of memory. */
+static int entry_fill(outbox_entry *e, const chat_event *ev, int stored_msg)
 {
-    const chat_event *ev = &fx->event;
-    uint32_t actor = fx->slot;
-    int persist = fx->stored && h->cfg.history != NULL && ev->room_count > 0;
-    /* Stored chat is refused while the database is down past the bound; an
-     * unstored /msg (no --log-private) still waits in order but needs no database. */
-    int user_line = is_user_kind(ev->kind) && persist;
-    if (user_line && outbox_over_bound(h, h->input_now)) {
-        h->stats.refused_lines++;
-        notice_text(h, actor, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
-        return -1;
-    }
-    /* Joins, leaves and nick changes are never refused to anyone, but during a
-     * long outage with reconnect churn they must not grow memory without end:
-     * past OUTBOX_NOTICES_FACTOR times the line bound they are dropped (neither
-     * stored nor shown: nothing is ever shown unrecorded), and counted. */
-    if (persist && !user_line && h->db_failing &&
-        h->ob_count >= h->cfg.pending_max_lines * OUTBOX_NOTICES_FACTOR) {
-        if (h->stats.dropped_notices++ == 0)
-            log_warn("history: unavailable for long; join/leave/nick announcements are dropped until it returns");
-        return -1;
-    }
     size_t nick_len = strlen(ev->nick), target_len = ev->target ? strlen(ev->target) : 0;
     size_t need = nick_len + target_len + ev->body_len + 3;
     for (uint32_t r = 0; r < ev->room_count; r++)
         need += strlen(ev->rooms[r]) + 1;
     size_t stored_len = 0;
-    if (persist && ev->kind == HISTORY_MSG)   /* the row names the recipient: "to bob: text" */
+    if (stored_msg)   /* the row names the recipient: "to bob: text" */
         stored_len = 3 + target_len + 2 + ev->body_len;
     need += stored_len + 1;
     msgbuf *data = msgbuf_alloc(need);
-    outbox_entry *e = data ? outbox_push(h) : NULL;
-    if (!e) {
-        if (data)
-            msgbuf_release(data);
-        log_error("hub: out of memory queueing a line from session %u", (unsigned)actor);
-        notice_text(h, actor, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+    if (!data)
         return -1;
-    }
     char *p = data->data;
     size_t off = 0;
 #define PUT(s_, n_) do { memcpy(p + off, (s_), (n_)); off += (n_); p[off++] = '\0'; } while (0)
@@ -516,8 +507,46 @@ static int outbox_add_event(hub *h, const chat_effect *fx)
     e->quit = ev->quit;
     e->notice = ev->notice;
     e->room_count = (uint8_t)ev->room_count;
+    return 0;
+}
+
+/* Queues an event.  Returns 0, or -1 if it was refused (the actor has been told). */
+static int outbox_add_event(hub *h, const chat_effect *fx)
+{
+    const chat_event *ev = &fx->event;
+    uint32_t actor = fx->slot;
+    int persist = fx->stored && h->cfg.history != NULL && ev->room_count > 0;
+    /* Stored chat is refused while the database is down past the bound; an
+     * unstored /msg (no --log-private) still waits in order but needs no database. */
+    int user_line = is_user_kind(ev->kind) && persist;
+    if (user_line && outbox_over_bound(h, h->input_now)) {
+        h->stats.refused_lines++;
+        if (h->bus_failing)
+            notice_text(h, actor, NOTICE_CLUSTER_DOWN, sizeof NOTICE_CLUSTER_DOWN - 1);
+        else
+            notice_text(h, actor, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+        return -1;
+    }
+    /* Joins, leaves and nick changes are never refused to anyone, but during a
+     * long outage with reconnect churn they must not grow memory without end:
+     * past OUTBOX_NOTICES_FACTOR times the line bound they are dropped (neither
+     * stored nor shown: nothing is ever shown unrecorded), and counted. */
+    if (persist && !user_line && in_outage(h) &&
+        h->ob_count >= h->cfg.pending_max_lines * OUTBOX_NOTICES_FACTOR) {
+        if (h->stats.dropped_notices++ == 0)
+            log_warn("history: unavailable for long; join/leave/nick announcements are dropped until it returns");
+        return -1;
+    }
+    outbox_entry *e = outbox_push(h);
+    if (!e || entry_fill(e, ev, persist && ev->kind == HISTORY_MSG) != 0) {
+        if (e)
+            h->ob_count--;   /* the entry just pushed, at the tail */
+        log_error("hub: out of memory queueing a line from session %u", (unsigned)actor);
+        notice_text(h, actor, NOTICE_HISTORY_DOWN, sizeof NOTICE_HISTORY_DOWN - 1);
+        return -1;
+    }
     e->user_line = (uint8_t)user_line;
-    e->held = (uint8_t)h->db_failing;   /* it joins the backlog of an outage */
+    e->held = (uint8_t)in_outage(h);   /* it joins the backlog of an outage */
     e->from_slot = actor;
     e->from_conn = actor < h->cfg.max_sessions ? h->slots[actor].conn_id : 0;
     e->last_open = h->open_seq;
@@ -574,29 +603,35 @@ static void entry_settled(hub *h, outbox_entry *e)
     h->ob_unstored_bytes -= held_cost(e);
 }
 
+/* An event's rows, one per room it happened in (a nick change or quit in
+ * several), in the open transaction. */
+static int append_entry_rows(history *db, const outbox_entry *e)
+{
+    int rc = HISTORY_OK;
+    const char *room = e->data->data + e->rooms_off;
+    for (uint32_t i = 0; i < e->room_count && rc == HISTORY_OK; i++) {
+        history_record r;
+        r.id = 0;
+        r.at = e->at;
+        r.room = room;
+        r.nick = e->data->data;
+        r.kind = (history_kind)e->kind;
+        r.body = e->data->data + e->stored_off;
+        r.body_len = e->stored_len;
+        rc = history_append(db, &r);
+        room += strlen(room) + 1;
+    }
+    return rc;
+}
+
 /* One transaction for the unstored entries among `idx` (outbox positions, in
  * order).  On success they are marked stored. */
 static int commit_entries(hub *h, const uint32_t *idx, uint32_t n)
 {
     history *db = h->cfg.history;
     int rc = history_begin(db);
-    for (uint32_t k = 0; k < n && rc == HISTORY_OK; k++) {
-        const outbox_entry *e = outbox_at(h, idx[k]);
-        const char *room = e->data->data + e->rooms_off;
-        /* one row per room it happened in (a nick change or quit in several) */
-        for (uint32_t i = 0; i < e->room_count && rc == HISTORY_OK; i++) {
-            history_record r;
-            r.id = 0;
-            r.at = e->at;
-            r.room = room;
-            r.nick = e->data->data;
-            r.kind = (history_kind)e->kind;
-            r.body = e->data->data + e->stored_off;
-            r.body_len = e->stored_len;
-            rc = history_append(db, &r);
-            room += strlen(room) + 1;
-        }
-    }
+    for (uint32_t k = 0; k < n && rc == HISTORY_OK; k++)
+        rc = append_entry_rows(db, outbox_at(h, idx[k]));
     if (rc == HISTORY_OK)
         rc = history_commit(db);
     else if (rc != HISTORY_REJECTED || n == 0)
@@ -796,6 +831,7 @@ static int deliver_event(hub *h, outbox_entry *e)
 }
 
 static void later_push_query(hub *h, uint32_t slot, msgbuf *m);
+static int earliest(int a, int b);
 
 static void outbox_deliver(hub *h)
 {
@@ -824,6 +860,323 @@ static void outbox_deliver(hub *h)
             later_push_query(h, e->from_slot, e->data);
         outbox_entry_free(e);
     }
+}
+
+/* ---- cluster mode: the stream is the commit -----------------------------
+ *
+ * With --cluster a stored event is not written to SQLite where it happened:
+ * it is published to the stream (cluster_publish) and waits in the outbox,
+ * like a line waiting for a commit, until the stream delivers it back.  Every
+ * node, this one included, stores what the stream delivers, in stream order,
+ * in one transaction with the last sequence applied (history_cluster_applied),
+ * and only then delivers it: this node's own entries from the outbox (their
+ * echoes, their order behind the sender's replies), the other nodes' records
+ * to the members of their rooms here.  So every node's file holds the same
+ * rows in the same order, and no node shows a line that is not both in the
+ * stream and in its own file.  A record is JSON (docs/CLUSTER.md):
+ *   {"v":1,"node":..,"kind":"say","at":..,"nick":..,"target":..,
+ *    "notice":0,"quit":0,"rooms":[..],"body":..}                            */
+
+#define BUS_STALL_MS 2000        /* a published line not back this long: the bus is failing */
+#define RECORD_MAX (8 * TEXT_MAX_LINE + 1024)
+
+static size_t put_json_field(char *out, size_t cap, size_t off, const char *name, const char *s, size_t n)
+{
+    size_t k = strlen(name);
+    if (off == 0 || cap - off < k + 4)
+        return 0;
+    memcpy(out + off, name, k);
+    off += k;
+    size_t w = json_write_string_n(out + off, cap - off, s, n);
+    return w ? off + w : 0;
+}
+
+/* The record of an entry, into out; its length, or 0 if it does not fit. */
+static size_t record_encode(const hub *h, const outbox_entry *e, char *out, size_t cap)
+{
+    const char *p = e->data->data;
+    int n = snprintf(out, cap, "{\"v\":1,\"kind\":\"%s\",\"notice\":%d,\"quit\":%d,\"at\":\"%s\"",
+                     history_kind_name((history_kind)e->kind), e->notice, e->quit, e->at);
+    size_t off = n > 0 && (size_t)n < cap ? (size_t)n : 0;
+    off = put_json_field(out, cap, off, ",\"node\":", h->cfg.node, strlen(h->cfg.node));
+    off = put_json_field(out, cap, off, ",\"nick\":", p, strlen(p));
+    off = put_json_field(out, cap, off, ",\"target\":", p + e->target_off, strlen(p + e->target_off));
+    off = put_json_field(out, cap, off, ",\"body\":", p + e->body_off, e->body_len);
+    if (off == 0 || cap - off < 12)
+        return 0;
+    memcpy(out + off, ",\"rooms\":[", 10);
+    off += 10;
+    const char *room = p + e->rooms_off;
+    for (uint32_t i = 0; i < e->room_count; i++) {
+        if (i > 0 && off < cap)
+            out[off++] = ',';
+        size_t w = off < cap ? json_write_string(out + off, cap - off, room) : 0;
+        if (w == 0)
+            return 0;
+        off += w;
+        room += strlen(room) + 1;
+    }
+    if (cap - off < 3)
+        return 0;
+    out[off++] = ']';
+    out[off++] = '}';
+    return off;
+}
+
+static int name_ok(const char *s, int allow_empty)
+{
+    size_t n = strlen(s);
+    if (n > CHAT_NAME_MAX || (n == 0 && !allow_empty))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* A record from the stream (any node's, so untrusted) as an entry that can
+ * be stored and delivered like one of ours.  Returns 0, or -1 with why. */
+static int record_decode(const cluster_delivery *d, outbox_entry *e, char *node, const char **why)
+{
+    const char *doc = d->payload;
+    size_t n = d->payload_len;
+    char kind[16], nick[CHAT_NAME_MAX + 1], target[CHAT_NAME_MAX + 1];
+    char rooms[CHAT_ROOMS_PER_SESSION][CHAT_NAME_MAX + 1];
+    static char body[RECORD_MAX], clean[RECORD_MAX];   /* the I/O thread's only */
+    uint64_t v = 0, notice = 0, quit = 0;
+    memset(e, 0, sizeof *e);
+    *why = "not JSON";
+    if (json_valid(doc, n) != 0)
+        return -1;
+    *why = "not a version 1 record";
+    if (json_get_u64(doc, n, "v", &v) != 0 || v != 1)
+        return -1;
+    *why = "a field is missing or malformed";
+    if (json_get_string(doc, n, "kind", kind, sizeof kind) != 0 ||
+        json_get_string(doc, n, "node", node, CLUSTER_NODE_MAX + 1) != 0 ||
+        json_get_string(doc, n, "nick", nick, sizeof nick) != 0 ||
+        json_get_string(doc, n, "target", target, sizeof target) != 0 ||
+        json_get_string(doc, n, "at", e->at, sizeof e->at) != 0 ||
+        json_get_string(doc, n, "body", body, sizeof body) != 0 ||
+        json_get_u64(doc, n, "notice", &notice) != 0 || json_get_u64(doc, n, "quit", &quit) != 0)
+        return -1;
+    chat_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = history_kind_parse(kind);
+    *why = "an unknown kind";
+    if (ev.kind == HISTORY_KIND_NONE)
+        return -1;
+    *why = "a malformed name or time";
+    if (!name_ok(node, 0) || !name_ok(nick, 0) || !name_ok(target, 1) || strlen(e->at) != HISTORY_TIME_LEN)
+        return -1;
+    const char *arr;
+    size_t arr_len, pos = 0;
+    *why = "no rooms";
+    if (json_get(doc, n, "rooms", &arr, &arr_len) != JSON_ARRAY)
+        return -1;
+    const char *val;
+    size_t val_len;
+    json_type t;
+    while ((t = json_array_next(arr, arr_len, &pos, &val, &val_len)) != JSON_ABSENT) {
+        *why = "a malformed room";
+        if (t != JSON_STRING || ev.room_count == CHAT_ROOMS_PER_SESSION ||
+            json_unescape(val, val_len, rooms[ev.room_count], sizeof rooms[0]) != 0 ||
+            !name_ok(rooms[ev.room_count], 0))
+            return -1;
+        ev.rooms[ev.room_count] = rooms[ev.room_count];
+        ev.room_count++;
+    }
+    *why = "no rooms";
+    if (ev.room_count == 0)
+        return -1;
+    /* the same cleaning as a line typed here: no control can reach a client */
+    int truncated = 0;
+    ev.body_len = text_clean_keeping(body, strlen(body), clean, sizeof clean, &truncated, 0x01);
+    ev.body = clean;
+    ev.nick = nick;
+    ev.target = target;
+    ev.notice = notice != 0;
+    ev.quit = quit != 0;
+    *why = "out of memory";
+    if (entry_fill(e, &ev, ev.kind == HISTORY_MSG) != 0)
+        return -1;
+    e->persist = 1;
+    e->from_slot = CHAT_NO_SLOT;
+    e->to_slot = CHAT_NO_SLOT;
+    return 0;
+}
+
+/* The outbox entry this node published with serial, if it still waits. */
+static outbox_entry *published_entry(hub *h, uint64_t serial)
+{
+    for (uint32_t i = 0; i < h->ob_count; i++) {
+        outbox_entry *e = outbox_at(h, i);
+        if (e->published && !e->stored && e->serial == serial)
+            return e;
+    }
+    return NULL;
+}
+
+static void bus_health(hub *h, int64_t now)
+{
+    cluster *c = h->cfg.cluster;
+    const outbox_entry *oldest = NULL;
+    for (uint32_t i = 0; i < h->ob_count && !oldest; i++) {
+        const outbox_entry *e = outbox_at(h, i);
+        if (e->published && !e->stored)
+            oldest = e;
+    }
+    int stalled = oldest && now - oldest->published_ms >= BUS_STALL_MS;
+    int failing = !cluster_ready(c) || stalled;
+    if (failing && !h->bus_failing) {
+        h->bus_failing = 1;
+        h->bus_failing_since = now;
+        log_warn("cluster: the bus does not take lines (%s); %u line(s) held",
+                 stalled ? "a published line has not come back from the stream" : cluster_status(c),
+                 (unsigned)h->ob_unstored);
+    } else if (!failing && h->bus_failing) {
+        log_info("cluster: the bus takes lines again after %lld ms", (long long)(now - h->bus_failing_since));
+        h->bus_failing = 0;
+        h->stats.dropped_notices = 0;
+    }
+}
+
+/* Publishes what is new in the outbox, in order. */
+static void bus_publish(hub *h, int64_t now)
+{
+    static char rec[RECORD_MAX];
+    for (uint32_t i = 0; i < h->ob_count; i++) {
+        outbox_entry *e = outbox_at(h, i);
+        if (!e->persist || e->stored || e->published)
+            continue;
+        size_t n = record_encode(h, e, rec, sizeof rec);
+        CR_ASSERT(n > 0);   /* bounded by the line limit */
+        e->serial = ++h->next_serial;
+        if (n == 0 || cluster_publish(h->cfg.cluster, e->serial, rec, n) != 0) {
+            log_error("cluster: cannot queue a line for the bus (out of memory); it is dropped, not delivered");
+            e->rejected = 1;
+            e->persist = 0;
+            entry_settled(h, e);
+            continue;
+        }
+        e->published = 1;
+        e->published_ms = now;
+    }
+}
+
+/* Stores what the stream delivered (one transaction, with the sequence),
+ * then delivers it.  Returns the wait until it should be tried again. */
+static int bus_apply(hub *h, int64_t now)
+{
+    cluster *c = h->cfg.cluster;
+    history *db = h->cfg.history;
+    const cluster_delivery *dv;
+    size_t n = cluster_deliveries(c, &dv);
+    if (n == 0 || (h->db_failing && now < h->next_commit_try))
+        return n ? COMMIT_RETRY_MS : -1;
+    outbox_entry *rec = calloc(n, sizeof *rec);
+    uint8_t *valid = calloc(n, 1);
+    int rc = rec && valid ? history_begin(db) : HISTORY_ERROR;
+    for (size_t k = 0; k < n && rc == HISTORY_OK; k++) {
+        if (dv[k].gap_first) {
+            history_format_time(h->input_wall_ms, rec[k].at);
+            rc = history_cluster_gap(db, dv[k].gap_first, dv[k].seq, rec[k].at);
+            continue;
+        }
+        char node[CLUSTER_NODE_MAX + 1];
+        const char *why;
+        if (record_decode(&dv[k], &rec[k], node, &why) != 0) {
+            /* every node skips it alike: the files stay the same */
+            log_warn("cluster: stream record %llu is not a chatrelay record (%s); skipped",
+                     (unsigned long long)dv[k].seq, why);
+            continue;
+        }
+        valid[k] = 1;
+        rc = append_entry_rows(db, &rec[k]);
+    }
+    if (rc == HISTORY_OK)
+        rc = history_cluster_applied(db, dv[n - 1].seq);
+    if (rc == HISTORY_OK)
+        rc = history_commit(db);
+    else if (rec && valid)
+        history_rollback(db);
+    if (rc != HISTORY_OK) {
+        /* A record SQLite refuses would be refused on every node and at
+         * every retry: the stream is stuck here until an admin acts, which
+         * the log says at once. */
+        if (!h->db_failing) {
+            h->db_failing = 1;
+            h->db_failing_since = now;
+            log_warn("history: cannot store the stream's records (%s); %u record(s) wait, retrying",
+                     !rec || !valid ? "out of memory"
+                     : rc == HISTORY_BUSY ? "database is locked by another connection" : history_errmsg(db),
+                     (unsigned)n);
+        }
+        h->stats.commit_busy++;
+        h->next_commit_try = now + COMMIT_RETRY_MS;
+        for (size_t k = 0; rec && k < n; k++)
+            outbox_entry_free(&rec[k]);
+        free(rec);
+        free(valid);
+        return COMMIT_RETRY_MS;
+    }
+    if (h->db_failing) {
+        log_info("history: writable again after %lld ms", (long long)(now - h->db_failing_since));
+        h->db_failing = 0;
+    }
+    h->stats.commits++;
+    h->upkeep_due = 1;
+    /* the rows have consecutive ids ending at the last one */
+    int64_t next_id = history_last_commit_id(db) + 1;
+    for (size_t k = 0; k < n; k++)
+        if (valid[k])
+            next_id -= rec[k].room_count;
+    for (size_t k = 0; k < n; k++) {
+        if (!valid[k]) {
+            outbox_entry_free(&rec[k]);
+            continue;
+        }
+        rec[k].id = next_id;
+        rec[k].stored = 1;
+        next_id += rec[k].room_count;
+        h->stats.lines_stored += rec[k].room_count;
+        outbox_entry *mine = dv[k].own_serial ? published_entry(h, dv[k].own_serial) : NULL;
+        if (mine) {
+            /* ours: delivered from the outbox, in its place among the
+             * sender's replies */
+            mine->id = rec[k].id;
+            mine->stored = 1;
+            entry_settled(h, mine);
+            outbox_entry_free(&rec[k]);
+            outbox_deliver(h);
+            continue;
+        }
+        if (rec[k].kind == HISTORY_TOPIC) {
+            history_record topic = { rec[k].id, rec[k].at, rec[k].data->data + rec[k].rooms_off,
+                                     rec[k].data->data, HISTORY_TOPIC, rec[k].data->data + rec[k].body_off,
+                                     rec[k].body_len };
+            chat_restore_topic(h->chat, &topic);
+        }
+        rec[k].last_open = h->open_seq;   /* everyone here now sees it */
+        (void)deliver_event(h, &rec[k]);
+        outbox_entry_free(&rec[k]);
+    }
+    free(rec);
+    free(valid);
+    cluster_applied(c, n);
+    return cluster_deliveries(c, &dv) ? 0 : -1;
+}
+
+static int bus_step(hub *h, int64_t now)
+{
+    bus_publish(h, now);
+    int wait = bus_apply(h, now);
+    bus_health(h, now);
+    if (h->bus_failing || h->ob_unstored > 0)
+        wait = earliest(wait, h->bus_failing ? COMMIT_RETRY_MS : BUS_STALL_MS);
+    return wait;
 }
 
 /* ---- effects ----------------------------------------------------------- */
@@ -1402,7 +1755,9 @@ int hub_turn(hub *h, int64_t now_ms)
      * idle cut's notice) is stored and delivered in this turn */
     wait = earliest(wait, detect_check(h, now_ms));
     wait = earliest(wait, idle_check(h, now_ms));
-    if (h->cfg.history && !outbox_commit(h, now_ms))
+    if (h->cfg.cluster)
+        wait = earliest(wait, bus_step(h, now_ms));
+    else if (h->cfg.history && !outbox_commit(h, now_ms))
         wait = earliest(wait, COMMIT_RETRY_MS);
     outbox_deliver(h);
     drain_later_lists(h);
@@ -1479,6 +1834,11 @@ sendq *hub_sendq(hub *h, uint32_t slot)
 uint32_t hub_session_conn_id(const hub *h, uint32_t slot)
 {
     return h->slots[slot].conn_id;
+}
+
+uint32_t hub_held(const hub *h)
+{
+    return h->ob_count;
 }
 
 void hub_get_stats(const hub *h, hub_stats *out)

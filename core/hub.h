@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "chat.h"
+#include "cluster.h"
 #include "options.h"
 #include "outbuf.h"
 #include "../storage/history.h"
@@ -34,6 +35,8 @@ typedef struct hub_config {
     size_t pending_max_bytes;
     int pending_max_ms;
     int detect_ms;               /* HUB_LISTEN_DETECT: how long a silent client waits for the line greeting */
+    cluster *cluster;            /* --cluster: stored lines go through the stream (NULL = one node) */
+    const char *node;            /* --cluster: this node's name, in its records */
 } hub_config;
 
 /* What a listener speaks. */
@@ -104,5 +107,7 @@ int hub_next_close(hub *h, uint32_t *slot, const char **reason); /* asks to be c
 sendq *hub_sendq(hub *h, uint32_t slot);
 uint32_t hub_session_conn_id(const hub *h, uint32_t slot);
 void hub_get_stats(const hub *h, hub_stats *out);
+/* Entries still waiting in the outbox (to be stored, or behind one that is). */
+uint32_t hub_held(const hub *h);
 
 #endif

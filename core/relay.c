@@ -31,12 +31,15 @@
 #include <ws2tcpip.h>
 #include <windows.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../storage/history.h"
+#include "clock.h"
+#include "cluster.h"
 #include "hub.h"
 #include "log.h"
 #include "turn.h"
@@ -50,6 +53,7 @@
 #define LINGER_MS 1000            /* how long a closing session may flush its last notices */
 #define STOP_DRAIN_MS 500         /* on stop: time given to queued sends */
 #define STOP_REAP_MS 3000         /* on stop: bound on waiting for cancelled routines */
+#define STOP_BUS_MS 2000          /* on stop: bound on the leave records' trip through the stream */
 #define ACCEPT_BACKOFF_MS 100
 #define ACCEPT_PER_TURN 64        /* bounded, so a connection storm cannot monopolise the thread */
 #define ACCEPT_RECHECK_MS 100     /* a listener that may have lost its FD_ACCEPT is tried this often */
@@ -80,10 +84,18 @@ typedef struct session {
     unsigned char recv_buf[RECV_BUF_SIZE];
 } session;
 
+struct bus_link;
+
 struct relay {
     relay_options opt;
     hub *hub;
     history *db;
+    cluster *cluster;             /* --cluster: the bus session (NULL = a single relay) */
+    struct bus_link *bus;
+    struct sockaddr_storage bus_addrs[OPTIONS_MAX_CLUSTER * 2];
+    int bus_url_of[OPTIONS_MAX_CLUSTER * 2];   /* which --cluster URL each address came from */
+    int bus_addr_count;
+    char node[OPTIONS_NODE_MAX + 1];
     session *sessions;
     uint32_t *free_slots;
     uint32_t free_count;
@@ -335,6 +347,271 @@ static void flush_and_close(relay *r)
         session_begin_close(r, &r->sessions[slot], reason, 1);
     while (hub_next_flush(r->hub, &slot))
         session_flush(r, &r->sessions[slot]);
+}
+
+/* ---- the cluster bus: one more socket on the same loop ------------------
+ *
+ * With --cluster the relay keeps one TCP connection to a NATS server (the
+ * next in the --cluster list after a failure, with backoff).  It connects
+ * without blocking (FD_CONNECT on an event the alertable wait includes, as a
+ * listener's FD_ACCEPT), then reads and writes with overlapped WSARecv and
+ * WSASend and completion routines, exactly as a session does; the bytes go
+ * to and come from core/cluster.c.  Lifetime: IDLE -> CONNECTING -> OPEN ->
+ * CLOSING (cancelled, waiting for its routines) -> IDLE; the OVERLAPPEDs
+ * and the buffers are reused only once both routines have run. */
+
+#define BUS_CONNECT_TIMEOUT_MS 3000   /* the close reason below says 3 s */
+#define BUS_BACKOFF_MIN_MS 100
+#define BUS_BACKOFF_MAX_MS 5000
+#define BUS_RECV_SIZE 65536
+
+typedef enum bus_state { BUS_IDLE, BUS_CONNECTING, BUS_OPEN, BUS_CLOSING } bus_state;
+
+typedef struct bus_link {
+    struct relay *owner;
+    SOCKET sock;
+    WSAEVENT connect_event;
+    bus_state state;
+    WSAOVERLAPPED recv_ov, send_ov;   /* the kernel's while *_pending */
+    uint8_t recv_pending, send_pending, recv_done, send_done;
+    DWORD recv_err, recv_bytes, recv_flags, send_err, send_bytes;
+    int server;                       /* index in the resolved --cluster list */
+    int attempts;                     /* failures since the last good connection */
+    int64_t connect_deadline, next_attempt;
+    int backoff_ms;
+    char why[200];                    /* why it is closing */
+    unsigned char recv_buf[BUS_RECV_SIZE];
+} bus_link;
+
+static void CALLBACK on_bus_recv(DWORD err, DWORD bytes, LPWSAOVERLAPPED ov, DWORD flags)
+{
+    (void)flags;
+    bus_link *b = CONTAINING_RECORD(ov, bus_link, recv_ov);
+    b->recv_pending = 0;
+    b->recv_done = 1;
+    b->recv_err = err;
+    b->recv_bytes = bytes;
+}
+
+static void CALLBACK on_bus_send(DWORD err, DWORD bytes, LPWSAOVERLAPPED ov, DWORD flags)
+{
+    (void)flags;
+    bus_link *b = CONTAINING_RECORD(ov, bus_link, send_ov);
+    b->send_pending = 0;
+    b->send_done = 1;
+    b->send_err = err;
+    b->send_bytes = bytes;
+}
+
+static void bus_close(relay *r, const char *why)
+{
+    bus_link *b = r->bus;
+    if (b->state != BUS_OPEN && b->state != BUS_CONNECTING)
+        return;
+    snprintf(b->why, sizeof b->why, "%s", why);
+    if (b->state == BUS_CONNECTING) {
+        if (WSAEventSelect(b->sock, NULL, 0) != 0)
+            log_warn("cluster: WSAEventSelect(clear) failed (error %d)", WSAGetLastError());
+    }
+    if ((b->recv_pending || b->send_pending) && !CancelIoEx((HANDLE)b->sock, NULL)) {
+        DWORD err = GetLastError();
+        if (err != ERROR_NOT_FOUND)
+            log_warn("cluster: CancelIoEx failed (error %lu)", (unsigned long)err);
+    }
+    if (closesocket(b->sock) != 0)
+        log_warn("cluster: closesocket failed (error %d)", WSAGetLastError());
+    b->sock = INVALID_SOCKET;
+    b->state = BUS_CLOSING;
+}
+
+static void bus_fail(relay *r, const char *call, int err)
+{
+    char why[96];
+    snprintf(why, sizeof why, "%s failed (error %d)", call, err);
+    bus_close(r, why);
+}
+
+/* CLOSING -> IDLE once both routines have run. */
+static void bus_reap(relay *r, int64_t now)
+{
+    bus_link *b = r->bus;
+    if (b->state != BUS_CLOSING || b->recv_pending || b->send_pending)
+        return;
+    b->recv_done = b->send_done = 0;
+    cluster_disconnected(r->cluster, b->why);
+    b->state = BUS_IDLE;
+    b->attempts++;
+    b->server = (b->server + 1) % r->bus_addr_count;
+    /* the whole list once quickly, then backing off */
+    if (b->attempts >= r->bus_addr_count)
+        b->backoff_ms = b->backoff_ms ? (b->backoff_ms * 2 > BUS_BACKOFF_MAX_MS ? BUS_BACKOFF_MAX_MS
+                                                                              : b->backoff_ms * 2)
+                                      : BUS_BACKOFF_MIN_MS;
+    b->next_attempt = now + (b->attempts >= r->bus_addr_count ? b->backoff_ms : 0);
+}
+
+static void bus_post_recv(relay *r)
+{
+    bus_link *b = r->bus;
+    WSABUF buf;
+    buf.buf = (char *)b->recv_buf;
+    buf.len = sizeof b->recv_buf;
+    b->recv_flags = 0;
+    memset(&b->recv_ov, 0, sizeof b->recv_ov);
+    b->recv_pending = 1;
+    if (WSARecv(b->sock, &buf, 1, NULL, &b->recv_flags, &b->recv_ov, on_bus_recv) != 0) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            b->recv_pending = 0;
+            bus_fail(r, "WSARecv", err);
+        }
+    }
+}
+
+static void bus_flush(relay *r)
+{
+    bus_link *b = r->bus;
+    const void *data;
+    size_t n;
+    if (b->state != BUS_OPEN || b->send_pending || !cluster_output(r->cluster, &data, &n))
+        return;
+    WSABUF buf;
+    buf.buf = (char *)data;
+    buf.len = n > MAX_SEND_BYTES ? MAX_SEND_BYTES : (ULONG)n;
+    memset(&b->send_ov, 0, sizeof b->send_ov);
+    b->send_pending = 1;
+    if (WSASend(b->sock, &buf, 1, NULL, 0, &b->send_ov, on_bus_send) != 0) {
+        int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            b->send_pending = 0;
+            bus_fail(r, "WSASend", err);
+        }
+    }
+}
+
+static void bus_connect(relay *r, int64_t now)
+{
+    bus_link *b = r->bus;
+    const struct sockaddr_storage *addr = &r->bus_addrs[b->server];
+    int len = addr->ss_family == AF_INET6 ? (int)sizeof(struct sockaddr_in6) : (int)sizeof(struct sockaddr_in);
+    SOCKET s = WSASocketW(addr->ss_family, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    if (s == INVALID_SOCKET) {
+        log_warn("cluster: WSASocket failed (error %d)", WSAGetLastError());
+        b->next_attempt = now + BUS_BACKOFF_MAX_MS;
+        return;
+    }
+    /* event-select makes the socket non-blocking: connect returns at once */
+    if (WSAEventSelect(s, b->connect_event, FD_CONNECT) != 0) {
+        log_warn("cluster: WSAEventSelect(FD_CONNECT) failed (error %d)", WSAGetLastError());
+        closesocket(s);
+        b->next_attempt = now + BUS_BACKOFF_MAX_MS;
+        return;
+    }
+    b->sock = s;
+    b->state = BUS_CONNECTING;
+    b->connect_deadline = now + BUS_CONNECT_TIMEOUT_MS;
+    if (connect(s, (const struct sockaddr *)addr, len) != 0) {
+        int err = WSAGetLastError();
+        if (err != WSAEWOULDBLOCK)
+            bus_fail(r, "connect", err);
+    }
+}
+
+/* The connect event fired: connected, or refused. */
+static void bus_on_connect_event(relay *r, int64_t now)
+{
+    bus_link *b = r->bus;
+    WSANETWORKEVENTS ne;
+    if (b->state != BUS_CONNECTING)
+        return;
+    if (WSAEnumNetworkEvents(b->sock, b->connect_event, &ne) != 0) {
+        bus_fail(r, "WSAEnumNetworkEvents", WSAGetLastError());
+        return;
+    }
+    if (!(ne.lNetworkEvents & FD_CONNECT))
+        return;
+    int err = ne.iErrorCode[FD_CONNECT_BIT];
+    if (err != 0) {
+        bus_fail(r, "connect", err);
+        return;
+    }
+    u_long blocking = 0;
+    BOOL nodelay = TRUE;
+    if (WSAEventSelect(b->sock, NULL, 0) != 0 || ioctlsocket(b->sock, FIONBIO, &blocking) != 0) {
+        bus_fail(r, "WSAEventSelect/ioctlsocket", WSAGetLastError());
+        return;
+    }
+    if (setsockopt(b->sock, IPPROTO_TCP, TCP_NODELAY, (const char *)&nodelay, sizeof nodelay) != 0)
+        log_warn("cluster: setsockopt(TCP_NODELAY) failed (error %d)", WSAGetLastError());
+    b->state = BUS_OPEN;
+    log_info("cluster: connected to %s:%u", r->opt.cluster[r->bus_url_of[b->server]].host,
+             (unsigned)r->opt.cluster[r->bus_url_of[b->server]].port);
+    cluster_connected(r->cluster, now);
+    bus_post_recv(r);
+}
+
+/* Turn step 2 for the bus: what its routines recorded. */
+static void bus_completions(relay *r, int64_t now)
+{
+    bus_link *b = r->bus;
+    if (b->send_done) {
+        b->send_done = 0;
+        if (b->state == BUS_OPEN) {
+            if (b->send_err != 0)
+                bus_fail(r, "send", (int)b->send_err);
+            else
+                cluster_output_sent(r->cluster, b->send_bytes);
+        }
+    }
+    if (b->recv_done) {
+        b->recv_done = 0;
+        if (b->state != BUS_OPEN) {
+            /* closing: dropped */
+        } else if (b->recv_err != 0) {
+            bus_fail(r, "receive", (int)b->recv_err);
+        } else if (b->recv_bytes == 0) {
+            bus_close(r, "the server closed the connection");
+        } else if (cluster_input(r->cluster, b->recv_buf, b->recv_bytes, now) != 0) {
+            log_warn("cluster: %s", cluster_error(r->cluster));
+            bus_close(r, "protocol error");
+        } else {
+            if (b->attempts) {
+                b->attempts = 0;
+                b->backoff_ms = 0;
+            }
+            bus_post_recv(r);
+        }
+    }
+    bus_reap(r, now);
+}
+
+/* After the hub's turn: timers, output, connecting.  Returns the wait. */
+static int bus_turn(relay *r, int64_t now)
+{
+    bus_link *b = r->bus;
+    int wait = -1, close_now = 0;
+    if (b->state == BUS_OPEN) {
+        wait = cluster_tick(r->cluster, now, &close_now);
+        if (close_now) {
+            log_warn("cluster: %s", cluster_error(r->cluster));
+            bus_close(r, cluster_error(r->cluster));
+        }
+    }
+    bus_flush(r);
+    if (b->state == BUS_CONNECTING && now >= b->connect_deadline)
+        bus_close(r, "no answer to connect within " "3 s");
+    bus_reap(r, now);
+    if (b->state == BUS_IDLE && !r->stopping) {
+        if (now >= b->next_attempt)
+            bus_connect(r, now);
+        else
+            wait = wait < 0 || b->next_attempt - now < wait ? (int)(b->next_attempt - now) : wait;
+    }
+    if (b->state == BUS_CONNECTING) {
+        int until = b->connect_deadline <= now ? 0 : (int)(b->connect_deadline - now);
+        wait = wait < 0 || until < wait ? until : wait;
+    }
+    return wait;
 }
 
 /* ---- accepting ---------------------------------------------------------- */
@@ -653,7 +930,10 @@ static void close_listeners(relay *r)
 /* The shell's side of a turn (core/turn.h owns the order). */
 static void shell_completions(void *ctx)
 {
-    process_completions(ctx);
+    relay *r = ctx;
+    process_completions(r);
+    if (r->bus)
+        bus_completions(r, now_ms());
 }
 
 static int64_t shell_now(void *ctx)
@@ -686,6 +966,11 @@ static int run_turn(relay *r)
     int64_t now;
     r->n_turns++;
     int wait = turn_run(r->hub, &shell, &now);
+    if (r->bus) {
+        int bus_wait = bus_turn(r, now);
+        if (bus_wait >= 0 && (wait < 0 || bus_wait < wait))
+            wait = bus_wait;
+    }
     /* Lingering sessions need a timer; cancelled ones are woken by their routines,
      * but the stuck-routine watchdog wants an occasional look. */
     for (uint32_t i = 0; i < r->closing_count; i++) {
@@ -702,12 +987,16 @@ static int run_turn(relay *r)
 
 static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, int *accept_ready, int *timed_out)
 {
-    HANDLE handles[1 + MAX_LISTENERS];
+    HANDLE handles[2 + MAX_LISTENERS];
     DWORD n = 0;
     handles[n++] = r->stop_event;
     if (accepting)
         for (int i = 0; i < r->listener_count; i++)
             handles[n++] = r->listen_events[i];
+    DWORD bus_index = n;
+    int bus_waits = r->bus && r->bus->state == BUS_CONNECTING;
+    if (bus_waits)
+        handles[n++] = r->bus->connect_event;
     DWORD rc = WaitForMultipleObjectsEx(n, handles, FALSE, timeout, TRUE);
     *stop = 0;
     *accept_ready = -1;
@@ -729,6 +1018,8 @@ static void alertable_wait(relay *r, DWORD timeout, int accepting, int *stop, in
     DWORD idx = rc - WAIT_OBJECT_0;
     if (idx == 0)
         *stop = 1;
+    else if (bus_waits && idx == bus_index)
+        bus_on_connect_event(r, now_ms());
     else if (idx < n)
         *accept_ready = (int)idx - 1;
     /* An object won the wait: queued completion routines have not run yet. */
@@ -776,6 +1067,28 @@ static void stop_sequence(relay *r)
                   (unsigned)r->closing_count, STOP_REAP_MS);
         r->io_outstanding = 1;
         r->exit_status = 1;
+    }
+    if (r->bus) {
+        /* The leave records go through the stream like any line: give them
+         * a bounded time to come back and be stored. */
+        int64_t bus_deadline = now_ms() + STOP_BUS_MS;
+        run_turn(r);
+        while (hub_held(r->hub) > 0 && r->bus->state == BUS_OPEN && now_ms() < bus_deadline) {
+            SleepEx(10, TRUE);
+            run_turn(r);
+        }
+        if (r->bus->state == BUS_OPEN || r->bus->state == BUS_CONNECTING)
+            bus_close(r, "stopping");
+        int64_t reap_deadline = now_ms() + STOP_REAP_MS;
+        while (r->bus->state == BUS_CLOSING && now_ms() < reap_deadline) {
+            SleepEx(10, TRUE);
+            bus_completions(r, now_ms());
+        }
+        if (r->bus->state == BUS_CLOSING) {
+            log_error("stopping: the cluster connection still had I/O outstanding; its memory is kept");
+            r->io_outstanding = 1;
+            r->exit_status = 1;
+        }
     }
     hub_final_commit(r->hub, now_ms());   /* the leave records, and anything still held */
     hub_stats st;
@@ -845,6 +1158,12 @@ static void relay_free(relay *r)
     close_listeners(r);
     if (r->hub)
         hub_destroy(r->hub);
+    cluster_destroy(r->cluster);
+    if (r->bus) {
+        if (r->bus->connect_event && r->bus->connect_event != WSA_INVALID_EVENT && !WSACloseEvent(r->bus->connect_event))
+            log_warn("WSACloseEvent(cluster) failed (error %d)", WSAGetLastError());
+        free(r->bus);
+    }
     if (r->db)
         history_close(r->db);
     if (r->stop_event && !CloseHandle(r->stop_event))
@@ -879,6 +1198,182 @@ static int open_history(relay *r)
         return -1;
     }
     log_info("history: %s", r->opt.db_path);
+    return 0;
+}
+
+/* ---- the cluster at start ------------------------------------------------ */
+
+static int bind_history(void *ctx, const char *stream, const char *created, char *err, size_t errlen)
+{
+    int rc = history_cluster_bind(ctx, stream, created, err, errlen);
+    if (rc == HISTORY_BUSY)
+        snprintf(err, errlen, "the history database is locked by another connection");
+    return rc == HISTORY_OK ? 0 : -1;
+}
+
+/* --cluster-credentials: "user=NAME" and "password=SECRET" lines, or
+ * "token=SECRET"; '#' starts a comment line.  A file, so that no secret is
+ * on a command line (which any local user can read) or in the log. */
+static int read_credentials(const char *path, char *user, char *pass, char *token, size_t cap)
+{
+    wchar_t wpath[OPTIONS_PATH_MAX];
+    if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, wpath, OPTIONS_PATH_MAX) == 0) {
+        log_error("cluster: --cluster-credentials: the path is not valid UTF-8 (error %lu)",
+                  (unsigned long)GetLastError());
+        return -1;
+    }
+    FILE *f = _wfopen(wpath, L"rb");
+    if (!f) {
+        log_error("cluster: --cluster-credentials: cannot open %s (errno %d)", path, errno);
+        return -1;
+    }
+    char line[512];
+    int lineno = 0, ok = 1;
+    while (ok && fgets(line, sizeof line, f)) {
+        lineno++;
+        size_t n = strlen(line);
+        if (n == sizeof line - 1 && line[n - 1] != '\n') {
+            log_error("cluster: %s line %d: longer than %d bytes", path, lineno, (int)sizeof line - 2);
+            ok = 0;
+            break;
+        }
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' '))
+            line[--n] = '\0';
+        if (n == 0 || line[0] == '#')
+            continue;
+        char *eq = strchr(line, '=');
+        char *dest = NULL;
+        if (eq) {
+            *eq = '\0';
+            dest = strcmp(line, "user") == 0 ? user : strcmp(line, "password") == 0 ? pass
+                   : strcmp(line, "token") == 0 ? token : NULL;
+        }
+        if (!dest || strlen(eq + 1) == 0 || strlen(eq + 1) >= cap) {
+            /* the value is never logged: it may be the secret */
+            log_error("cluster: %s line %d: expected user=NAME, password=SECRET or token=SECRET", path, lineno);
+            ok = 0;
+            break;
+        }
+        memcpy(dest, eq + 1, strlen(eq + 1) + 1);
+    }
+    if (ferror(f)) {
+        log_error("cluster: cannot read %s (errno %d)", path, errno);
+        ok = 0;
+    }
+    fclose(f);
+    if (ok && ((user[0] != 0) != (pass[0] != 0) || (token[0] && user[0]))) {
+        log_error("cluster: %s: give user= and password= together, or token= alone", path);
+        ok = 0;
+    }
+    return ok ? 0 : -1;
+}
+
+/* The computer name as a node name: the characters a node name allows. */
+static void default_node(char *out, size_t cap)
+{
+    char name[MAX_COMPUTERNAME_LENGTH + 1];
+    DWORD n = sizeof name;
+    size_t k = 0;
+    if (!GetComputerNameA(name, &n)) {
+        log_warn("cluster: GetComputerName failed (error %lu); the node is called 'node'",
+                 (unsigned long)GetLastError());
+        n = 0;
+    }
+    for (DWORD i = 0; i < n && k + 1 < cap && k < OPTIONS_NODE_MAX; i++) {
+        char c = name[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-')
+            out[k++] = c;
+    }
+    if (k == 0)
+        memcpy(out, "node", 5);
+    else
+        out[k] = '\0';
+}
+
+static int open_cluster(relay *r)
+{
+    if (r->opt.cluster_count == 0)
+        return 0;
+    if (!r->db) {
+        log_error("cluster: --cluster needs the history (every node keeps all of it): drop --no-history");
+        return -1;
+    }
+    if (r->opt.node[0])
+        memcpy(r->node, r->opt.node, sizeof r->node);
+    else
+        default_node(r->node, sizeof r->node);
+    char user[256] = "", pass[256] = "", token[256] = "";
+    if (r->opt.cluster_credentials[0] &&
+        read_credentials(r->opt.cluster_credentials, user, pass, token, sizeof user) != 0)
+        return -1;
+    /* Resolved once, here: getaddrinfo may block on DNS, which the I/O
+     * thread must never do. */
+    for (int i = 0; i < r->opt.cluster_count; i++) {
+        char port[8];
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_protocol = IPPROTO_TCP;
+        snprintf(port, sizeof port, "%u", (unsigned)r->opt.cluster[i].port);
+        int rc = getaddrinfo(r->opt.cluster[i].host, port, &hints, &res);
+        if (rc != 0) {
+            log_error("cluster: cannot resolve %s (getaddrinfo error %d)", r->opt.cluster[i].host, rc);
+            return -1;
+        }
+        int taken = 0;
+        for (struct addrinfo *a = res; a && taken < 2; a = a->ai_next) {
+            if ((a->ai_family != AF_INET && a->ai_family != AF_INET6) || a->ai_addrlen > sizeof r->bus_addrs[0])
+                continue;
+            memcpy(&r->bus_addrs[r->bus_addr_count], a->ai_addr, a->ai_addrlen);
+            r->bus_url_of[r->bus_addr_count++] = i;
+            taken++;
+        }
+        freeaddrinfo(res);
+        if (taken == 0) {
+            log_error("cluster: %s has no IPv4 or IPv6 address", r->opt.cluster[i].host);
+            return -1;
+        }
+    }
+    int bound = 0;
+    char stream[64] = "", created[64] = "";
+    uint64_t applied = 0;
+    if (history_cluster_state(r->db, &bound, stream, sizeof stream, created, sizeof created, &applied) != HISTORY_OK) {
+        log_error("cluster: cannot read the history's cluster state: %s", history_errmsg(r->db));
+        return -1;
+    }
+    if (bound && strcmp(stream, CLUSTER_STREAM) != 0) {
+        log_error("cluster: the history database belongs to stream %s, not " CLUSTER_STREAM, stream);
+        return -1;
+    }
+    cluster_config cc;
+    memset(&cc, 0, sizeof cc);
+    cc.node = r->node;
+    cc.user = user[0] ? user : NULL;
+    cc.pass = pass[0] ? pass : NULL;
+    cc.token = token[0] ? token : NULL;
+    cc.applied_seq = applied;
+    cc.epoch = clock_wall_ms();
+    cc.bind = bind_history;
+    cc.ctx = r->db;
+    r->cluster = cluster_create(&cc);
+    memset(user, 0, sizeof user);
+    memset(pass, 0, sizeof pass);
+    memset(token, 0, sizeof token);
+    r->bus = calloc(1, sizeof *r->bus);
+    if (!r->cluster || !r->bus) {
+        log_error("cluster: out of memory");
+        return -1;
+    }
+    r->bus->owner = r;
+    r->bus->sock = INVALID_SOCKET;
+    r->bus->connect_event = WSACreateEvent();
+    if (r->bus->connect_event == WSA_INVALID_EVENT) {
+        log_error("cluster: WSACreateEvent failed (error %d)", WSAGetLastError());
+        return -1;
+    }
+    log_info("cluster: node %s, %d server(s), history applied up to stream sequence %llu%s", r->node,
+             r->opt.cluster_count, (unsigned long long)applied, bound ? "" : " (not yet bound to the stream)");
     return 0;
 }
 
@@ -920,11 +1415,17 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
         relay_free(r);
         return RELAY_ERR_DATABASE;
     }
+    if (open_cluster(r) != 0) {
+        relay_free(r);
+        return RELAY_ERR_OPTIONS;
+    }
     if (progress)
         progress(ctx);
 
     hub_config hc;
     hub_config_from_options(&hc, &r->opt, r->db);
+    hc.cluster = r->cluster;
+    hc.node = r->node;
     r->hub = hub_create(&hc);
     if (!r->hub) {
         log_error("out of memory creating the hub for %u sessions", (unsigned)max);

@@ -66,7 +66,7 @@ static int feed_delivery(cluster *c, unsigned seq, const char *id, const char *p
 {
     char hdr[256], buf[4096];
     snprintf(hdr, sizeof hdr, "NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n", id);
-    snprintf(buf, sizeof buf, "HMSG _INBOX.chatrelay.n1.1000.pull 1 $JS.ACK.CHATRELAY.abc.1.%u.%u.1796133692248201832.0 %u %u\r\n%s%s\r\n",
+    snprintf(buf, sizeof buf, "HMSG chatrelay.chat 1 $JS.ACK.CHATRELAY.abc.1.%u.%u.1796133692248201832.0 %u %u\r\n%s%s\r\n",
              seq, seq, (unsigned)strlen(hdr), (unsigned)(strlen(hdr) + strlen(payload)), hdr, payload);
     return feed(c, buf);
 }
