@@ -420,3 +420,440 @@ class NatsClient:
             raise JetStreamError("publish to %s" % subject, ack)
         return ack
 
+
+# ---- the servers ----------------------------------------------------------------------------
+
+def nats_server_binary():
+    for path in (shutil.which("nats-server"), "/usr/sbin/nats-server", "/usr/bin/nats-server"):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise TestFailure("nats-server is not installed (scripts/setup installs Debian's nats-server)")
+
+
+_LIVE = []      # clusters not closed yet, killed at exit whatever the test did
+DIR_TAG = "chatrelay-nats-"     # + owner pid + "-": the folder of every cluster
+
+
+@atexit.register
+def _close_all():
+    for c in list(_LIVE):
+        c.close()
+
+
+def sweep_leftovers():
+    """Kills the nats-servers, and removes the folders, of clusters whose test process is gone.
+    atexit does not run when a test is killed (a ctest timeout kills with SIGKILL), and the
+    servers run in sessions of their own, so they would outlive it and keep their ports; the
+    next cluster made on this machine cleans up after it.  A cluster is recognised by its
+    folder, <tmp>/chatrelay-nats-<owner pid>-*, in the server's command line."""
+    tmp = tempfile.gettempdir()
+    marker = os.path.join(tmp, DIR_TAG)
+
+    def owner_gone(path):
+        try:
+            owner = int(path[len(marker):].split("-", 1)[0])
+        except ValueError:
+            return False
+        try:
+            os.kill(owner, 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False        # alive, another user's
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != "nats-server":
+            continue
+        if any(a.startswith(marker) and owner_gone(a) for a in argv):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+    for entry in os.listdir(tmp):
+        path = os.path.join(tmp, entry)
+        if entry.startswith(DIR_TAG) and owner_gone(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class NatsCluster:
+    """n nats-server processes on 127.0.0.1, JetStream on, one config file, store and log per
+    node under one temporary folder; for n > 1 a cluster (routes to every other node, a
+    server_name per node: n0, n1, ...).  Ports are chosen once and kept across restarts, so a
+    restarted node comes back where the relays and the other servers expect it.
+
+    Ready means: every running node answers $JS.API.INFO and sees a JetStream meta leader (a
+    $JS.API.STREAM.INFO for a stream that does not exist gets "stream not found", which only
+    the meta leader says; without one the servers answer 503 or nothing).  start() also
+    creates and deletes an R<n> probe stream, so every node has joined the meta group."""
+
+    PROBE = "NATS_HARNESS_PROBE"
+
+    def __init__(self, n=3, name="chatrelay-e2e", workdir=None, monitor=True):
+        self.n = n
+        self.name = name
+        self.own_dir = workdir is None
+        if workdir is None:
+            sweep_leftovers()
+        self.dir = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="%s%d-" % (DIR_TAG, os.getpid()))
+        self.monitor = monitor
+        self.exe = nats_server_binary()
+        self.procs = [None] * n
+        self.logfs = [None] * n
+        self.starts = [0] * n
+        self._choose_ports()
+        _LIVE.append(self)
+
+    # -- files --
+
+    def node_name(self, i):
+        return "n%d" % i
+
+    def node_dir(self, i):
+        return os.path.join(self.dir, self.node_name(i))
+
+    def conf_path(self, i):
+        return os.path.join(self.node_dir(i), "nats.conf")
+
+    def log_path(self, i):
+        return os.path.join(self.node_dir(i), "nats.log")
+
+    def store_dir(self, i):
+        return os.path.join(self.node_dir(i), "store")
+
+    def _choose_ports(self):
+        taken = set()
+
+        def pick():
+            while True:
+                p = free_port()
+                if p not in taken:
+                    taken.add(p)
+                    return p
+        self.client_ports = [pick() for _ in range(self.n)]
+        self.cluster_ports = [pick() for _ in range(self.n)] if self.n > 1 else []
+        self.http_ports = [pick() for _ in range(self.n)] if self.monitor else []
+
+    def config(self, i):
+        """The text of node i's config file."""
+        out = ['server_name: "%s"' % self.node_name(i),
+               'listen: "127.0.0.1:%d"' % self.client_ports[i]]
+        if self.monitor:
+            out.append('http: "127.0.0.1:%d"' % self.http_ports[i])
+        out += ["logtime: true",
+                "jetstream {",
+                '  store_dir: "%s"' % self.store_dir(i),
+                "  max_memory_store: 64MB",
+                "  max_file_store: 1GB",
+                "}"]
+        if self.n > 1:
+            routes = ", ".join('"nats://127.0.0.1:%d"' % p for j, p in enumerate(self.cluster_ports) if j != i)
+            out += ["cluster {",
+                    '  name: "%s"' % self.name,
+                    '  listen: "127.0.0.1:%d"' % self.cluster_ports[i],
+                    "  routes: [%s]" % routes,
+                    "}"]
+        return "\n".join(out) + "\n"
+
+    def _write_configs(self):
+        for i in range(self.n):
+            os.makedirs(self.store_dir(i), exist_ok=True)
+            with open(self.conf_path(i), "w") as f:
+                f.write(self.config(i))
+
+    def urls(self):
+        return ["nats://127.0.0.1:%d" % p for p in self.client_ports]
+
+    def url(self, i):
+        return self.urls()[i]
+
+    def log(self, i):
+        try:
+            with open(self.log_path(i), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, i, lines=30):
+        return "\n".join(self.log(i).splitlines()[-lines:])
+
+    def describe(self, i, lines=30):
+        """Node i's config and the end of its log, for a failure message."""
+        return "--- node %s (%s) config %s:\n%s--- last lines of %s:\n%s" % (
+            self.node_name(i), "running" if self.running(i) else "not running", self.conf_path(i),
+            self.config(i), self.log_path(i), self.log_tail(i, lines))
+
+    def _fail(self, msg, nodes=None):
+        nodes = range(self.n) if nodes is None else nodes
+        return TestFailure(msg + "\n" + "\n".join(self.describe(i) for i in nodes))
+
+    # -- processes --
+
+    def running(self, i):
+        return self.procs[i] is not None and self.procs[i].poll() is None
+
+    def pid(self, i):
+        return self.procs[i].pid if self.running(i) else None
+
+    def _spawn(self, i):
+        if self.running(i):
+            raise TestFailure("node %s is already running" % self.node_name(i))
+        self.logfs[i] = open(self.log_path(i), "ab")
+        self.starts[i] += 1
+        self.logfs[i].write(("=== harness: start %d of %s\n" % (self.starts[i], self.node_name(i))).encode())
+        self.logfs[i].flush()
+        self.procs[i] = subprocess.Popen([self.exe, "-c", self.conf_path(i)], stdin=subprocess.DEVNULL,
+                                         stdout=self.logfs[i], stderr=self.logfs[i], start_new_session=True)
+
+    def _this_start_log(self, i):
+        text = self.log(i)
+        marker = "=== harness: start %d of %s\n" % (self.starts[i], self.node_name(i))
+        return text[text.rfind(marker):]
+
+    def _wait_listening(self, i, deadline):
+        """Until this start of node i logged "Server is ready"; a node that exited is a failure."""
+        while "Server is ready" not in self._this_start_log(i):
+            if not self.running(i):
+                raise self._fail("nats-server %s exited with %s before it was ready"
+                                 % (self.node_name(i), self.procs[i].returncode), [i])
+            if _left(deadline) <= 0:
+                raise self._fail("nats-server %s not ready (no \"Server is ready\" in its log) in time"
+                                 % self.node_name(i), [i])
+            time.sleep(0.02)
+
+    def _port_in_use(self, i):
+        return "address already in use" in self._this_start_log(i)
+
+    def start(self, timeout=30.0):
+        """Starts every node and waits until the cluster is ready (see the class comment).
+        Ports taken by another process before a node bound them are chosen anew (first start
+        only: later starts must keep them)."""
+        if any(self.starts):
+            raise TestFailure("NatsCluster.start is for the first start; use start_node(i)")
+        deadline = _deadline(timeout)
+        for attempt in range(5):
+            self._write_configs()
+            for i in range(self.n):
+                self._spawn(i)
+            try:
+                for i in range(self.n):
+                    self._wait_listening(i, deadline)
+                break
+            except TestFailure:
+                if attempt == 4 or not any(self._port_in_use(i) for i in range(self.n)):
+                    raise
+                for i in range(self.n):
+                    self.kill(i)
+                self._choose_ports()
+        self.wait_ready(deadline=deadline)
+        if self.n > 1:
+            self._probe_stream(deadline)
+        return self
+
+    def _probe_stream(self, deadline):
+        """Creating an R<n> stream succeeds only once the meta leader counts n JetStream peers
+        (before that: "insufficient resources"); deleting it leaves the account empty."""
+        last = None
+        with NatsClient(self.url(0), name="harness-probe", timeout=max(_left(deadline), 1)) as c:
+            while _left(deadline) > 0:
+                try:
+                    c.stream_create(self.PROBE, [self.PROBE.lower()], replicas=self.n,
+                                    timeout=max(min(_left(deadline), 5.0), 0.1))
+                    c.stream_delete(self.PROBE, timeout=max(min(_left(deadline), 5.0), 0.1))
+                    return
+                except NatsError as e:
+                    last = e
+                    time.sleep(0.1)     # the meta leader learns of peers on its own: poll it
+        raise self._fail("JetStream in cluster %s never took an R%d stream: %s" % (self.name, self.n, last))
+
+    def wait_ready(self, nodes=None, timeout=30.0, deadline=None):
+        """Until every node in nodes (default: every running one) answers $JS.API.INFO and sees a
+        meta leader."""
+        deadline = deadline if deadline is not None else _deadline(timeout)
+        nodes = [i for i in range(self.n) if self.running(i)] if nodes is None else list(nodes)
+        for i in nodes:
+            self._wait_node_ready(i, deadline)
+
+    def _wait_node_ready(self, i, deadline):
+        last = "no attempt"
+        while True:
+            if not self.running(i):
+                raise self._fail("nats-server %s exited with %s" % (self.node_name(i), self.procs[i].returncode), [i])
+            left = _left(deadline)
+            if left <= 0:
+                raise self._fail("JetStream on %s not ready in time: %s" % (self.node_name(i), last))
+            try:
+                with NatsClient(self.url(i), name="harness-ready", timeout=min(left, 5.0)) as c:
+                    c.account_info(timeout=max(min(_left(deadline), 2.0), 0.1))
+                    if self.n == 1:
+                        return
+                    try:
+                        c.stream_info(self.PROBE + "_ABSENT", timeout=max(min(_left(deadline), 2.0), 0.1))
+                        last = "a stream that should not exist exists"
+                    except JetStreamError as e:
+                        last = str(e)
+                        # "stream not found" comes from the meta leader alone; that it answers
+                        # through this node says a route reaches it, and the node's own view
+                        # (its /jsz) says the node itself follows it.
+                        if e.err_code == 10059:
+                            if not self.monitor:
+                                return
+                            leader = self.meta_leader(i)
+                            if leader is not None:
+                                return
+                            last = "node's /jsz names no meta leader yet"
+            except (NatsError, OSError) as e:
+                last = str(e)
+            time.sleep(0.1)     # a failed check is retried; each try itself waits for its reply
+
+    def stop(self, i, timeout=20.0):
+        """SIGTERM and wait for the exit; returns its code.  nats-server 2.9.10 shuts down
+        cleanly on it ("Initiating Shutdown...", "Server Exiting..") and exits with 1 (with 0
+        on SIGINT): stopped_cleanly(i) tells a clean stop from a crash."""
+        p = self.procs[i]
+        if p is None or p.poll() is not None:
+            return p.returncode if p else None
+        p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(i)
+            raise self._fail("nats-server %s did not exit within %.0f s of SIGTERM" % (self.node_name(i), timeout), [i])
+        self.logfs[i].close()
+        return rc
+
+    def stopped_cleanly(self, i):
+        """Node i is not running and its last start ended with a clean shutdown."""
+        return not self.running(i) and "Server Exiting.." in self._this_start_log(i)
+
+    def kill(self, i):
+        """SIGKILL: no goodbye to the routes, no store flush."""
+        p = self.procs[i]
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        if self.logfs[i] is not None:
+            self.logfs[i].close()
+
+    def start_node(self, i, timeout=30.0):
+        """Restarts node i with the same config, ports and store, and waits until it is ready
+        (it answers $JS.API.INFO and sees a meta leader: a quorum of nodes must be up)."""
+        deadline = _deadline(timeout)
+        self._spawn(i)
+        self._wait_listening(i, deadline)
+        self._wait_node_ready(i, deadline)
+        return self
+
+    def close(self):
+        for i in range(self.n):
+            self.kill(i)
+        if self.own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if self in _LIVE:
+            _LIVE.remove(self)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- looking inside --
+
+    def client(self, i, name="chatrelay-e2e", timeout=10.0):
+        return NatsClient(self.url(i), name=name, timeout=timeout)
+
+    def monitor_json(self, i, path):
+        """GET http://127.0.0.1:<http port><path> of node i (/varz, /jsz, /routez, /healthz)."""
+        import urllib.request
+        if not self.monitor:
+            raise TestFailure("this cluster was made with monitor=False")
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.http_ports[i], path), timeout=5) as r:
+            return json.loads(r.read().decode("utf-8"))
+
+    def meta_leader(self, i):
+        """The index of the JetStream meta leader as node i sees it (its /jsz), None if none."""
+        leader = self.monitor_json(i, "/jsz").get("meta_cluster", {}).get("leader")
+        return self._index(leader) if leader else None
+
+    def _index(self, server_name):
+        try:
+            return [self.node_name(j) for j in range(self.n)].index(server_name)
+        except ValueError:
+            raise TestFailure("server name %r is not one of this cluster's" % server_name)
+
+    def _stream_cluster(self, stream, deadline, via=None):
+        """The "cluster" part of the stream's info (asked through node via, or any running
+        node), once a running node answers as its leader: (leader index, info)."""
+        last = "no attempt"
+        while _left(deadline) > 0:
+            for i in ([via] if via is not None else [j for j in range(self.n) if self.running(j)]):
+                try:
+                    with NatsClient(self.url(i), name="harness-leader", timeout=min(max(_left(deadline), 0.1), 5)) as c:
+                        info = c.stream_info(stream, timeout=min(max(_left(deadline), 0.1), 2.0))
+                    leader = info.get("cluster", {}).get("leader")
+                    # A leader that lost its quorum keeps saying it leads until it notices (10 to
+                    # 20 s): a node we stopped is never taken for the leader.
+                    if leader and self.running(self._index(leader)):
+                        return self._index(leader), info
+                    last = "no running leader in %s" % info.get("cluster")
+                except NatsError as e:
+                    last = str(e)
+            time.sleep(0.1)     # an election is under way: ask again
+        raise self._fail("stream %s: no leader: %s" % (stream, last))
+
+    def stream_leader(self, stream, via=None, timeout=30.0):
+        """The index of the running node that leads stream, once there is one."""
+        return self._stream_cluster(stream, _deadline(timeout), via)[0]
+
+    def wait_stream_current(self, stream, i, timeout=30.0):
+        """Until node i leads stream or its leader lists node i's replica as current with no
+        lag (a restarted node has caught up).  Returns the stream's info."""
+        deadline = _deadline(timeout)
+        last = None
+        while _left(deadline) > 0:
+            leader, info = self._stream_cluster(stream, deadline)
+            if leader == i:
+                return info
+            for r in info["cluster"].get("replicas", []):
+                if r.get("name") == self.node_name(i) and r.get("current") and not r.get("lag"):
+                    return info
+            last = info["cluster"]
+            time.sleep(0.1)     # catching up: ask again
+        raise self._fail("stream %s: node %s not current after %.0f s: %s" % (stream, self.node_name(i), timeout, last))
+
+    def move_stream_leader(self, stream, i, timeout=30.0):
+        """Makes node i the stream's leader by asking the leader to step down until the
+        election picks i (2.9 takes no preferred successor).  Node i must be current."""
+        deadline = _deadline(timeout)
+        while True:
+            leader, _ = self._stream_cluster(stream, deadline)
+            if leader == i:
+                return
+            if _left(deadline) <= 0:
+                raise self._fail("stream %s: node %s never became its leader" % (stream, self.node_name(i)))
+            with NatsClient(self.url(leader), name="harness-stepdown", timeout=5) as c:
+                try:
+                    c.js_api("STREAM.LEADER.STEPDOWN." + stream, timeout=5)
+                except NatsError:
+                    pass        # an election was already running: look again
+            # The old leader answers as leader until the new one is elected; a stepdown that
+            # did not take (no current follower yet) is asked again after a while.
+            step = min(deadline, _deadline(10.0))
+            while _left(step) > 0:
+                try:
+                    if self._stream_cluster(stream, step)[0] != leader:
+                        break
+                except TestFailure:
+                    break
+                time.sleep(0.05)
