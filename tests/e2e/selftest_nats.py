@@ -193,9 +193,11 @@ def _probe(cl, what, timeout, unacked):
     try:
         if what == "publish":
             msg_id = "probe-%.6f" % time.time()
-            unacked.append(msg_id)
-            r = cl.publish_js(SUBJECT, b"probe", msg_id=msg_id, timeout=timeout)
-            unacked.pop()
+            try:
+                r = cl.publish_js(SUBJECT, b"probe", msg_id=msg_id, timeout=timeout)
+            except NatsTimeout:
+                unacked.append(msg_id)
+                raise
             return "PubAck seq %d" % r["seq"]
         if what == "JS.API.INFO":
             cl.account_info(timeout=timeout)
@@ -216,7 +218,8 @@ def _probe(cl, what, timeout, unacked):
 
 def _timeline(c, via, whats, seconds, until=None, timeout=1.0):
     """Asks each of whats through node via over and over; prints each change with its time.
-    Returns the Nats-Msg-Ids of the publishes that got no PubAck."""
+    Returns the Nats-Msg-Ids of the publishes that got no reply at all (a 503 is not a
+    proposal: nobody took the message)."""
     t0 = time.monotonic()
     last = {}
     unacked = []
@@ -259,6 +262,20 @@ def facts():
         c.start_node(meta)
         c.wait_stream_current("CHAT", meta)
 
+        leader = c.stream_leader("CHAT")
+        if c.meta_leader(leader) != leader:
+            # one node leading both, so that one SIGTERM shows both hand-overs
+            c.move_stream_leader("CHAT", c.meta_leader(leader))
+            leader = c.stream_leader("CHAT")
+        via = (leader + 1) % 3
+        print("SIGTERM the stream and meta leader n%d, asking through n%d:" % (leader, via))
+        c.stop(leader)
+        _timeline(c, via, whats, 30, until=lambda l: l["publish"].startswith("PubAck")
+                  and l["STREAM.INFO absent"].startswith("error 404"))
+        print("  meta leader now n%d" % c.meta_leader(via))
+        c.start_node(leader)
+        c.wait_stream_current("CHAT", leader)
+
         keep = c.stream_leader("CHAT")
         others = [i for i in range(3) if i != keep]
         print("SIGTERM n%d and n%d, keeping the stream leader n%d (meta leader n%d), asking through it:"
@@ -274,7 +291,7 @@ def facts():
         c.wait_ready()
         with c.client(keep) as cl:
             ids = msg_ids(cl, "CHAT", 1, cl.stream_info("CHAT")["state"]["last_seq"])
-        print("  of the %d publishes without a PubAck while n%d was alone, %d are in the stream now"
+        print("  of the %d publishes without a reply while n%d was alone, %d are in the stream now"
               " (stream leader now n%d)" % (len(unacked), keep, sum(1 for i in unacked if i in ids),
                                            c.stream_leader("CHAT")))
 
