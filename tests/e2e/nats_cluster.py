@@ -12,6 +12,24 @@ Every wait is for an event (a reply, a PONG, a log line, a process exit) with a 
 timeout raises a TestFailure (NatsTimeout) naming what was awaited.  Errors from the server
 arrive as exceptions that keep what it said: NatsStatusError (a status-only reply such as
 503 no responders), JetStreamError (an API reply carrying {"error": ...}).
+
+What nats-server 2.9.10 (Debian's) does that the cluster tests must expect, seen with
+`python3 tests/e2e/selftest_nats.py --facts` (3 nodes, an R3 stream, loopback):
+- kill -9 of a stream's leader: publishes through a survivor get 503 (no responders: only a
+  leader subscribes to the stream's subjects) until a new leader is elected, 4-8 s later (raft
+  election timeout 4-9 s); STREAM.INFO of that stream gets no reply meanwhile.  kill -9 of the
+  meta leader leaves publishes alone; the API calls only the meta leader answers ($JS.API.INFO,
+  STREAM.INFO of an absent stream, STREAM.CREATE) get no reply for 4-6 s.
+- SIGTERM of a leader (stream and meta) hands leadership over: no publish fails.  The process
+  exits with 1 on SIGTERM, 0 on SIGINT, both clean ("Server Exiting..").
+- two of three stopped: through the survivor, if it led the stream, a publish gets NO reply
+  (it is proposed, not committed) until the leader notices the lost quorum, 10-20 s, then 503;
+  STREAM.INFO keeps answering, leader=itself, then leader=None.  A survivor that did not lead
+  answers 503 at once.  The meta API answers 503 err_code 10008 ("JetStream system
+  temporarily unavailable") once the survivor's meta group has been leaderless for 10 s.
+- a publish that got no reply may still be stored when the quorum comes back (the old leader
+  won the election and committed its entries) or may be lost (another won): only a retry with
+  the same Nats-Msg-Id, within the duplicate window, makes the outcome known.
 """
 import atexit
 import base64
@@ -624,8 +642,7 @@ class NatsCluster:
                 raise self._fail("nats-server %s exited with %s before it was ready"
                                  % (self.node_name(i), self.procs[i].returncode), [i])
             if _left(deadline) <= 0:
-                raise self._fail("nats-server %s not ready (no \"Server is ready\" in its log) in time"
-                                 % self.node_name(i), [i])
+                raise self._fail("nats-server %s did not log \"Server is ready\" in time" % self.node_name(i), [i])
             time.sleep(0.02)
 
     def _port_in_use(self, i):
@@ -643,18 +660,22 @@ class NatsCluster:
             for i in range(self.n):
                 self._spawn(i)
             try:
+                # A port is bound after "Server is ready" too (the route port): a node that
+                # exits because one was taken is seen by the readiness checks, which ask
+                # for every node, not only the running ones.
                 for i in range(self.n):
                     self._wait_listening(i, deadline)
+                self.wait_ready(nodes=range(self.n), deadline=deadline, timeout=timeout)
+                if self.n > 1:
+                    self._probe_stream(deadline)
                 break
             except TestFailure:
                 if attempt == 4 or not any(self._port_in_use(i) for i in range(self.n)):
                     raise
                 for i in range(self.n):
                     self.kill(i)
+                    shutil.rmtree(self.store_dir(i), ignore_errors=True)   # nothing of a cluster that never met
                 self._choose_ports()
-        self.wait_ready(deadline=deadline)
-        if self.n > 1:
-            self._probe_stream(deadline)
         return self
 
     def _probe_stream(self, deadline):
@@ -663,6 +684,9 @@ class NatsCluster:
         last = None
         with NatsClient(self.url(0), name="harness-probe", timeout=max(_left(deadline), 1)) as c:
             while _left(deadline) > 0:
+                for i in range(self.n):
+                    if not self.running(i):
+                        raise self._fail("nats-server %s exited with %s" % (self.node_name(i), self.procs[i].returncode), [i])
                 try:
                     c.stream_create(self.PROBE, [self.PROBE.lower()], replicas=self.n,
                                     timeout=max(min(_left(deadline), 5.0), 0.1))
@@ -671,7 +695,8 @@ class NatsCluster:
                 except NatsError as e:
                     last = e
                     time.sleep(0.1)     # the meta leader learns of peers on its own: poll it
-        raise self._fail("JetStream in cluster %s never took an R%d stream: %s" % (self.name, self.n, last))
+        raise self._fail("JetStream in cluster %s took no R%d stream before the start's timeout: %s"
+                         % (self.name, self.n, last))
 
     def wait_ready(self, nodes=None, timeout=30.0, deadline=None):
         """Until every node in nodes (default: every running one) answers $JS.API.INFO and sees a
@@ -679,16 +704,17 @@ class NatsCluster:
         deadline = deadline if deadline is not None else _deadline(timeout)
         nodes = [i for i in range(self.n) if self.running(i)] if nodes is None else list(nodes)
         for i in nodes:
-            self._wait_node_ready(i, deadline)
+            self._wait_node_ready(i, deadline, timeout)
 
-    def _wait_node_ready(self, i, deadline):
+    def _wait_node_ready(self, i, deadline, timeout):
         last = "no attempt"
         while True:
             if not self.running(i):
                 raise self._fail("nats-server %s exited with %s" % (self.node_name(i), self.procs[i].returncode), [i])
             left = _left(deadline)
             if left <= 0:
-                raise self._fail("JetStream on %s not ready in time: %s" % (self.node_name(i), last))
+                raise self._fail("JetStream on %s not ready within %.0f s; last check: %s"
+                                 % (self.node_name(i), timeout, last))
             try:
                 with NatsClient(self.url(i), name="harness-ready", timeout=min(left, 5.0)) as c:
                     c.account_info(timeout=max(min(_left(deadline), 2.0), 0.1))
@@ -751,7 +777,7 @@ class NatsCluster:
         deadline = _deadline(timeout)
         self._spawn(i)
         self._wait_listening(i, deadline)
-        self._wait_node_ready(i, deadline)
+        self._wait_node_ready(i, deadline, timeout)
         return self
 
     def close(self):
