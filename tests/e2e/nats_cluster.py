@@ -473,12 +473,13 @@ def sweep_leftovers():
         except ValueError:
             return False
         try:
-            os.kill(owner, 0)
-            return False
-        except ProcessLookupError:
+            with open("/proc/%d/stat" % owner) as f:
+                # a killed owner stays a zombie until its parent reaps it
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
             return True
-        except PermissionError:
-            return False        # alive, another user's
+        except (OSError, IndexError):
+            return False
 
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
