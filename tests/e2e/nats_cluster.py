@@ -687,7 +687,8 @@ class NatsCluster:
             while _left(deadline) > 0:
                 for i in range(self.n):
                     if not self.running(i):
-                        raise self._fail("nats-server %s exited with %s" % (self.node_name(i), self.procs[i].returncode), [i])
+                        raise self._fail("nats-server %s exited with %s"
+                                         % (self.node_name(i), self.procs[i].returncode), [i])
                 try:
                     c.stream_create(self.PROBE, [self.PROBE.lower()], replicas=self.n,
                                     timeout=max(min(_left(deadline), 5.0), 0.1))

@@ -12,8 +12,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import TestFailure, check                                    # noqa: E402
-from nats_cluster import (NatsCluster, NatsError, NatsStatusError, NatsTimeout,  # noqa: E402
+from harness import TestFailure, check                                # noqa: E402
+from nats_cluster import (NatsCluster, NatsStatusError, NatsTimeout,  # noqa: E402
                           JetStreamError)
 
 SUBJECT = "chatrelay.chat"
