@@ -854,14 +854,26 @@ chat *chat_create(const chat_config *cfg, uint32_t max_slots)
     uint32_t buckets = 16;
     if (!cfg || max_slots == 0 || max_slots >= UINT32_MAX / 4)
         return NULL;
-    while (buckets < max_slots * 2u)
+    uint32_t remote = cfg->remote_slots;
+    if (remote >= UINT32_MAX / 4 - max_slots)
+        return NULL;
+    uint32_t total = max_slots + remote;
+    while (buckets < total * 2u)
         buckets *= 2;
     chat *c = (chat *)calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->room_cap = max_slots + 1;
     c->member_cap = max_slots;
-    c->sessions = (session *)calloc(max_slots, sizeof *c->sessions);
+    c->sessions = (session *)calloc(total, sizeof *c->sessions);
+    c->remote_slots = remote;
+    c->remote_free = remote ? (uint32_t *)malloc(sizeof *c->remote_free * remote) : NULL;
+    if (remote && !c->remote_free) {
+        chat_destroy(c);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < remote; i++)
+        c->remote_free[c->remote_free_count++] = total - 1 - i;
     c->rooms = (room *)calloc(c->room_cap, sizeof *c->rooms);
     c->members = (member *)calloc(c->member_cap, sizeof *c->members);
     c->nick_buckets = (uint32_t *)malloc((size_t)buckets * sizeof *c->nick_buckets);
@@ -891,7 +903,7 @@ chat *chat_create(const chat_config *cfg, uint32_t max_slots)
                    ((uint64_t)clock() << 32);
     for (uint32_t i = 0; i < buckets; i++)
         c->nick_buckets[i] = c->room_buckets[i] = NONE;
-    for (uint32_t i = 0; i < max_slots; i++) {
+    for (uint32_t i = 0; i < total; i++) {
         session *s = &c->sessions[i];
         s->first_member = s->nick_next = NONE;
     }
@@ -918,6 +930,7 @@ void chat_destroy(chat *c)
     for (uint32_t i = 0; i < c->topic_count; i++)
         free(c->topics[i].text);
     free(c->topics);
+    free(c->remote_free);
     free(c->sessions);
     free(c->rooms);
     free(c->members);
@@ -936,6 +949,23 @@ size_t chat_effects(const chat *c, const chat_effect **out)
     if (out)
         *out = c->effects;
     return c->effect_count;
+}
+
+/* guest<conn_id>, or guest<conn_id>-2, -3... if someone took it with /nick
+ * (from -2 on when first is 0).  At most max_slots + remote_slots names
+ * exist, so this ends; the longest is 5+10+1+10 chars. */
+static size_t guest_nick(const chat *c, uint32_t conn_id, int first, char nick[CHAT_NAME_MAX + 1])
+{
+    memcpy(nick, "guest", 5);
+    size_t base_len = 5 + chat_format_u64(nick + 5, conn_id);
+    size_t nick_len = base_len;
+    for (uint32_t suffix = 2; !first || chat_nick_find(c, nick, nick_len) != NONE; suffix++) {
+        first = 1;
+        nick[base_len] = '-';
+        nick_len = base_len + 1 + chat_format_u64(nick + base_len + 1, suffix);
+    }
+    nick[nick_len] = '\0';
+    return nick_len;
 }
 
 void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect dialect, int64_t now_ms)
@@ -959,16 +989,8 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect di
             chat_close(c, slot, NULL, 0, "out of memory");
         return;
     }
-    /* guest<conn_id>, or guest<conn_id>-2, -3... if someone took it with /nick.
-     * At most max_slots names exist, so this ends; the longest is 5+10+1+10 chars. */
     char nick[CHAT_NAME_MAX + 1];
-    memcpy(nick, "guest", 5);
-    size_t base_len = 5 + chat_format_u64(nick + 5, conn_id);
-    size_t nick_len = base_len;
-    for (uint32_t suffix = 2; chat_nick_find(c, nick, nick_len) != NONE; suffix++) {
-        nick[base_len] = '-';
-        nick_len = base_len + 1 + chat_format_u64(nick + base_len + 1, suffix);
-    }
+    size_t nick_len = guest_nick(c, conn_id, 1, nick);
     nick_set(s, nick, nick_len);
     nick_link(c, slot);
     s->state = SESSION_LIVE;
@@ -1033,9 +1055,9 @@ void chat_session_close(chat *c, uint32_t slot, const char *reason)
 
 const char *chat_session_nick(const chat *c, uint32_t slot)
 {
-    if (!c || slot >= c->max_slots || c->sessions[slot].state == SESSION_FREE ||
+    if (!c || slot >= c->max_slots + c->remote_slots || c->sessions[slot].state == SESSION_FREE ||
         c->sessions[slot].nick_len == 0)
-        return NULL;
+        return NULL;   /* (remote users too: the hub names them in a gone record) */
     return c->sessions[slot].nick;
 }
 
@@ -1178,4 +1200,165 @@ size_t chat_format_history(const history_record *rec, char *out, size_t cap)
         line_render_history(rec, &b);
     out[b.len] = '\0';
     return b.len;
+}
+
+/* ---- cluster mode: users of other nodes (chat.h) ---- */
+
+uint32_t chat_remote_find(const chat *c, const char *node, uint64_t epoch, uint64_t sid)
+{
+    /* remote users are few per node and looked up once per record: a scan
+     * of the remote slots in use would do, but the nick chain is shorter
+     * when the record names the user's nick; this is the general case */
+    for (uint32_t i = c->max_slots; i < c->max_slots + c->remote_slots; i++) {
+        const session *s = &c->sessions[i];
+        if (s->remote && s->sid == sid && s->epoch == epoch && strcmp(s->node, node) == 0)
+            return i;
+    }
+    return NONE;
+}
+
+int chat_slot_is_remote(const chat *c, uint32_t slot)
+{
+    return slot >= c->max_slots && slot < c->max_slots + c->remote_slots && c->sessions[slot].remote;
+}
+
+uint32_t chat_nick_holder(const chat *c, const char *nick)
+{
+    size_t n = strlen(nick);
+    return chat_name_valid(nick, n) ? chat_nick_find(c, nick, n) : NONE;
+}
+
+int chat_remote_join(chat *c, const char *node, uint64_t epoch, uint64_t sid, const char *nick, const char *room_name)
+{
+    size_t nn = strlen(nick), rn = strlen(room_name), node_len = strlen(node);
+    if (!chat_name_valid(nick, nn) || !chat_name_valid(room_name, rn) || node_len == 0 || node_len > CHAT_NAME_MAX)
+        return -1;
+    uint32_t slot = chat_remote_find(c, node, epoch, sid);
+    if (slot == NONE) {
+        if (chat_nick_find(c, nick, nn) != NONE)
+            return CHAT_REMOTE_IGNORED;
+        if (c->remote_free_count == 0)
+            return -1;
+        slot = c->remote_free[--c->remote_free_count];
+        session *s = &c->sessions[slot];
+        memset(s, 0, sizeof *s);
+        s->first_member = s->nick_next = NONE;
+        s->remote = 1;
+        s->state = SESSION_LIVE;
+        s->dialect = CHAT_DIALECT_LINE;
+        memcpy(s->node, node, node_len + 1);
+        s->epoch = epoch;
+        s->sid = sid;
+        nick_set(s, nick, nn);
+        nick_link(c, slot);
+    }
+    session *s = &c->sessions[slot];
+    uint32_t ri = chat_room_find(c, room_name, rn);
+    if (ri != NONE && chat_member_of(c, slot, ri) != NONE)
+        return CHAT_REMOTE_JOINED;
+    if (s->room_count >= CHAT_ROOMS_PER_SESSION)
+        return -1;
+    int created = ri == NONE;
+    if (created)
+        ri = room_create(c, room_name, rn);
+    if (ri == NONE || member_add(c, slot, ri) != 0) {
+        if (created && ri != NONE)
+            room_destroy(c, ri);
+        return -1;
+    }
+    return CHAT_REMOTE_JOINED;
+}
+
+static void remote_forget(chat *c, uint32_t slot)
+{
+    session *s = &c->sessions[slot];
+    while (s->first_member != NONE)
+        member_remove(c, s->first_member);
+    nick_unlink(c, slot);
+    memset(s, 0, sizeof *s);
+    s->first_member = s->nick_next = NONE;
+    c->remote_free[c->remote_free_count++] = slot;
+}
+
+void chat_remote_leave(chat *c, uint32_t slot, const char *room_name, int quit)
+{
+    if (!chat_slot_is_remote(c, slot))
+        return;
+    if (quit) {
+        remote_forget(c, slot);
+        return;
+    }
+    uint32_t ri = chat_room_find(c, room_name, strlen(room_name));
+    uint32_t mi = ri == NONE ? NONE : chat_member_of(c, slot, ri);
+    if (mi != NONE)
+        member_remove(c, mi);
+}
+
+int chat_remote_nick(chat *c, uint32_t slot, const char *nick)
+{
+    size_t n = strlen(nick);
+    if (!chat_slot_is_remote(c, slot) || !chat_name_valid(nick, n))
+        return -1;
+    uint32_t holder = chat_nick_find(c, nick, n);
+    if (holder != NONE && holder != slot)
+        return CHAT_REMOTE_IGNORED;
+    session *s = &c->sessions[slot];
+    nick_unlink(c, slot);
+    nick_set(s, nick, n);
+    nick_link(c, slot);
+    return CHAT_REMOTE_JOINED;
+}
+
+void chat_remote_node_users(chat *c, const char *node, uint64_t epoch, int drop, chat_remote_fn fn, void *ctx)
+{
+    for (uint32_t i = c->max_slots; i < c->max_slots + c->remote_slots; i++) {
+        session *s = &c->sessions[i];
+        if (!s->remote || s->epoch != epoch || strcmp(s->node, node) != 0)
+            continue;
+        if (fn)
+            fn(ctx, i);
+        if (drop)
+            remote_forget(c, i);
+    }
+}
+
+const char *chat_remote_node(const chat *c, uint32_t slot, uint64_t *epoch, uint64_t *sid)
+{
+    if (!chat_slot_is_remote(c, slot))
+        return NULL;
+    *epoch = c->sessions[slot].epoch;
+    *sid = c->sessions[slot].sid;
+    return c->sessions[slot].node;
+}
+
+uint32_t chat_session_rooms(const chat *c, uint32_t slot, const char **rooms, uint32_t max)
+{
+    uint32_t n = 0;
+    if (slot >= c->max_slots + c->remote_slots)
+        return 0;
+    for (uint32_t m = c->sessions[slot].first_member; m != NONE && n < max; m = c->members[m].sess_next)
+        rooms[n++] = c->rooms[c->members[m].room].name;
+    return n;
+}
+
+void chat_session_lost_nick(chat *c, uint32_t slot)
+{
+    effects_reset(c);
+    if (slot >= c->max_slots || c->sessions[slot].state != SESSION_LIVE)
+        return;
+    session *s = &c->sessions[slot];
+    char lost[CHAT_NAME_MAX + 1], nick[CHAT_NAME_MAX + 1];
+    memcpy(lost, s->nick, (size_t)s->nick_len + 1);
+    size_t n = guest_nick(c, s->conn_id, 0, nick);
+    if (chat_op_nick(c, slot, nick, n) != CHAT_OK)
+        return;
+    if (s->dialect == CHAT_DIALECT_LINE) {
+        sbuf b;
+        sb_open(c, &b);
+        sb_puts(&b, "*** ");
+        sb_puts(&b, lost);
+        sb_puts(&b, " was taken on another node of the cluster at the same moment; you are now ");
+        sb_puts(&b, nick);
+        chat_reply_built(c, slot, &b);
+    }
 }

@@ -36,6 +36,7 @@ typedef struct chat_config {
     int log_private;           /* store /msg with kind "msg" */
     const char *motd;          /* IRC message of the day (NULL = none: 422) */
     int irc_ping_ms;           /* ping a silent IRC client after this, cut it after twice (0 = 90 s) */
+    uint32_t remote_slots;     /* cluster mode: how many users of other nodes it can know (0 = none) */
 } chat_config;
 
 /* How a session speaks.  Detected by the hub from the first line. */
@@ -135,6 +136,42 @@ chat_dialect chat_session_dialect(const chat *c, uint32_t slot);
 chat_form chat_session_form(const chat *c, uint32_t slot);
 /* 1 if the actor of an event of kind gets it back (its echo form). */
 int chat_session_echoes(const chat *c, uint32_t slot, const chat_event *ev);
+
+/* ---- cluster mode: users of other nodes -------------------------------
+ * Known from the stream's records, in stream order, so every node knows the
+ * same ones: they have a nick (in the one namespace: a local /nick cannot
+ * take theirs) and rooms (so /who, NAMES and WHO list them), no connection
+ * and no dialect; they occupy slots from max_slots on, which chat_room_members
+ * reports like any member and the hub never sends to.  None of these calls
+ * emits effects. */
+#define CHAT_REMOTE_JOINED 1     /* applied */
+#define CHAT_REMOTE_IGNORED 0    /* its nick belongs to someone else: the later claim loses */
+/* The remote user (node, epoch, sid), or CHAT_NO_SLOT. */
+uint32_t chat_remote_find(const chat *c, const char *node, uint64_t epoch, uint64_t sid);
+/* 1 if slot is a remote user. */
+int chat_slot_is_remote(const chat *c, uint32_t slot);
+/* The holder of nick (local or remote), or CHAT_NO_SLOT. */
+uint32_t chat_nick_holder(const chat *c, const char *nick);
+/* A remote user joins room under nick (created if unknown).  Returns
+ * CHAT_REMOTE_JOINED, CHAT_REMOTE_IGNORED (a new user whose nick is taken),
+ * or -1 (no room for more remote users, or a bad name). */
+int chat_remote_join(chat *c, const char *node, uint64_t epoch, uint64_t sid, const char *nick, const char *room);
+/* A remote user leaves room (quit: all its rooms, and it is forgotten). */
+void chat_remote_leave(chat *c, uint32_t slot, const char *room, int quit);
+/* A remote user's new nick: CHAT_REMOTE_JOINED, or CHAT_REMOTE_IGNORED when it is taken. */
+int chat_remote_nick(chat *c, uint32_t slot, const char *nick);
+/* Every remote user of node whose epoch is epoch: fn(ctx, slot) for each
+ * (its nick and rooms still readable), then, if drop, it is forgotten.  A
+ * node that restarted, or was declared gone. */
+typedef void (*chat_remote_fn)(void *ctx, uint32_t slot);
+void chat_remote_node_users(chat *c, const char *node, uint64_t epoch, int drop, chat_remote_fn fn, void *ctx);
+/* slot's node (NULL if it is not a remote user), its epoch and sid there. */
+const char *chat_remote_node(const chat *c, uint32_t slot, uint64_t *epoch, uint64_t *sid);
+/* The rooms of slot (local or remote), for a leave record. */
+uint32_t chat_session_rooms(const chat *c, uint32_t slot, const char **rooms, uint32_t max);
+/* A local session whose nick another node's user claimed first: it takes
+ * a free guest nick (a NICK event, in the effects, with a notice why). */
+void chat_session_lost_nick(chat *c, uint32_t slot);
 
 /* A stored topic row (history_topics at start): the room's topic again. */
 void chat_restore_topic(chat *c, const history_record *rec);

@@ -46,6 +46,10 @@ typedef struct session {
     int64_t flood_last_ms;
     char *quit_reason;               /* "quit: <message>", from /quit until chat_session_close */
     irc_state *irc;                  /* IRC sessions only */
+    /* cluster mode: a user of another node (slots from max_slots on) */
+    uint8_t remote;
+    char node[CHAT_NAME_MAX + 1];
+    uint64_t epoch, sid;             /* the node's run and the user's connection there */
 } session;
 
 /* One session in one room: in the room's list (joining order) and the session's. */
@@ -80,8 +84,10 @@ struct chat {
     uint32_t topic_count, topic_cap;
     char server_name[CHAT_SERVER_NAME_MAX + 1];
     char irc_name[CHAT_SERVER_NAME_MAX + 1];   /* the server name as one IRC token */
-    uint32_t max_slots;
-    session *sessions;               /* max_slots */
+    uint32_t max_slots;              /* local sessions: slots 0 .. max_slots-1 */
+    uint32_t remote_slots;           /* cluster mode: users of other nodes, slots max_slots .. + remote_slots-1 */
+    uint32_t *remote_free, remote_free_count;
+    session *sessions;               /* max_slots + remote_slots */
     room *rooms;                     /* grows: every non-lobby room has a member */
     uint32_t room_cap;
     uint32_t room_free;

@@ -39,6 +39,7 @@
 #define CONSUMER_INACTIVE_S 30    /* the server drops our consumer this long after we are gone */
 #define DUPLICATE_WINDOW_S 120    /* the stream's Nats-Msg-Id window (JetStream's default) */
 #define MAX_PAYLOAD_DEFAULT (1u << 20)
+#define CLUSTER_BEATS_MAX 64      /* nodes whose beats are tracked; more are never declared silent */
 
 typedef enum state { ST_DOWN, ST_HANDSHAKE, ST_STREAM, ST_CONSUMER, ST_CATCHUP, ST_READY } state;
 typedef enum api_kind { API_NONE, API_STREAM_INFO, API_STREAM_CREATE, API_CONSUMER_CREATE } api_kind;
@@ -96,6 +97,9 @@ struct cluster {
     size_t pub_count, pub_cap;
 
     int64_t ping_sent_at, last_ping_at;
+    int64_t ready_since, last_beat_sent;
+    struct beat { char node[CLUSTER_NODE_MAX + 1]; int64_t epoch, at; } beats[CLUSTER_BEATS_MAX];
+    size_t beat_count;
     uint64_t pubacks_failed;
 };
 
@@ -235,6 +239,8 @@ static int send_held_pub(cluster *c, held_pub *p)
 static int become_ready(cluster *c)
 {
     c->st = ST_READY;
+    c->ready_since = c->now;
+    c->last_beat_sent = 0;
     log_info("cluster: ready at stream sequence %" PRIu64 "; %u held line(s) go out", c->applied,
              (unsigned)c->pub_count);
     for (size_t i = 0; i < c->pub_count; i++)
@@ -501,6 +507,8 @@ static int on_info(cluster *c, const nats_msg *m)
     }
     snprintf(sub, sizeof sub, "%s.>", c->inbox);
     size_t ws = nats_write_sub(buf + w, sizeof buf - w, sub, 1);
+    if (ws)
+        ws += nats_write_sub(buf + w + ws, sizeof buf - w - ws, CLUSTER_BEAT_SUBJECT ".*", 2);
     size_t wp = ws ? nats_write_ping(buf + w + ws, sizeof buf - w - ws) : 0;
     if (ws == 0 || wp == 0) {
         fail(c, "%s", "cannot write the subscription");
@@ -526,6 +534,21 @@ static int inbox_number(const char *s, size_t n, size_t skip, uint64_t *out)
     }
     *out = v;
     return 0;
+}
+
+static void note_beat(cluster *c, const char *node, int64_t epoch)
+{
+    size_t i = 0;
+    while (i < c->beat_count && strcmp(c->beats[i].node, node) != 0)
+        i++;
+    if (i == c->beat_count) {
+        if (c->beat_count == CLUSTER_BEATS_MAX)
+            return;
+        c->beat_count++;
+        snprintf(c->beats[i].node, sizeof c->beats[i].node, "%s", node);
+    }
+    c->beats[i].epoch = epoch;
+    c->beats[i].at = c->now;
 }
 
 static int on_msg(void *ctx, const nats_msg *m)
@@ -555,6 +578,20 @@ static int on_msg(void *ctx, const nats_msg *m)
     }
     case NATS_MSG:
         break;
+    }
+    if (m->sid == 2) {
+        static const char pre[] = CLUSTER_BEAT_SUBJECT ".";
+        if (m->subject_len > sizeof pre - 1 && m->subject_len - (sizeof pre - 1) <= CLUSTER_NODE_MAX &&
+            memcmp(m->subject, pre, sizeof pre - 1) == 0) {
+            char node[CLUSTER_NODE_MAX + 1];
+            size_t k = m->subject_len - (sizeof pre - 1);
+            memcpy(node, m->subject + sizeof pre - 1, k);
+            node[k] = '\0';
+            uint64_t epoch = 0;
+            if (inbox_number(m->payload, m->payload_len, 0, &epoch) == 0)
+                note_beat(c, node, (int64_t)epoch);
+        }
+        return 0;
     }
     /* A delivery keeps its own subject (chatrelay.chat); its reply subject,
      * the ack, says it is one.  Everything else comes to our inbox. */
@@ -755,6 +792,14 @@ int cluster_tick(cluster *c, int64_t now_ms, int *close_now)
             wait = earliest(wait, c->pull_sent_at + PULL_LOST_MS, now_ms);
     }
     if (rc == 0 && c->st == ST_READY) {
+        if (now_ms - c->last_beat_sent >= CLUSTER_BEAT_MS) {
+            char subject[64], epoch[24];
+            snprintf(subject, sizeof subject, CLUSTER_BEAT_SUBJECT ".%s", c->node);
+            snprintf(epoch, sizeof epoch, "%" PRId64, c->epoch);
+            rc = emit_pub(c, subject, NULL, NULL, epoch, strlen(epoch));
+            c->last_beat_sent = now_ms;
+        }
+        wait = earliest(wait, c->last_beat_sent + CLUSTER_BEAT_MS, now_ms);
         for (size_t i = 0; i < c->pub_count && rc == 0; i++) {
             held_pub *p = &c->pubs[i];
             if (p->sent_at && now_ms - p->sent_at >= PUB_RESEND_MS)
@@ -854,4 +899,23 @@ void cluster_applied(cluster *c, size_t n)
 uint64_t cluster_applied_seq(const cluster *c)
 {
     return c->applied;
+}
+
+int cluster_node_silent(const cluster *c, const char *node, int64_t epoch, int64_t now_ms)
+{
+    if (c->st != ST_READY || now_ms - c->ready_since < CLUSTER_SILENT_MS)
+        return 0;   /* not listening long enough to tell */
+    for (size_t i = 0; i < c->beat_count; i++)
+        if (strcmp(c->beats[i].node, node) == 0)
+            return c->beats[i].epoch != epoch || now_ms - c->beats[i].at >= CLUSTER_SILENT_MS;
+    return c->beat_count < CLUSTER_BEATS_MAX;
+}
+
+int cluster_publish_once(cluster *c, const char *msg_id, const char *payload, size_t n)
+{
+    char reply[128];
+    if (c->st != ST_READY)
+        return -1;
+    snprintf(reply, sizeof reply, "%s.ack.0", c->inbox);
+    return emit_pub(c, CLUSTER_SUBJECT, reply, msg_id, payload, n);
 }

@@ -91,4 +91,19 @@ size_t cluster_deliveries(cluster *c, const cluster_delivery **out);
 void cluster_applied(cluster *c, size_t n);
 uint64_t cluster_applied_seq(const cluster *c);
 
+/* Liveness.  While ready, every node says it is alive every
+ * CLUSTER_BEAT_MS on CLUSTER_BEAT_SUBJECT.<node> (core NATS: not stored),
+ * with its epoch; this records when each node last did.  A node is silent
+ * when ready for CLUSTER_SILENT_MS and no beat of it came for as long, or
+ * when its beats carry another epoch (it restarted): then its users are
+ * gone (the hub publishes that, once, through the stream). */
+#define CLUSTER_BEAT_SUBJECT "chatrelay.beat"
+#define CLUSTER_BEAT_MS 2000
+#define CLUSTER_SILENT_MS 10000
+int cluster_node_silent(const cluster *c, const char *node, int64_t epoch, int64_t now_ms);
+/* Publishes a control record (the hub's "gone") with msg_id, outside the
+ * held-publish queue: sent now if ready, else dropped (it will be decided
+ * again).  Returns 0 or -1. */
+int cluster_publish_once(cluster *c, const char *msg_id, const char *payload, size_t n);
+
 #endif

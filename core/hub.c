@@ -115,8 +115,13 @@ struct hub {
     int db_failing;             /* the last commit attempt failed */
     int64_t db_failing_since;
     int bus_failing;            /* cluster mode: the bus is not taking lines (down, catching up, stalled) */
+    int bus_was_ready;          /* it took lines once (before, waiting for it is the start, not an outage) */
     int64_t bus_failing_since;
     uint64_t next_serial;       /* cluster mode: the last serial given to a published entry */
+    int64_t next_liveness;      /* cluster mode: when silent nodes are looked for again */
+    char gone_node[CLUSTER_NODE_MAX + 1];   /* the last node declared gone, and when to say it again */
+    uint64_t gone_epoch;
+    int64_t gone_again;
     int64_t next_commit_try;
 
     int64_t next_idle_check;
@@ -204,7 +209,9 @@ hub *hub_create(const hub_config *cfg)
     h->flush_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
     h->close_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
     h->later_list = malloc(sizeof(uint32_t) * cfg->max_sessions);
-    h->chat = chat_create(&cfg->chat, cfg->max_sessions);
+    if (cfg->cluster && h->cfg.chat.remote_slots == 0)
+        h->cfg.chat.remote_slots = cfg->max_sessions * 4 < 1024 ? 1024 : cfg->max_sessions * 4;
+    h->chat = chat_create(&h->cfg.chat, cfg->max_sessions);
     if (!h->slots || !h->flush_list || !h->close_list || !h->later_list || !h->chat) {
         hub_destroy(h);
         return NULL;
@@ -778,6 +785,8 @@ static void deliver_to(hub *h, outbox_entry *e, const chat_event *ev, uint32_t s
 static void deliver_member(void *ctx, uint32_t slot)
 {
     deliver_ctx *d = ctx;
+    if (slot >= d->h->cfg.max_sessions)
+        return;   /* a user of another node: its own node delivers to it */
     hub_slot *s = &d->h->slots[slot];
     /* the actor gets its echo form, below */
     if (slot == d->e->from_slot && s->conn_id == d->e->from_conn)
@@ -832,6 +841,7 @@ static int deliver_event(hub *h, outbox_entry *e)
 
 static void later_push_query(hub *h, uint32_t slot, msgbuf *m);
 static int earliest(int a, int b);
+static void run_effects(hub *h);
 
 static void outbox_deliver(hub *h)
 {
@@ -895,8 +905,10 @@ static size_t put_json_field(char *out, size_t cap, size_t off, const char *name
 static size_t record_encode(const hub *h, const outbox_entry *e, char *out, size_t cap)
 {
     const char *p = e->data->data;
-    int n = snprintf(out, cap, "{\"v\":1,\"kind\":\"%s\",\"notice\":%d,\"quit\":%d,\"at\":\"%s\"",
-                     history_kind_name((history_kind)e->kind), e->notice, e->quit, e->at);
+    int n = snprintf(out, cap, "{\"v\":1,\"kind\":\"%s\",\"notice\":%d,\"quit\":%d,\"at\":\"%s\","
+                     "\"epoch\":%lld,\"sid\":%u",
+                     history_kind_name((history_kind)e->kind), e->notice, e->quit, e->at,
+                     (long long)h->cfg.epoch, (unsigned)e->from_conn);
     size_t off = n > 0 && (size_t)n < cap ? (size_t)n : 0;
     off = put_json_field(out, cap, off, ",\"node\":", h->cfg.node, strlen(h->cfg.node));
     off = put_json_field(out, cap, off, ",\"nick\":", p, strlen(p));
@@ -938,10 +950,19 @@ static int name_ok(const char *s, int allow_empty)
 
 /* A record from the stream (any node's, so untrusted) as an entry that can
  * be stored and delivered like one of ours.  Returns 0, or -1 with why. */
-static int record_decode(const cluster_delivery *d, outbox_entry *e, char *node, const char **why)
+/* Who a record is about: the node, its run and the user's connection there;
+ * for a "gone" record, the node whose users left. */
+typedef struct record_who {
+    char node[CLUSTER_NODE_MAX + 1];
+    uint64_t epoch, sid;
+    int gone;
+} record_who;
+
+static int record_decode(const cluster_delivery *d, outbox_entry *e, record_who *who, const char **why)
 {
     const char *doc = d->payload;
     size_t n = d->payload_len;
+    char *node = who->node;
     char kind[16], nick[CHAT_NAME_MAX + 1], target[CHAT_NAME_MAX + 1];
     char rooms[CHAT_ROOMS_PER_SESSION][CHAT_NAME_MAX + 1];
     static char body[RECORD_MAX], clean[RECORD_MAX];   /* the I/O thread's only */
@@ -952,6 +973,20 @@ static int record_decode(const cluster_delivery *d, outbox_entry *e, char *node,
         return -1;
     *why = "not a version 1 record";
     if (json_get_u64(doc, n, "v", &v) != 0 || v != 1)
+        return -1;
+    *why = "a field is missing or malformed";
+    if (json_get_u64(doc, n, "epoch", &who->epoch) != 0)
+        return -1;
+    char ctl[16];
+    if (json_get_string(doc, n, "ctl", ctl, sizeof ctl) == 0) {
+        *why = "an unknown control record";
+        if (strcmp(ctl, "gone") != 0 || json_get_string(doc, n, "node", node, CLUSTER_NODE_MAX + 1) != 0 ||
+            !name_ok(node, 0))
+            return -1;
+        who->gone = 1;
+        return 0;
+    }
+    if (json_get_u64(doc, n, "sid", &who->sid) != 0)
         return -1;
     *why = "a field is missing or malformed";
     if (json_get_string(doc, n, "kind", kind, sizeof kind) != 0 ||
@@ -1033,12 +1068,15 @@ static void bus_health(hub *h, int64_t now)
     if (failing && !h->bus_failing) {
         h->bus_failing = 1;
         h->bus_failing_since = now;
-        log_warn("cluster: the bus does not take lines (%s); %u line(s) held",
-                 stalled ? "a published line has not come back from the stream" : cluster_status(c),
-                 (unsigned)h->ob_unstored);
+        if (h->bus_was_ready)
+            log_warn("cluster: the bus does not take lines (%s); %u line(s) held",
+                     stalled ? "a published line has not come back from the stream" : cluster_status(c),
+                     (unsigned)h->ob_unstored);
     } else if (!failing && h->bus_failing) {
-        log_info("cluster: the bus takes lines again after %lld ms", (long long)(now - h->bus_failing_since));
+        log_info("cluster: the bus takes lines%s after %lld ms", h->bus_was_ready ? " again" : "",
+                 (long long)(now - h->bus_failing_since));
         h->bus_failing = 0;
+        h->bus_was_ready = 1;
         h->stats.dropped_notices = 0;
     }
 }
@@ -1066,6 +1104,243 @@ static void bus_publish(hub *h, int64_t now)
     }
 }
 
+/* ---- presence across nodes ----------------------------------------------
+ *
+ * Every node applies the other nodes' joins, leaves and nick changes to its
+ * own view of their users (chat's remote users), in stream order, so every
+ * node has the same view.  One nick, one user: when two nodes' users claim
+ * a nick at the same moment, the claim first in the stream wins everywhere.
+ * A later claim is ignored by every node (its announcement not shown), and
+ * the loser's own node renames it to a free guest nick when it applies the
+ * winner's claim: its own claim was still on its way through the stream
+ * (a local session with a published join or nick change not yet back). */
+
+/* The local session has a join or nick change in the stream not yet applied. */
+static int claim_in_flight(const hub *h, uint32_t slot)
+{
+    for (uint32_t i = 0; i < h->ob_count; i++) {
+        const outbox_entry *e = &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
+        if (e->published && !e->stored && e->from_slot == slot && e->from_conn == h->slots[slot].conn_id &&
+            (e->kind == HISTORY_JOIN || e->kind == HISTORY_NICK))
+            return 1;
+    }
+    return 0;
+}
+
+/* Before another node's user takes nick here: a local holder whose own
+ * claim is later in the stream loses it. */
+static void yield_nick(hub *h, const char *nick)
+{
+    uint32_t holder = chat_nick_holder(h->chat, nick);
+    if (holder >= h->cfg.max_sessions || !slot_live(h, holder) || !claim_in_flight(h, holder))
+        return;
+    log_info("cluster: %s on this node loses its nick to a user of another node who claimed it first", nick);
+    chat_session_lost_nick(h->chat, holder);
+    run_effects(h);
+}
+
+/* Applies a remote record to the view of remote users.  Returns 1 if it is
+ * shown to the members here, 0 if not (a claim that lost). */
+static int presence_apply(hub *h, const outbox_entry *e, const record_who *who)
+{
+    chat_event ev;
+    entry_event(e, &ev);
+    uint32_t slot = chat_remote_find(h->chat, who->node, who->epoch, who->sid);
+    int shown = 1;
+    switch (ev.kind) {
+    case HISTORY_JOIN:
+    case HISTORY_NICK: {
+        const char *nick = ev.kind == HISTORY_NICK ? ev.body : ev.nick;
+        if (slot != CHAT_NO_SLOT && ev.kind == HISTORY_NICK) {
+            yield_nick(h, nick);
+            if (chat_remote_nick(h->chat, slot, nick) != CHAT_REMOTE_JOINED)
+                shown = 0;
+            break;
+        }
+        /* a join, or a rename of a user this node never saw (its first
+         * claim lost): it is here now, in the event's rooms */
+        if (slot == CHAT_NO_SLOT)
+            yield_nick(h, nick);
+        for (uint32_t r = 0; r < ev.room_count; r++) {
+            int rc = chat_remote_join(h->chat, who->node, who->epoch, who->sid, nick, ev.rooms[r]);
+            if (rc == CHAT_REMOTE_IGNORED)
+                shown = 0;
+            else if (rc < 0)
+                log_warn("cluster: no room for %s of node %s in %s (at most %u users of other nodes)", nick,
+                         who->node, ev.rooms[r], (unsigned)h->cfg.chat.remote_slots);
+        }
+        break;
+    }
+    case HISTORY_LEAVE:
+        if (slot == CHAT_NO_SLOT)
+            shown = 0;   /* never seen: its join lost */
+        else if (ev.quit)
+            chat_remote_leave(h->chat, slot, NULL, 1);
+        else
+            for (uint32_t r = 0; r < ev.room_count; r++)
+                chat_remote_leave(h->chat, slot, ev.rooms[r], 0);
+        break;
+    default:
+        break;
+    }
+    return shown;
+}
+
+/* A "gone" record: node's users of one run left (it died, or restarted).
+ * Its rows come from the record, so every node stores the same ones. */
+typedef struct gone_user {
+    char nick[CHAT_NAME_MAX + 1];
+    const char *rooms[CHAT_ROOMS_PER_SESSION];
+    char room_names[CHAT_ROOMS_PER_SESSION][CHAT_NAME_MAX + 1];
+    uint32_t room_count;
+} gone_user;
+
+#define GONE_BODY "node lost"
+
+/* The leave entries of a gone record, into out (at most max).  Returns
+ * how many, -1 if the record is malformed. */
+static int gone_entries(const cluster_delivery *d, const char *at, outbox_entry *out, int max)
+{
+    const char *arr, *val;
+    size_t arr_len, val_len, pos = 0;
+    int count = 0;
+    if (json_get(d->payload, d->payload_len, "users", &arr, &arr_len) != JSON_ARRAY)
+        return -1;
+    while (json_array_next(arr, arr_len, &pos, &val, &val_len) == JSON_OBJECT) {
+        gone_user u;
+        memset(&u, 0, sizeof u);
+        const char *rarr, *rv;
+        size_t rarr_len, rv_len, rpos = 0;
+        if (json_get_string(val, val_len, "nick", u.nick, sizeof u.nick) != 0 || !name_ok(u.nick, 0) ||
+            json_get(val, val_len, "rooms", &rarr, &rarr_len) != JSON_ARRAY)
+            return -1;
+        while (u.room_count < CHAT_ROOMS_PER_SESSION &&
+               json_array_next(rarr, rarr_len, &rpos, &rv, &rv_len) == JSON_STRING) {
+            if (json_unescape(rv, rv_len, u.room_names[u.room_count], sizeof u.room_names[0]) != 0 ||
+                !name_ok(u.room_names[u.room_count], 0))
+                return -1;
+            u.rooms[u.room_count] = u.room_names[u.room_count];
+            u.room_count++;
+        }
+        if (u.room_count == 0 || count == max)
+            continue;
+        chat_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.kind = HISTORY_LEAVE;
+        ev.quit = 1;
+        ev.nick = u.nick;
+        ev.target = "";
+        ev.body = GONE_BODY;
+        ev.body_len = sizeof GONE_BODY - 1;
+        ev.room_count = u.room_count;
+        memcpy(ev.rooms, u.rooms, sizeof u.rooms);
+        outbox_entry *e = &out[count];
+        memset(e, 0, sizeof *e);
+        if (entry_fill(e, &ev, 0) != 0)
+            return -1;
+        memcpy(e->at, at, sizeof e->at);
+        e->persist = 1;
+        e->from_slot = e->to_slot = CHAT_NO_SLOT;
+        count++;
+    }
+    return count;
+}
+
+/* This node was declared gone while it was not (the bus lost it for a
+ * while): its users are shown joining again, everywhere. */
+static void reannounce(hub *h)
+{
+    log_warn("cluster: the cluster declared this node gone (it was cut off); its users join their rooms again");
+    for (uint32_t slot = 0; slot < h->cfg.max_sessions; slot++) {
+        if (!slot_live(h, slot) || h->slots[slot].detecting)
+            continue;
+        const char *rooms[CHAT_ROOMS_PER_SESSION];
+        uint32_t n = chat_session_rooms(h->chat, slot, rooms, CHAT_ROOMS_PER_SESSION);
+        const char *nick = chat_session_nick(h->chat, slot);
+        for (uint32_t r = 0; r < n && nick; r++) {
+            chat_effect fx;
+            memset(&fx, 0, sizeof fx);
+            fx.kind = CHAT_EVENT;
+            fx.slot = slot;
+            fx.stored = 1;
+            fx.event.kind = HISTORY_JOIN;
+            fx.event.nick = nick;
+            fx.event.body = "";
+            fx.event.room_count = 1;
+            fx.event.rooms[0] = rooms[r];
+            (void)outbox_add_event(h, &fx);
+        }
+    }
+}
+
+#define GONE_USERS_MAX 4096   /* a gone record names at most this many users (its size: see RECORD_MAX) */
+
+typedef struct gone_ctx {
+    hub *h;
+    char *out;
+    size_t off, cap;
+    int users;
+} gone_ctx;
+
+static void gone_add_user(void *ctx, uint32_t slot)
+{
+    gone_ctx *g = ctx;
+    const char *rooms[CHAT_ROOMS_PER_SESSION];
+    uint32_t n = chat_session_rooms(g->h->chat, slot, rooms, CHAT_ROOMS_PER_SESSION);
+    const char *nick = chat_session_nick(g->h->chat, slot);
+    size_t need = 64 + CHAT_NAME_MAX + n * (CHAT_NAME_MAX + 4);
+    if (!nick || n == 0 || g->users >= GONE_USERS_MAX || g->cap - g->off < need)
+        return;
+    int w = snprintf(g->out + g->off, g->cap - g->off, "%s{\"nick\":\"%s\",\"rooms\":[", g->users ? "," : "", nick);
+    g->off += (size_t)w;
+    for (uint32_t r = 0; r < n; r++) {
+        w = snprintf(g->out + g->off, g->cap - g->off, "%s\"%s\"", r ? "," : "", rooms[r]);
+        g->off += (size_t)w;
+    }
+    memcpy(g->out + g->off, "]}", 2);
+    g->off += 2;
+    g->users++;
+}
+
+/* Once a second: a node whose users are shown here but that fell silent
+ * (or restarted) is declared gone, with its users; every node that notices
+ * publishes the same message id, so the stream keeps one. */
+static void liveness_check(hub *h, int64_t now)
+{
+    if (now < h->next_liveness)
+        return;
+    h->next_liveness = now + 1000;
+    cluster *c = h->cfg.cluster;
+    uint32_t first = h->cfg.max_sessions, end = first + h->cfg.chat.remote_slots;
+    for (uint32_t slot = first; slot < end; slot++) {
+        uint64_t epoch, sid;
+        const char *node = chat_remote_node(h->chat, slot, &epoch, &sid);
+        if (!node || !cluster_node_silent(c, node, (int64_t)epoch, now))
+            continue;
+        /* one gone record per (node, epoch), asked again every 5 s until applied */
+        if (strcmp(h->gone_node, node) == 0 && h->gone_epoch == epoch && now < h->gone_again)
+            continue;
+        static char rec[1u << 20];
+        char at[HISTORY_TIME_LEN + 1], msg_id[96];
+        history_format_time(clock_wall_ms(), at);
+        int w = snprintf(rec, sizeof rec, "{\"v\":1,\"ctl\":\"gone\",\"node\":\"%s\",\"epoch\":%llu,\"by\":\"%s\","
+                         "\"at\":\"%s\",\"users\":[", node, (unsigned long long)epoch, h->cfg.node, at);
+        gone_ctx g = { h, rec, (size_t)w, sizeof rec - 4, 0 };
+        char node_copy[CLUSTER_NODE_MAX + 1];
+        snprintf(node_copy, sizeof node_copy, "%s", node);
+        chat_remote_node_users(h->chat, node_copy, epoch, 0, gone_add_user, &g);
+        memcpy(rec + g.off, "]}", 2);
+        g.off += 2;
+        snprintf(msg_id, sizeof msg_id, "gone-%s-%llu", node_copy, (unsigned long long)epoch);
+        if (cluster_publish_once(c, msg_id, rec, g.off) == 0)
+            log_warn("cluster: node %s is silent; its %d user(s) are declared gone", node_copy, g.users);
+        snprintf(h->gone_node, sizeof h->gone_node, "%s", node_copy);
+        h->gone_epoch = epoch;
+        h->gone_again = now + 5000;
+        break;   /* one node a second is plenty */
+    }
+}
+
 /* Stores what the stream delivered (one transaction, with the sequence),
  * then delivers it.  Returns the wait until it should be tried again. */
 static int bus_apply(hub *h, int64_t now)
@@ -1076,31 +1351,59 @@ static int bus_apply(hub *h, int64_t now)
     size_t n = cluster_deliveries(c, &dv);
     if (n == 0 || (h->db_failing && now < h->next_commit_try))
         return n ? COMMIT_RETRY_MS : -1;
+    record_who *who = calloc(n, sizeof *who);
     outbox_entry *rec = calloc(n, sizeof *rec);
     uint8_t *valid = calloc(n, 1);
-    int rc = rec && valid ? history_begin(db) : HISTORY_ERROR;
+    outbox_entry *gone = NULL;
+    int gone_count = 0;
+    int rc = rec && valid && who ? history_begin(db) : HISTORY_ERROR;
     for (size_t k = 0; k < n && rc == HISTORY_OK; k++) {
         if (dv[k].gap_first) {
             history_format_time(h->input_wall_ms, rec[k].at);
             rc = history_cluster_gap(db, dv[k].gap_first, dv[k].seq, rec[k].at);
             continue;
         }
-        char node[CLUSTER_NODE_MAX + 1];
         const char *why;
-        if (record_decode(&dv[k], &rec[k], node, &why) != 0) {
+        if (record_decode(&dv[k], &rec[k], &who[k], &why) != 0) {
             /* every node skips it alike: the files stay the same */
             log_warn("cluster: stream record %llu is not a chatrelay record (%s); skipped",
                      (unsigned long long)dv[k].seq, why);
+            outbox_entry_free(&rec[k]);
+            memset(&rec[k], 0, sizeof rec[k]);
+            continue;
+        }
+        if (who[k].gone) {
+            if (k > 0) {   /* it starts a batch of its own: see below */
+                n = k;
+                break;
+            }
+            char at[HISTORY_TIME_LEN + 1] = "";
+            (void)json_get_string(dv[k].payload, dv[k].payload_len, "at", at, sizeof at);
+            if (strlen(at) != HISTORY_TIME_LEN)
+                history_format_time(h->input_wall_ms, at);
+            gone = calloc(GONE_USERS_MAX, sizeof *gone);
+            gone_count = gone ? gone_entries(&dv[k], at, gone, GONE_USERS_MAX) : -1;
+            if (gone_count < 0) {
+                log_warn("cluster: stream record %llu is a malformed gone record; its users stay",
+                         (unsigned long long)dv[k].seq);
+                gone_count = 0;
+                who[k].gone = 0;
+            }
+            for (int g = 0; g < gone_count && rc == HISTORY_OK; g++)
+                rc = append_entry_rows(db, &gone[g]);
             continue;
         }
         valid[k] = 1;
         rc = append_entry_rows(db, &rec[k]);
     }
+    /* A gone record is applied first in its batch: its rows name the users
+     * the record lists, and the view of remote users it then changes is the
+     * one every node has after the records before it. */
     if (rc == HISTORY_OK)
         rc = history_cluster_applied(db, dv[n - 1].seq);
     if (rc == HISTORY_OK)
         rc = history_commit(db);
-    else if (rec && valid)
+    else if (rec && valid && who)
         history_rollback(db);
     if (rc != HISTORY_OK) {
         /* A record SQLite refuses would be refused on every node and at
@@ -1110,7 +1413,7 @@ static int bus_apply(hub *h, int64_t now)
             h->db_failing = 1;
             h->db_failing_since = now;
             log_warn("history: cannot store the stream's records (%s); %u record(s) wait, retrying",
-                     !rec || !valid ? "out of memory"
+                     !rec || !valid || !who ? "out of memory"
                      : rc == HISTORY_BUSY ? "database is locked by another connection" : history_errmsg(db),
                      (unsigned)n);
         }
@@ -1118,8 +1421,12 @@ static int bus_apply(hub *h, int64_t now)
         h->next_commit_try = now + COMMIT_RETRY_MS;
         for (size_t k = 0; rec && k < n; k++)
             outbox_entry_free(&rec[k]);
+        for (int g = 0; g < gone_count; g++)
+            outbox_entry_free(&gone[g]);
+        free(gone);
         free(rec);
         free(valid);
+        free(who);
         return COMMIT_RETRY_MS;
     }
     if (h->db_failing) {
@@ -1130,9 +1437,28 @@ static int bus_apply(hub *h, int64_t now)
     h->upkeep_due = 1;
     /* the rows have consecutive ids ending at the last one */
     int64_t next_id = history_last_commit_id(db) + 1;
+    for (int g = 0; g < gone_count; g++)
+        next_id -= gone[g].room_count;
     for (size_t k = 0; k < n; k++)
         if (valid[k])
             next_id -= rec[k].room_count;
+    if (n > 0 && who[0].gone) {
+        for (int g = 0; g < gone_count; g++) {
+            gone[g].id = next_id;
+            gone[g].stored = 1;
+            next_id += gone[g].room_count;
+            h->stats.lines_stored += gone[g].room_count;
+            gone[g].last_open = h->open_seq;
+            (void)deliver_event(h, &gone[g]);
+        }
+        if (strcmp(who[0].node, h->cfg.node) == 0 && (int64_t)who[0].epoch == h->cfg.epoch)
+            reannounce(h);
+        else
+            chat_remote_node_users(h->chat, who[0].node, who[0].epoch, 1, NULL, NULL);
+    }
+    for (int g = 0; g < gone_count; g++)
+        outbox_entry_free(&gone[g]);
+    free(gone);
     for (size_t k = 0; k < n; k++) {
         if (!valid[k]) {
             outbox_entry_free(&rec[k]);
@@ -1153,6 +1479,7 @@ static int bus_apply(hub *h, int64_t now)
             outbox_deliver(h);
             continue;
         }
+        int shown = presence_apply(h, &rec[k], &who[k]);
         if (rec[k].kind == HISTORY_TOPIC) {
             history_record topic = { rec[k].id, rec[k].at, rec[k].data->data + rec[k].rooms_off,
                                      rec[k].data->data, HISTORY_TOPIC, rec[k].data->data + rec[k].body_off,
@@ -1160,11 +1487,13 @@ static int bus_apply(hub *h, int64_t now)
             chat_restore_topic(h->chat, &topic);
         }
         rec[k].last_open = h->open_seq;   /* everyone here now sees it */
-        (void)deliver_event(h, &rec[k]);
+        if (shown)
+            (void)deliver_event(h, &rec[k]);
         outbox_entry_free(&rec[k]);
     }
     free(rec);
     free(valid);
+    free(who);
     cluster_applied(c, n);
     return cluster_deliveries(c, &dv) ? 0 : -1;
 }
@@ -1174,6 +1503,8 @@ static int bus_step(hub *h, int64_t now)
     bus_publish(h, now);
     int wait = bus_apply(h, now);
     bus_health(h, now);
+    liveness_check(h, now);
+    wait = earliest(wait, (int)(h->next_liveness > now ? h->next_liveness - now : 0));
     if (h->bus_failing || h->ob_unstored > 0)
         wait = earliest(wait, h->bus_failing ? COMMIT_RETRY_MS : BUS_STALL_MS);
     return wait;

@@ -37,6 +37,7 @@ typedef struct hub_config {
     int detect_ms;               /* HUB_LISTEN_DETECT: how long a silent client waits for the line greeting */
     cluster *cluster;            /* --cluster: stored lines go through the stream (NULL = one node) */
     const char *node;            /* --cluster: this node's name, in its records */
+    int64_t epoch;               /* --cluster: this run of the node (its records and beats carry it) */
 } hub_config;
 
 /* What a listener speaks. */

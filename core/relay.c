@@ -96,6 +96,7 @@ struct relay {
     int bus_url_of[OPTIONS_MAX_CLUSTER * 2];   /* which --cluster URL each address came from */
     int bus_addr_count;
     char node[OPTIONS_NODE_MAX + 1];
+    int64_t epoch;                /* this run, in the cluster's message ids, records and beats */
     session *sessions;
     uint32_t *free_slots;
     uint32_t free_count;
@@ -1353,7 +1354,7 @@ static int open_cluster(relay *r)
     cc.pass = pass[0] ? pass : NULL;
     cc.token = token[0] ? token : NULL;
     cc.applied_seq = applied;
-    cc.epoch = clock_wall_ms();
+    cc.epoch = r->epoch = clock_wall_ms();
     cc.bind = bind_history;
     cc.ctx = r->db;
     r->cluster = cluster_create(&cc);
@@ -1426,6 +1427,7 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
     hub_config_from_options(&hc, &r->opt, r->db);
     hc.cluster = r->cluster;
     hc.node = r->node;
+    hc.epoch = r->epoch;
     r->hub = hub_create(&hc);
     if (!r->hub) {
         log_error("out of memory creating the hub for %u sessions", (unsigned)max);
