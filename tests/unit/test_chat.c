@@ -1476,9 +1476,94 @@ static void test_null_chat(void)
     chat_destroy(c);
 }
 
+static int dropped;
+static void count_dropped(void *ctx, uint32_t slot)
+{
+    (void)ctx;
+    (void)slot;
+    dropped++;
+}
+
+/* Cluster mode: users of other nodes share the nick namespace and the
+ * rooms' member lists, never get effects, and go with their node. */
+static void test_remote_users(void)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "Test Relay";
+    cfg.remote_slots = 3;
+    chat *c = chat_create(&cfg, 4);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    send_line(c, 0, "/nick alice");
+    CHECK_INT(chat_remote_join(c, "n2", 7, 1, "bob", "lobby"), CHAT_REMOTE_JOINED);
+    uint32_t bob = chat_nick_holder(c, "bob");
+    CHECK(bob >= 4 && bob < 7);
+    CHECK(chat_slot_is_remote(c, bob));
+    CHECK(!chat_slot_is_remote(c, 0));
+    CHECK_INT(chat_remote_find(c, "n2", 7, 1), bob);
+    CHECK_INT(chat_remote_find(c, "n2", 8, 1), CHAT_NO_SLOT);   /* another run of n2 */
+    CHECK(is_member(c, "lobby", bob));
+    /* joined twice (a record applied again): still one membership */
+    CHECK_INT(chat_remote_join(c, "n2", 7, 1, "bob", "lobby"), CHAT_REMOTE_JOINED);
+    CHECK_INT(members_of(c, "lobby").n, 2);
+    /* a local user cannot take a remote user's nick; /who lists both */
+    send_line(c, 0, "/nick bob");
+    CHECK_ONLY_REPLY(c, 0, "*** The nick bob is taken.");
+    send_line(c, 0, "/who");
+    CHECK_ONLY_REPLY(c, 0, "*** In lobby (2): alice, bob.");
+    /* a new remote user whose nick is taken: the later claim is ignored */
+    CHECK_INT(chat_remote_join(c, "n3", 9, 4, "alice", "lobby"), CHAT_REMOTE_IGNORED);
+    CHECK_INT(chat_remote_find(c, "n3", 9, 4), CHAT_NO_SLOT);
+    /* renames: free nick applied, taken nick ignored */
+    CHECK_INT(chat_remote_nick(c, bob, "alice"), CHAT_REMOTE_IGNORED);
+    CHECK_INT(chat_remote_nick(c, bob, "carol"), CHAT_REMOTE_JOINED);
+    CHECK_INT(chat_nick_holder(c, "bob"), CHAT_NO_SLOT);
+    CHECK_INT(chat_nick_holder(c, "carol"), bob);
+    const char *rooms[CHAT_ROOMS_PER_SESSION];
+    CHECK_INT(chat_remote_join(c, "n2", 7, 1, "carol", "dev"), CHAT_REMOTE_JOINED);
+    CHECK_INT(chat_session_rooms(c, bob, rooms, CHAT_ROOMS_PER_SESSION), 2);
+    CHECK_STR(rooms[1], "dev");
+    chat_remote_leave(c, bob, "dev", 0);
+    CHECK_INT(chat_session_rooms(c, bob, rooms, CHAT_ROOMS_PER_SESSION), 1);
+    CHECK_INT(members_of(c, "dev").n, 0);
+    /* the remote slots are bounded; bad names are refused */
+    CHECK_INT(chat_remote_join(c, "n2", 7, 2, "dan", "lobby"), CHAT_REMOTE_JOINED);
+    CHECK_INT(chat_remote_join(c, "n3", 9, 1, "erin", "lobby"), CHAT_REMOTE_JOINED);
+    CHECK_INT(chat_remote_join(c, "n3", 9, 2, "fay", "lobby"), -1);
+    CHECK_INT(chat_remote_join(c, "n3", 9, 3, "bad nick", "lobby"), -1);
+    /* a local guest never gets a remote user's nick */
+    CHECK_INT(chat_remote_join(c, "n3", 9, 1, "erin", "lobby"), CHAT_REMOTE_JOINED);
+    chat_remote_leave(c, chat_nick_holder(c, "erin"), NULL, 1);
+    CHECK_INT(chat_remote_join(c, "n3", 9, 5, "guest2", "lobby"), CHAT_REMOTE_JOINED);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
+    CHECK_STR(chat_session_nick(c, 1), "guest2-2");
+    /* the node goes: its users of that run, and only those */
+    dropped = 0;
+    chat_remote_node_users(c, "n2", 7, 1, count_dropped, NULL);
+    CHECK_INT(dropped, 2);
+    CHECK_INT(chat_nick_holder(c, "carol"), CHAT_NO_SLOT);
+    CHECK(chat_nick_holder(c, "guest2") != CHAT_NO_SLOT);
+    CHECK_INT(members_of(c, "lobby").n, 3);   /* alice, guest2 (n3), guest2-2 */
+    /* a local user that loses its nick takes a guest nick, as a nick change */
+    chat_session_lost_nick(c, 0);
+    CHECK_INT(count(c), 2);
+    const chat_effect *e = must(c, 0);
+    CHECK_INT(e->kind, CHAT_EVENT);
+    CHECK_INT(e->event.kind, HISTORY_NICK);
+    CHECK_STR(e->event.nick, "alice");
+    CHECK_MEM(e->event.body, e->event.body_len, "guest1-2");
+    CHECK_REPLY(c, 1, 0, "*** alice was taken on another node of the cluster at the same moment; you are now guest1-2");
+    CHECK_STR(chat_session_nick(c, 0), "guest1-2");
+    chat_destroy(c);
+}
+
 int main(void)
 {
     test_open();
+    test_remote_users();
     test_say_and_me();
     test_nick();
     test_join_rooms_who();
