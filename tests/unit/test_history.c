@@ -1453,6 +1453,532 @@ static void test_unwritable(void)
     remove_db(path);
 }
 
+/* ---- cluster mode ----------------------------------------------------- */
+
+#define STREAM_CREATED "2026-12-01T10:00:00.123456789Z"
+#define STREAM_RECREATED "2026-12-02T08:30:00.5Z"
+
+/* history_cluster_state, checked to succeed; returns *bound, fills seq. */
+static int cluster_state_ok(history *h, char *stream, char *created, uint64_t *seq)
+{
+    int bound = -1;
+    int r = history_cluster_state(h, &bound, stream, 64, created, 64, seq);
+    CHECK_INT(r, HISTORY_OK);
+    if (r != HISTORY_OK)
+        fprintf(stderr, "  history_cluster_state: %s\n", history_errmsg(h));
+    return bound;
+}
+
+static uint64_t applied_of(history *h)
+{
+    char stream[64], created[64];
+    uint64_t seq = 999999;
+    CHECK_INT(cluster_state_ok(h, stream, created, &seq), 1);
+    return seq;
+}
+
+/* One batch of n lines "<tag> <i>" that applies the stream up to seq. */
+static int commit_applied(history *h, const char *tag, int n, uint64_t seq)
+{
+    char body[64];
+    int i, r = history_begin(h);
+    for (i = 0; i < n && r == HISTORY_OK; i++) {
+        history_record rec;
+        snprintf(body, sizeof body, "%s %d", tag, i);
+        rec = rec_of("2026-12-01T10:00:01.000Z", "lobby", "ann", "say", body);
+        r = history_append(h, &rec);
+    }
+    if (r == HISTORY_OK)
+        r = history_cluster_applied(h, seq);
+    if (r == HISTORY_OK)
+        return history_commit(h);
+    history_rollback(h);
+    return r;
+}
+
+/* A new file is unbound; binding it stores one row at sequence 0; binding
+ * it again to the same stream is fine, to another name or another creation
+ * of the same name is refused with a reason naming both. */
+static void test_cluster_bind(void)
+{
+    const char *path = db_path("cbind");
+    char stream[64], created[64], err[512], tiny[4];
+    uint64_t seq = 77;
+    int bound = -1;
+    history *h = open_ok(path, NULL);
+    sqlite3 *db;
+
+    CHECK_INT(cluster_state_ok(h, stream, created, &seq), 0);
+    CHECK_STR(stream, "");
+    CHECK_STR(created, "");
+    CHECK_INT(seq, 0);
+    CHECK_INT(history_cluster_state(h, &bound, NULL, 0, NULL, 0, NULL), HISTORY_OK);
+    CHECK_INT(bound, 0);
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster"), 0);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM pragma_table_info('cluster')"), 4);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM pragma_table_info('cluster') WHERE \"notnull\" = 1"), 3);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM pragma_table_info('cluster_gaps') WHERE \"notnull\" = 1"), 3);
+
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    CHECK_STR(err, "");
+    CHECK_INT(cluster_state_ok(h, stream, created, &seq), 1);
+    CHECK_STR(stream, "CHAT");
+    CHECK_STR(created, STREAM_CREATED);
+    CHECK_INT(seq, 0);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster WHERE id = 1 AND stream = 'CHAT'"
+                          " AND stream_created = '" STREAM_CREATED "' AND applied_seq = 0"), 1);
+    /* the row has one place only: a second one made by hand is refused */
+    CHECK(cli_exec(db, "INSERT INTO cluster VALUES (2, 'X', 'Y', 0)") != SQLITE_OK);
+
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster"), 1);
+
+    CHECK_INT(history_cluster_bind(h, "OTHER", STREAM_CREATED, err, sizeof err), HISTORY_REJECTED);
+    printf("bound to another stream: %s\n", err);
+    CHECK(strstr(err, "\"CHAT\"") != NULL);
+    CHECK(strstr(err, "\"OTHER\"") != NULL);
+    CHECK(strchr(err, '\n') == NULL);
+    CHECK_STR(history_errmsg(h), err);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_RECREATED, err, sizeof err), HISTORY_REJECTED);
+    printf("the stream created again: %s\n", err);
+    CHECK(strstr(err, STREAM_CREATED) != NULL);
+    CHECK(strstr(err, STREAM_RECREATED) != NULL);
+    CHECK(strstr(err, "created again") != NULL);
+    CHECK_INT(history_cluster_bind(h, "chat", STREAM_CREATED, err, sizeof err), HISTORY_REJECTED);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster WHERE stream = 'CHAT' AND stream_created = '"
+                          STREAM_CREATED "'"), 1);
+
+    /* Misuse: no name, no time, a batch open, a buffer too small. */
+    CHECK_INT(history_cluster_bind(h, "", STREAM_CREATED, err, sizeof err), HISTORY_ERROR);
+    CHECK_INT(history_cluster_bind(h, "CHAT", NULL, err, sizeof err), HISTORY_ERROR);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, NULL, 0), HISTORY_OK);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_ERROR);
+    CHECK(strstr(err, "a batch is open") != NULL);
+    history_rollback(h);
+    CHECK_INT(history_cluster_state(h, &bound, tiny, sizeof tiny, NULL, 0, &seq), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "does not fit") != NULL);
+    CHECK_STR(tiny, "");
+    cli_close(db);
+    history_close(h);
+
+    /* It is in the file: the next start finds it. */
+    h = open_ok(path, NULL);
+    CHECK_INT(cluster_state_ok(h, stream, created, &seq), 1);
+    CHECK_STR(stream, "CHAT");
+    CHECK_STR(created, STREAM_CREATED);
+    CHECK_INT(history_cluster_bind(h, "OTHER", "2026-12-03T00:00:00Z", err, sizeof err), HISTORY_REJECTED);
+    history_close(h);
+    remove_db(path);
+}
+
+/* A file with lines stored as a single node cannot join a stream. */
+static void test_cluster_single_node_refused(void)
+{
+    const char *path = db_path("csingle");
+    char stream[64], created[64], err[512];
+    uint64_t seq = 5;
+    history *h = open_ok(path, NULL);
+    sqlite3 *db;
+
+    CHECK_INT(append_one(h, "2026-11-27T03:04:05.123Z", "lobby", "ann", "say", "alone"), HISTORY_OK);
+    CHECK_INT(append_one(h, "2026-11-27T03:04:06.123Z", "lobby", "ann", "say", "still alone"), HISTORY_OK);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_REJECTED);
+    printf("single-node rows: %s\n", err);
+    CHECK(strstr(err, "single node") != NULL);
+    CHECK(strstr(err, "ids up to 2") != NULL);
+    CHECK(strstr(err, "\"CHAT\"") != NULL);
+    CHECK_INT(cluster_state_ok(h, stream, created, &seq), 0);
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster"), 0);
+    cli_close(db);
+    CHECK_INT(count_recent(h, "lobby"), 2);
+    history_close(h);
+    remove_db(path);
+}
+
+/* The applied sequence is stored with its batch, and not at all when the
+ * batch is rolled back or its commit fails. */
+static void test_cluster_applied(void)
+{
+    const char *path = db_path("capplied");
+    const char *unbound = db_path("cunbound");
+    char err[512];
+    history *h = open_ok(path, NULL);
+    history *u = open_ok(unbound, NULL);
+    history_record rec = rec_of("2026-12-01T10:00:02.000Z", "lobby", "bob", "say", "a forbidden word");
+    sqlite3 *db = cli_open(path);
+
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 1), HISTORY_ERROR);   /* no batch */
+    CHECK(strstr(history_errmsg(h), "no batch open") != NULL);
+
+    /* Stored together, visible only at the commit. */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_append(h, &rec), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 2), HISTORY_OK);
+    CHECK_INT(applied_of(h), 2);                                   /* the batch sees its own */
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 0);  /* nobody else does yet */
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 2);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 1);
+    CHECK_INT(applied_of(h), 2);
+
+    /* Rolled back: neither the rows nor the sequence. */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_append(h, &rec), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 3), HISTORY_OK);
+    history_rollback(h);
+    CHECK_INT(applied_of(h), 2);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 1);
+
+    /* Several sequences in one batch, and a batch of no rows (records the
+     * relay does not store still move the sequence on). */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 4), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 7), HISTORY_OK);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 7);
+    CHECK_INT(commit_applied(h, "ten", 3, 10), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 10);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 4);
+
+    /* Not after what was applied: an error that loses the whole batch. */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_append(h, &rec), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 10), HISTORY_ERROR);
+    printf("applied again: %s\n", history_errmsg(h));
+    CHECK(strstr(history_errmsg(h), "sequence 10 is not after the one already applied (10)") != NULL);
+    CHECK_INT(history_cluster_applied(h, 11), HISTORY_ERROR);     /* poisoned */
+    CHECK_INT(history_append(h, &rec), HISTORY_ERROR);
+    CHECK_INT(history_commit(h), HISTORY_ERROR);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 4);
+    CHECK_INT(commit_applied(h, "back", 1, 3), HISTORY_ERROR);
+    CHECK_INT(commit_applied(h, "zero", 1, 0), HISTORY_ERROR);
+    CHECK_INT(commit_applied(h, "huge", 1, UINT64_MAX), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "past SQLite's largest integer") != NULL);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 10);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 4);
+
+    /* The commit fails (a trigger a sqlite3 user added refuses a row): the
+     * sequence goes with the rows. */
+    CHECK_INT(cli_exec(db, "CREATE TRIGGER no_forbidden BEFORE INSERT ON messages"
+                           " WHEN new.body LIKE '%forbidden%' BEGIN SELECT RAISE(ABORT, 'forbidden'); END"),
+              SQLITE_OK);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_append(h, &rec), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 11), HISTORY_OK);
+    CHECK_INT(history_commit(h), HISTORY_REJECTED);
+    CHECK_INT(applied_of(h), 10);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 10);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 4);
+    CHECK_INT(cli_exec(db, "DROP TRIGGER no_forbidden"), SQLITE_OK);
+    CHECK_INT(commit_applied(h, "eleven", 2, 11), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 11);
+
+    /* A database never bound has no sequence to move. */
+    CHECK_INT(commit_applied(u, "loose", 1, 1), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(u), "not bound to a stream") != NULL);
+    CHECK_INT(count_recent(u, "lobby"), 0);
+    cli_close(db);
+    history_close(u);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+    remove_db(unbound);
+}
+
+/* A gap is a row of cluster_gaps stored with its batch, after the applied
+ * sequence, never inside it. */
+static void test_cluster_gap(void)
+{
+    const char *path = db_path("cgap");
+    char err[512];
+    history *h = open_ok(path, NULL);
+    sqlite3 *db = cli_open(path);
+
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    CHECK_INT(commit_applied(h, "first", 2, 2), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 3, 9, "2026-12-01T10:00:03.000Z"), HISTORY_ERROR);   /* no batch */
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 3, 9, "2026-12-01T10:00:03.000Z"), HISTORY_OK);
+    CHECK_INT(history_cluster_applied(h, 10), HISTORY_OK);
+    history_rollback(h);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster_gaps"), 0);
+    CHECK_INT(applied_of(h), 2);
+
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 3, 9, "2026-12-01T10:00:03.000Z"), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster_gaps"), 0);
+    CHECK_INT(history_cluster_applied(h, 10), HISTORY_OK);
+    CHECK_INT(history_commit(h), HISTORY_OK);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster_gaps WHERE first_seq = 3 AND last_seq = 9"
+                          " AND noted_at = '2026-12-01T10:00:03.000Z'"), 1);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 10);
+
+    /* A gap in what was applied, or no range at all, loses the batch. */
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 10, 12, "2026-12-01T10:00:04.000Z"), HISTORY_ERROR);
+    CHECK(strstr(history_errmsg(h), "at or before the applied sequence 10") != NULL);
+    CHECK_INT(history_cluster_applied(h, 13), HISTORY_ERROR);
+    CHECK_INT(history_commit(h), HISTORY_ERROR);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 14, 12, "2026-12-01T10:00:04.000Z"), HISTORY_ERROR);
+    history_rollback(h);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 0, 12, "2026-12-01T10:00:04.000Z"), HISTORY_ERROR);
+    history_rollback(h);
+    CHECK_INT(history_begin(h), HISTORY_OK);
+    CHECK_INT(history_cluster_gap(h, 11, 12, "yesterday"), HISTORY_ERROR);
+    history_rollback(h);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster_gaps"), 1);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 10);
+    cli_close(db);
+    history_close(h);
+    remove_db(path);
+}
+
+/* A version 3 file (before cluster mode) is brought to version 4 at open
+ * with its rows untouched, unbound; one with a table of ours already called
+ * cluster is refused and left at version 3. */
+static void test_migrate_from_v3(void)
+{
+    static const char v3_schema[] =
+        "CREATE TABLE messages(id INTEGER PRIMARY KEY, at TEXT NOT NULL, room TEXT NOT NULL,"
+        " nick TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);"
+        "CREATE INDEX messages_room_id ON messages(room COLLATE NOCASE, id);"
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='messages', content_rowid='id');"
+        "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN"
+        "  INSERT INTO messages_fts(rowid, body) VALUES (new.id, new.body); END;"
+        "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN"
+        "  INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.id, old.body); END;"
+        "CREATE TRIGGER messages_fts_update AFTER UPDATE ON messages BEGIN"
+        "  INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', old.id, old.body);"
+        "  INSERT INTO messages_fts(rowid, body) VALUES (new.id, new.body); END;"
+        "CREATE INDEX messages_topic ON messages(room COLLATE NOCASE, id) WHERE kind = 'topic';"
+        "INSERT INTO messages(at, room, nick, kind, body) VALUES"
+        " ('2026-11-27T03:04:05.123Z', 'lobby', 'alice', 'say', 'version three words'),"
+        " ('2026-11-27T03:04:06.123Z', 'lobby', 'bob', 'topic', 'three topics');"
+        "PRAGMA user_version = 3; PRAGMA journal_mode = WAL;";
+    const char *path = db_path("v3");
+    const char *clash = db_path("v3clash");
+    char stream[64], created[64], err[512];
+    uint64_t seq = 9;
+    history *h = NULL;
+    sqlite3 *db = cli_open(path);
+
+    CHECK_INT(cli_exec(db, v3_schema), SQLITE_OK);
+    cli_close(db);
+    h = open_ok(path, NULL);
+    if (!h) {
+        remove_db(path);
+        return;
+    }
+    CHECK_INT(count_recent(h, "lobby"), 2);
+    CHECK_INT(count_search(h, "lobby", "three"), 2);
+    CHECK_INT(cluster_state_ok(h, stream, created, &seq), 0);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_REJECTED);
+    history_close(h);
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), HISTORY_SCHEMA_VERSION);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages WHERE id = 1 AND body = 'version three words'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                          " AND name IN ('cluster', 'cluster_gaps')"), 2);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster"), 0);
+    cli_close(db);
+    check_fts_consistent(path);
+
+    db = cli_open(clash);
+    CHECK_INT(cli_exec(db, v3_schema), SQLITE_OK);
+    CHECK_INT(cli_exec(db, "CREATE TABLE cluster(node TEXT); INSERT INTO cluster VALUES ('theirs');"), SQLITE_OK);
+    cli_close(db);
+    CHECK_INT(history_open(&h, clash, NULL, err, sizeof err), HISTORY_ERROR);
+    CHECK(h == NULL);
+    CHECK(strstr(err, "from version 3 to " STR(HISTORY_SCHEMA_VERSION) " failed") != NULL);
+    CHECK(strstr(err, "already exists") != NULL);
+    db = cli_open(clash);
+    CHECK_INT(cli_int(db, "PRAGMA user_version"), 3);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM cluster WHERE node = 'theirs'"), 1);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'cluster_gaps'"), 0);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 2);
+    cli_close(db);
+    remove_db(path);
+    remove_db(clash);
+}
+
+/* A cluster row changed by hand into something chatrelay never writes is
+ * a clear HISTORY_ERROR wherever it is read, never a guess or a crash. */
+static void test_cluster_row_damaged(void)
+{
+    static const struct {
+        const char *set, *says;
+    } damage[] = {
+        { "applied_seq = -5", "applied_seq is -5" },
+        { "applied_seq = 'abc'", "applied_seq is text (abc), not an integer" },
+        { "applied_seq = 2.5", "applied_seq is a real (2.5), not an integer" },
+        { "applied_seq = 'line' || char(10) || 'break'", "applied_seq is text (line?break), not an integer" },
+        { "applied_seq = X'0102'", "applied_seq is a blob of 2 bytes, not an integer" },
+        { "stream = X'43'", "stream is a blob of 1 bytes, not text" },
+        { "stream_created = X'00'", "stream_created is a blob of 1 bytes, not text" },
+    };
+    const char *path = db_path("cdamaged");
+    char stream[64], created[64], err[512];
+    uint64_t seq = 0;
+    int bound = -1;
+    size_t i;
+    history *h = open_ok(path, NULL);
+    sqlite3 *db = cli_open(path);
+
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    CHECK_INT(commit_applied(h, "before", 1, 4), HISTORY_OK);
+    for (i = 0; i < sizeof damage / sizeof damage[0]; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "UPDATE cluster SET %s", damage[i].set);
+        CHECK_INT(cli_exec(db, sql), SQLITE_OK);
+        seq = 1234;
+        CHECK_INT(history_cluster_state(h, &bound, stream, sizeof stream, created, sizeof created, &seq),
+                  HISTORY_ERROR);
+        printf("damaged (%s): %s\n", damage[i].set, history_errmsg(h));
+        CHECK(strstr(history_errmsg(h), "history_cluster_state: the cluster row was changed by hand") != NULL);
+        CHECK(strstr(history_errmsg(h), damage[i].says) != NULL);
+        CHECK_INT(bound, 0);
+        CHECK_INT(seq, 0);
+        CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_ERROR);
+        CHECK(strstr(err, "history_cluster_bind: the cluster row was changed by hand") != NULL);
+        CHECK_INT(commit_applied(h, "after", 1, 5), HISTORY_ERROR);
+        CHECK(strstr(history_errmsg(h), "history_cluster_applied: the cluster row was changed by hand") != NULL);
+        CHECK_INT(cli_exec(db, "UPDATE cluster SET stream = 'CHAT', stream_created = '" STREAM_CREATED "',"
+                               " applied_seq = 4"), SQLITE_OK);
+    }
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 1);
+    /* Names compare byte for byte: one with a NUL inside is another name. */
+    CHECK_INT(cli_exec(db, "UPDATE cluster SET stream = 'CHAT' || char(0) || 'X'"), SQLITE_OK);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_REJECTED);
+    CHECK_INT(cli_exec(db, "UPDATE cluster SET stream = 'CHAT'"), SQLITE_OK);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    /* A number written as text is an integer once stored (INTEGER affinity). */
+    CHECK_INT(cli_exec(db, "UPDATE cluster SET applied_seq = '12'"), SQLITE_OK);
+    CHECK_INT(applied_of(h), 12);
+    CHECK_INT(commit_applied(h, "after", 1, 13), HISTORY_OK);
+    cli_close(db);
+    history_close(h);
+    remove_db(path);
+}
+
+#ifndef _WIN32
+/* A node killed -9 resumes right after what its file holds: a child
+ * commits batches with their sequences, opens one more batch that applies
+ * sequence 6102 (its UPDATE is in the open transaction), says so and is
+ * killed; the file then holds the three batches and sequence 3101. */
+static void test_cluster_killed(void)
+{
+    const char *path = db_path("ckilled");
+    history_options opt;
+    int fds[2], status = 0;
+    char said = 0;
+    pid_t pid;
+    history *h;
+    sqlite3 *db;
+
+    memset(&opt, 0, sizeof opt);
+    opt.cache_pages = 10;
+    CHECK_INT(pipe(fds), 0);
+    fflush(NULL);
+    pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        static const int sizes[] = { 1, 100, 3000 };
+        char err[512];
+        uint64_t seq = 0;
+        size_t b;
+        h = NULL;
+        close(fds[0]);
+        if (history_open(&h, path, &opt, err, sizeof err) != HISTORY_OK ||
+            history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err) != HISTORY_OK)
+            _exit(1);
+        for (b = 0; b < sizeof sizes / sizeof sizes[0]; b++) {
+            seq += (uint64_t)sizes[b];
+            if (commit_applied(h, "killed", sizes[b], seq) != HISTORY_OK)
+                _exit(2);
+        }
+        if (history_begin(h) != HISTORY_OK || history_cluster_applied(h, seq + 3001) != HISTORY_OK)
+            _exit(3);
+        if (write(fds[1], "c", 1) != 1)
+            _exit(4);
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    CHECK_INT(read(fds[0], &said, 1), 1);
+    close(fds[0]);
+    CHECK_INT(kill(pid, SIGKILL), 0);
+    CHECK_INT(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+    db = cli_open(path);
+    CHECK_INT(cli_int(db, "SELECT applied_seq FROM cluster"), 3101);
+    CHECK_INT(cli_int(db, "SELECT count(*) FROM messages"), 3101);
+    cli_close(db);
+    h = open_ok(path, NULL);
+    CHECK_INT(applied_of(h), 3101);
+    CHECK_INT(commit_applied(h, "resumed", 1, 3102), HISTORY_OK);
+    history_close(h);
+    check_fts_consistent(path);
+    remove_db(path);
+}
+
+/* The commit itself fails (a file size limit stands in for a full disk):
+ * the sequence is not stored, and the same batch commits once there is room. */
+static void test_cluster_commit_fails(void)
+{
+    const char *path = db_path("cfull");
+    static char body[4096];
+    struct rlimit old_limit, small;
+    void (*old_handler)(int);
+    char err[512];
+    history *h = open_ok(path, NULL);
+    int attempt, i, r;
+
+    memset(body, 'x', sizeof body - 1);
+    CHECK_INT(history_cluster_bind(h, "CHAT", STREAM_CREATED, err, sizeof err), HISTORY_OK);
+    CHECK_INT(commit_applied(h, "before", 1, 1), HISTORY_OK);
+    CHECK_INT(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    old_handler = signal(SIGXFSZ, SIG_IGN);
+    for (attempt = 0; attempt < 2; attempt++) {
+        if (attempt == 0) {
+            small = old_limit;
+            small.rlim_cur = 256 * 1024;
+            CHECK_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
+        }
+        r = history_begin(h);
+        for (i = 0; i < 300 && r == HISTORY_OK; i++) {
+            history_record rec = rec_of("2026-12-01T10:00:05.000Z", "lobby", "ann", "say", body);
+            r = history_append(h, &rec);
+        }
+        if (r == HISTORY_OK)
+            r = history_cluster_applied(h, 301);
+        CHECK_INT(r, HISTORY_OK);
+        r = history_commit(h);
+        if (attempt == 0) {
+            CHECK_INT(r, HISTORY_ERROR);
+            printf("cluster batch on a full disk: %s\n", history_errmsg(h));
+            CHECK_INT(setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+            CHECK_INT(applied_of(h), 1);
+            CHECK_INT(count_recent(h, "lobby"), 1);
+        } else {
+            CHECK_INT(r, HISTORY_OK);
+            CHECK_INT(applied_of(h), 301);
+            CHECK_INT(count_recent(h, "lobby"), 301);
+        }
+    }
+    signal(SIGXFSZ, old_handler);
+    history_close(h);
+    remove_db(path);
+}
+#endif
+
 int main(int argc, char **argv)
 {
     const char *dir = getenv("CHATRELAY_TEST_DIR");
@@ -1493,5 +2019,17 @@ int main(int argc, char **argv)
     test_migrate_from_v1();
     test_wal_shrinks_after_reader();
     test_unwritable();
+    test_cluster_bind();
+    test_cluster_single_node_refused();
+    test_cluster_applied();
+    test_cluster_gap();
+    test_migrate_from_v3();
+    test_cluster_row_damaged();
+#ifndef _WIN32
+    test_cluster_killed();
+    test_cluster_commit_fails();
+#else
+    printf("SKIPPED under Windows: test_cluster_killed, test_cluster_commit_fails (POSIX only)\n");
+#endif
     return check_done();
 }
