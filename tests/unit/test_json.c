@@ -201,6 +201,8 @@ static void check_string(doc d, const char *path, const char *want)
     int rc = json_get_string(d.p, d.n, path, out, sizeof out);
     if (rc != 0)
         fprintf(stderr, "no string at %s\n", path);
+    else if (strcmp(out, want) != 0)
+        fprintf(stderr, "at %s:\n", path);
     CHECK_INT(rc, 0);
     CHECK_STR(out, want);
 }
@@ -211,6 +213,8 @@ static void check_u64(doc d, const char *path, uint64_t want)
     int rc = json_get_u64(d.p, d.n, path, &v);
     if (rc != 0)
         fprintf(stderr, "no u64 at %s\n", path);
+    else if (v != want)
+        fprintf(stderr, "at %s: %llu, not %llu\n", path, (unsigned long long)v, (unsigned long long)want);
     CHECK_INT(rc, 0);
     CHECK(v == want);
 }
@@ -219,7 +223,10 @@ static void check_absent(doc d, const char *path)
 {
     const char *v = NULL;
     size_t n = 0;
-    CHECK_INT(json_get(d.p, d.n, path, &v, &n), JSON_ABSENT);
+    json_type t = json_get(d.p, d.n, path, &v, &n);
+    if (t != JSON_ABSENT)
+        fprintf(stderr, "found at %s: %.*s\n", path, (int)n, v);
+    CHECK_INT(t, JSON_ABSENT);
 }
 
 static void test_nats_info(void)
