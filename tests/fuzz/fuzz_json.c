@@ -11,8 +11,9 @@
  * every key that a path can name is found by json_get, both in its object
  * and by its full path from the root, at the last member of that name (as
  * far as a budget of rescans allows: see lookup_budget);
- * every string (key or value) unescapes unless it holds \u0000, within the
- * capacity it promises, and writes back to the same text; the number
+ * every string (key or value) unescapes to what the harness's own decoder
+ * makes of it (or is refused for \u0000), within the capacity it promises,
+ * and writes back to the same text; the number
  * getters agree with the digits.  The input is also written as a string:
  * valid UTF-8 must be accepted, and what is written must read back.
  */
@@ -60,30 +61,67 @@ static int is_ws(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* Whether the checked string raw (with quotes) holds the escape \u0000. */
-static int has_escaped_nul(const char *raw, size_t n)
+static unsigned long hex_value(const char *p)
 {
-    for (size_t i = 1; i + 1 < n; i++) {
-        if (raw[i] != '\\')
-            continue;
-        if (raw[i + 1] == 'u' && i + 5 < n && memcmp(raw + i + 2, "0000", 4) == 0)
-            return 1;
-        i++;   /* the escaped character */
-    }
-    return 0;
+    char t[5];
+    memcpy(t, p, 4);
+    t[4] = '\0';
+    return strtoul(t, NULL, 16);
 }
 
-static char unescaped[MAX_INPUT + 1], again[MAX_INPUT + 1], written[6 * MAX_INPUT + 2];
+/* The harness's own unescaping of a checked string (raw, with quotes), by
+ * code point arithmetic: its length in out, or -1 if it holds \u0000. */
+static long reference_unescape(const char *raw, size_t n, char *out)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    size_t o = 0;
+    for (size_t i = 1; i + 1 < n;) {
+        unsigned long cp;
+        if (raw[i] != '\\') {
+            out[o++] = raw[i++];
+            continue;
+        }
+        if (raw[i + 1] != 'u') {
+            out[o++] = to[strchr(from, raw[i + 1]) - from];
+            i += 2;
+            continue;
+        }
+        cp = hex_value(raw + i + 2);
+        i += 6;
+        if (cp >= 0xD800 && cp < 0xDC00) {
+            cp = 0x10000 + ((cp & 0x3FF) << 10 | (hex_value(raw + i + 2) & 0x3FF));
+            i += 6;
+        }
+        if (cp == 0)
+            return -1;
+        if (cp < 0x80) {
+            out[o++] = (char)cp;
+            continue;
+        }
+        size_t bytes = cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+        for (size_t k = bytes - 1; k > 0; k--) {
+            out[o + k] = (char)(0x80 | (cp & 0x3F));
+            cp >>= 6;
+        }
+        out[o] = (char)((bytes == 2 ? 0xC0 : bytes == 3 ? 0xE0 : 0xF0) | cp);
+        o += bytes;
+    }
+    return (long)o;
+}
+
+static char unescaped[MAX_INPUT + 1], again[MAX_INPUT + 1], reference[MAX_INPUT + 1],
+            written[6 * MAX_INPUT + 2];
 
 /* A string token of a valid document. */
 static void check_string(const char *raw, size_t n)
 {
-    int nul = has_escaped_nul(raw, n);
+    long ref = reference_unescape(raw, n, reference);
     int rc = json_unescape(raw, n, unescaped, sizeof unescaped);
-    FUZZ_ASSERT(rc == (nul ? -1 : 0));
+    FUZZ_ASSERT(rc == (ref < 0 ? -1 : 0));
     if (rc != 0)
         return;
     size_t len = strlen(unescaped);
+    FUZZ_ASSERT(len == (size_t)ref && memcmp(unescaped, reference, len) == 0);
     FUZZ_ASSERT(len + 2 <= n);   /* unescaping never lengthens: n - 2 bytes and the NUL are enough */
     FUZZ_ASSERT(json_unescape(raw, n, again, n - 1) == 0 && strcmp(again, unescaped) == 0);
     FUZZ_ASSERT(json_unescape(raw, n, again, len) == -1);   /* no room for the NUL */
