@@ -559,7 +559,7 @@ size_t json_write_string_n(char *out, size_t cap, const char *s, size_t n)
             k = 2;
         } else if (c == '\n' || c == '\r' || c == '\t') {
             e[0] = '\\';
-            e[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+            e[1] = (char)(c == '\n' ? 'n' : c == '\r' ? 'r' : 't');
             k = 2;
         } else if (c < 0x20) {
             memcpy(e, "\\u00", 4);
