@@ -98,6 +98,8 @@ struct cluster {
 
     int64_t ping_sent_at, last_ping_at;
     int64_t ready_since, last_beat_sent;
+    cluster_delivery *direct;     /* private messages to our users, straight from another node */
+    size_t direct_count, direct_cap;
     struct beat { char node[CLUSTER_NODE_MAX + 1]; int64_t epoch, at; } beats[CLUSTER_BEATS_MAX];
     size_t beat_count;
     uint64_t pubacks_failed;
@@ -509,6 +511,10 @@ static int on_info(cluster *c, const nats_msg *m)
     size_t ws = nats_write_sub(buf + w, sizeof buf - w, sub, 1);
     if (ws)
         ws += nats_write_sub(buf + w + ws, sizeof buf - w - ws, CLUSTER_BEAT_SUBJECT ".*", 2);
+    char direct[96];
+    snprintf(direct, sizeof direct, CLUSTER_DIRECT_SUBJECT ".%s", c->node);
+    if (ws)
+        ws += nats_write_sub(buf + w + ws, sizeof buf - w - ws, direct, 3);
     size_t wp = ws ? nats_write_ping(buf + w + ws, sizeof buf - w - ws) : 0;
     if (ws == 0 || wp == 0) {
         fail(c, "%s", "cannot write the subscription");
@@ -578,6 +584,27 @@ static int on_msg(void *ctx, const nats_msg *m)
     }
     case NATS_MSG:
         break;
+    }
+    if (m->sid == 3) {
+        if (c->direct_count == c->direct_cap) {
+            size_t cap = c->direct_cap ? c->direct_cap * 2 : 16;
+            if (cap > 4096)
+                return 0;   /* the hub drains them every turn: this is a flood, dropped */
+            cluster_delivery *d = realloc(c->direct, cap * sizeof *d);
+            if (!d)
+                return 0;
+            c->direct = d;
+            c->direct_cap = cap;
+        }
+        cluster_delivery *d = &c->direct[c->direct_count];
+        memset(d, 0, sizeof *d);
+        char *copy = dup_n(m->payload, m->payload_len);
+        if (copy) {
+            d->payload = copy;
+            d->payload_len = m->payload_len;
+            c->direct_count++;
+        }
+        return 0;
     }
     if (m->sid == 2) {
         static const char pre[] = CLUSTER_BEAT_SUBJECT ".";
@@ -655,6 +682,8 @@ void cluster_destroy(cluster *c)
     drop_deliveries(c, c->dv_count);
     free(c->dv);
     free(c->acks);
+    cluster_direct_done(c);
+    free(c->direct);
     for (size_t i = 0; i < c->pub_count; i++)
         free(c->pubs[i].payload);
     free(c->pubs);
@@ -918,4 +947,26 @@ int cluster_publish_once(cluster *c, const char *msg_id, const char *payload, si
         return -1;
     snprintf(reply, sizeof reply, "%s.ack.0", c->inbox);
     return emit_pub(c, CLUSTER_SUBJECT, reply, msg_id, payload, n);
+}
+
+int cluster_send_direct(cluster *c, const char *node, const char *payload, size_t n)
+{
+    char subject[96];
+    if (c->st != ST_READY)
+        return -1;
+    snprintf(subject, sizeof subject, CLUSTER_DIRECT_SUBJECT ".%s", node);
+    return emit_pub(c, subject, NULL, NULL, payload, n);
+}
+
+size_t cluster_direct_messages(cluster *c, const cluster_delivery **out)
+{
+    *out = c->direct;
+    return c->direct_count;
+}
+
+void cluster_direct_done(cluster *c)
+{
+    for (size_t i = 0; i < c->direct_count; i++)
+        free((char *)c->direct[i].payload);
+    c->direct_count = 0;
 }

@@ -91,6 +91,16 @@ size_t cluster_deliveries(cluster *c, const cluster_delivery **out);
 void cluster_applied(cluster *c, size_t n);
 uint64_t cluster_applied_seq(const cluster *c);
 
+/* Private messages to a user of another node that are not stored (no
+ * --log-private) do not go through the stream (a copy on the bus's disks
+ * would be one): core NATS, straight to that node's subject
+ * CLUSTER_DIRECT_SUBJECT.<node>, at most once. */
+#define CLUSTER_DIRECT_SUBJECT "chatrelay.direct"
+int cluster_send_direct(cluster *c, const char *node, const char *payload, size_t n);
+/* The direct messages received (payload only), and dropping them once handled. */
+size_t cluster_direct_messages(cluster *c, const cluster_delivery **out);
+void cluster_direct_done(cluster *c);
+
 /* Liveness.  While ready, every node says it is alive every
  * CLUSTER_BEAT_MS on CLUSTER_BEAT_SUBJECT.<node> (core NATS: not stored),
  * with its epoch; this records when each node last did.  A node is silent

@@ -145,6 +145,11 @@ static const char NOTICE_REJECTED[] = "*** message not sent: the history databas
 static const char NOTICE_UNDELIVERED[] = "*** message not delivered: the recipient left before it could be";
 static const char NOTICE_SLOW[] = "*** you are not reading fast enough; disconnecting (slow consumer)";
 
+/* cluster mode, below: a private message to a user of another node */
+static int bus_send_direct(hub *h, const outbox_entry *e);
+typedef struct record_who record_who;
+static int msg_recipient_here(hub *h, outbox_entry *e, const record_who *who);
+
 #define COMMIT_RETRY_MS 50
 #define IDLE_CHECK_MS 1000
 #define PRUNE_IDLE_MS 1000      /* a cheap check when nothing is due */
@@ -818,7 +823,15 @@ static int deliver_event(hub *h, outbox_entry *e)
             notice_as(h, e->from_slot, NOTICE_REJECTED, sizeof NOTICE_REJECTED - 1, 1);
         return 0;
     }
-    if (ev.kind == HISTORY_MSG) {
+    if (ev.kind == HISTORY_MSG && h->cfg.cluster && e->to_slot != CHAT_NO_SLOT && e->to_slot >= h->cfg.max_sessions) {
+        /* to a user of another node: that node delivers it, from the
+         * stream (stored) or straight from here (not stored) */
+        if (!e->persist && bus_send_direct(h, e) != 0) {
+            if (is_actor(h, e))
+                notice_as(h, e->from_slot, NOTICE_UNDELIVERED, sizeof NOTICE_UNDELIVERED - 1, 1);
+            return 0;
+        }
+    } else if (ev.kind == HISTORY_MSG) {
         if (!(slot_live(h, e->to_slot) && h->slots[e->to_slot].conn_id == e->to_conn)) {
             /* the recipient left while the message waited: no confirmation
              * may claim it reached them */
@@ -841,6 +854,7 @@ static int deliver_event(hub *h, outbox_entry *e)
 
 static void later_push_query(hub *h, uint32_t slot, msgbuf *m);
 static int earliest(int a, int b);
+
 static void run_effects(hub *h);
 
 static void outbox_deliver(hub *h)
@@ -914,6 +928,14 @@ static size_t record_encode(const hub *h, const outbox_entry *e, char *out, size
     off = put_json_field(out, cap, off, ",\"nick\":", p, strlen(p));
     off = put_json_field(out, cap, off, ",\"target\":", p + e->target_off, strlen(p + e->target_off));
     off = put_json_field(out, cap, off, ",\"body\":", p + e->body_off, e->body_len);
+    if (e->kind == HISTORY_MSG) {
+        /* the node that delivers it: the recipient's */
+        uint64_t epoch, sid;
+        const char *to_node = chat_remote_node(h->chat, e->to_slot, &epoch, &sid);
+        if (!to_node)
+            to_node = h->cfg.node;
+        off = put_json_field(out, cap, off, ",\"to_node\":", to_node, strlen(to_node));
+    }
     if (off == 0 || cap - off < 12)
         return 0;
     memcpy(out + off, ",\"rooms\":[", 10);
@@ -952,11 +974,12 @@ static int name_ok(const char *s, int allow_empty)
  * be stored and delivered like one of ours.  Returns 0, or -1 with why. */
 /* Who a record is about: the node, its run and the user's connection there;
  * for a "gone" record, the node whose users left. */
-typedef struct record_who {
+struct record_who {
     char node[CLUSTER_NODE_MAX + 1];
+    char to_node[CLUSTER_NODE_MAX + 1];   /* a private message: the node of its recipient */
     uint64_t epoch, sid;
     int gone;
-} record_who;
+};
 
 static int record_decode(const cluster_delivery *d, outbox_entry *e, record_who *who, const char **why)
 {
@@ -988,6 +1011,8 @@ static int record_decode(const cluster_delivery *d, outbox_entry *e, record_who 
     }
     if (json_get_u64(doc, n, "sid", &who->sid) != 0)
         return -1;
+    if (json_get_string(doc, n, "to_node", who->to_node, sizeof who->to_node) != 0)
+        who->to_node[0] = '\0';
     *why = "a field is missing or malformed";
     if (json_get_string(doc, n, "kind", kind, sizeof kind) != 0 ||
         json_get_string(doc, n, "node", node, CLUSTER_NODE_MAX + 1) != 0 ||
@@ -1480,6 +1505,8 @@ static int bus_apply(hub *h, int64_t now)
             continue;
         }
         int shown = presence_apply(h, &rec[k], &who[k]);
+        if (rec[k].kind == HISTORY_MSG)
+            shown = msg_recipient_here(h, &rec[k], &who[k]);
         if (rec[k].kind == HISTORY_TOPIC) {
             history_record topic = { rec[k].id, rec[k].at, rec[k].data->data + rec[k].rooms_off,
                                      rec[k].data->data, HISTORY_TOPIC, rec[k].data->data + rec[k].body_off,
@@ -1498,9 +1525,58 @@ static int bus_apply(hub *h, int64_t now)
     return cluster_deliveries(c, &dv) ? 0 : -1;
 }
 
+/* A private message's recipient, if it is a user of this node: the record's
+ * to_slot set to it.  Returns 1 if so. */
+static int msg_recipient_here(hub *h, outbox_entry *e, const record_who *who)
+{
+    if (strcmp(who->to_node, h->cfg.node) != 0)
+        return 0;
+    uint32_t to = chat_nick_holder(h->chat, e->data->data + e->target_off);
+    if (to >= h->cfg.max_sessions || !slot_live(h, to))
+        return 0;   /* left meanwhile: at most once, like a line to a room */
+    e->to_slot = to;
+    e->to_conn = h->slots[to].conn_id;
+    return 1;
+}
+
+static int bus_send_direct(hub *h, const outbox_entry *e)
+{
+    static char rec[RECORD_MAX];
+    uint64_t epoch, sid;
+    const char *node = chat_remote_node(h->chat, e->to_slot, &epoch, &sid);
+    size_t n = node ? record_encode(h, e, rec, sizeof rec) : 0;
+    return n && cluster_send_direct(h->cfg.cluster, node, rec, n) == 0 ? 0 : -1;
+}
+
+/* Private messages other nodes sent straight to users here. */
+static void bus_direct(hub *h)
+{
+    const cluster_delivery *dm;
+    size_t n = cluster_direct_messages(h->cfg.cluster, &dm);
+    for (size_t k = 0; k < n; k++) {
+        outbox_entry e;
+        record_who who;
+        const char *why;
+        memset(&who, 0, sizeof who);
+        if (record_decode(&dm[k], &e, &who, &why) != 0 || who.gone || e.kind != HISTORY_MSG) {
+            log_warn("cluster: a private message from another node was not one (%s); dropped",
+                     who.gone ? "a control record" : why);
+            outbox_entry_free(&e);
+            continue;
+        }
+        e.persist = 0;
+        e.last_open = h->open_seq;
+        if (msg_recipient_here(h, &e, &who))
+            (void)deliver_event(h, &e);
+        outbox_entry_free(&e);
+    }
+    cluster_direct_done(h->cfg.cluster);
+}
+
 static int bus_step(hub *h, int64_t now)
 {
     bus_publish(h, now);
+    bus_direct(h);
     int wait = bus_apply(h, now);
     bus_health(h, now);
     liveness_check(h, now);
