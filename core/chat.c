@@ -1350,8 +1350,8 @@ void chat_session_lost_nick(chat *c, uint32_t slot)
     char lost[CHAT_NAME_MAX + 1], nick[CHAT_NAME_MAX + 1];
     memcpy(lost, s->nick, (size_t)s->nick_len + 1);
     size_t n = guest_nick(c, s->conn_id, 0, nick);
-    if (chat_op_nick(c, slot, nick, n) != CHAT_OK)
-        return;
+    /* the reason first, then the nick change (an IRC client learns its new
+     * nick from the NICK echo alone) */
     if (s->dialect == CHAT_DIALECT_LINE) {
         sbuf b;
         sb_open(c, &b);
@@ -1361,4 +1361,5 @@ void chat_session_lost_nick(chat *c, uint32_t slot)
         sb_puts(&b, nick);
         chat_reply_built(c, slot, &b);
     }
+    (void)chat_op_nick(c, slot, nick, n);   /* a free guest nick: it cannot fail */
 }

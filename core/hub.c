@@ -1166,11 +1166,34 @@ static void yield_nick(hub *h, const char *nick)
 
 /* Applies a remote record to the view of remote users.  Returns 1 if it is
  * shown to the members here, 0 if not (a claim that lost). */
-static int presence_apply(hub *h, const outbox_entry *e, const record_who *who)
+/* The record names its user by the nick its node gave it; where this
+ * node's view has another (the user's claim of that nick lost), the view's
+ * is shown, so a line is never shown under the nick of someone else.  The
+ * row keeps the record's: every node stores the same. */
+static void show_as_viewed(hub *h, outbox_entry *e, uint32_t slot)
 {
+    const char *viewed = slot == CHAT_NO_SLOT ? NULL : chat_session_nick(h->chat, slot);
+    if (!viewed || strcmp(viewed, e->data->data) == 0)
+        return;
     chat_event ev;
     entry_event(e, &ev);
+    char nick[CHAT_NAME_MAX + 1];
+    snprintf(nick, sizeof nick, "%s", viewed);
+    ev.nick = nick;
+    outbox_entry fixed = *e;
+    fixed.data = NULL;
+    if (entry_fill(&fixed, &ev, 0) != 0)
+        return;   /* out of memory: shown as the record says */
+    msgbuf_release(e->data);
+    *e = fixed;
+}
+
+static int presence_apply(hub *h, outbox_entry *e, const record_who *who)
+{
     uint32_t slot = chat_remote_find(h->chat, who->node, who->epoch, who->sid);
+    show_as_viewed(h, e, slot);
+    chat_event ev;
+    entry_event(e, &ev);
     int shown = 1;
     switch (ev.kind) {
     case HISTORY_JOIN:
