@@ -116,6 +116,7 @@ struct hub {
     int64_t db_failing_since;
     int bus_failing;            /* cluster mode: the bus is not taking lines (down, catching up, stalled) */
     int bus_was_ready;          /* it took lines once (before, waiting for it is the start, not an outage) */
+    int stopping;               /* hub_stopping ran: the bus closing is the stop, not an outage */
     int64_t bus_failing_since;
     uint64_t next_serial;       /* cluster mode: the last serial given to a published entry */
     int64_t next_liveness;      /* cluster mode: when silent nodes are looked for again */
@@ -1093,7 +1094,7 @@ static void bus_health(hub *h, int64_t now)
     if (failing && !h->bus_failing) {
         h->bus_failing = 1;
         h->bus_failing_since = now;
-        if (h->bus_was_ready)
+        if (h->bus_was_ready && !h->stopping)
             log_warn("cluster: the bus does not take lines (%s); %u line(s) held",
                      stalled ? "a published line has not come back from the stream" : cluster_status(c),
                      (unsigned)h->ob_unstored);
@@ -2215,6 +2216,7 @@ void hub_stopping(hub *h, int64_t now_ms)
 {
     static const char msg[] = "*** server is stopping; goodbye";
     h->input_now = now_ms;
+    h->stopping = 1;
     for (uint32_t i = 0; i < h->cfg.max_sessions; i++)
         if (slot_live(h, i) && !h->slots[i].detecting)
             notice_text(h, i, msg, sizeof msg - 1);
