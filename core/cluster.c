@@ -36,7 +36,10 @@
 #define PULL_BATCH 256
 #define PULL_EXPIRES_MS 10000
 #define PULL_LOST_MS (PULL_EXPIRES_MS + 5000)
-#define CONSUMER_INACTIVE_S 30    /* the server drops our consumer this long after we are gone */
+#define CONSUMER_INACTIVE_S 300   /* the server drops our consumer this long after we are gone (or
+                                   * stopped pulling: a database locked that long; then it is made again) */
+#define HANDSHAKE_TIMEOUT_MS 5000 /* a server that accepted the connection but says nothing */
+#define MAX_PAYLOAD_CAP (8u << 20)/* whatever INFO claims, no message is buffered past this */
 #define DUPLICATE_WINDOW_S 120    /* the stream's Nats-Msg-Id window (JetStream's default) */
 #define MAX_PAYLOAD_DEFAULT (1u << 20)
 #define CLUSTER_BEATS_MAX 64      /* nodes whose beats are tracked; more are never declared silent */
@@ -54,6 +57,7 @@ typedef struct held_pub {
     char *payload;
     size_t len;
     int64_t sent_at;              /* 0 = not sent on this connection */
+    int acked;                    /* the stream said it has it: never sent again while connected */
 } held_pub;
 
 struct cluster {
@@ -72,6 +76,9 @@ struct cluster {
     bytes out, flight;            /* accumulating; being sent (the shell's until sent) */
     size_t flight_off;
     int64_t now;
+    int64_t connected_at;
+    int broken;                   /* the output could not be written: the connection must close */
+    int64_t same_name_logged;
 
     api_kind api;
     uint64_t api_serial;
@@ -132,9 +139,18 @@ static char *dup_n(const char *s, size_t n)
     return d;
 }
 
+/* Text from the server, for the log: controls replaced, so it stays one line. */
+static void printable(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 static void fail(cluster *c, const char *fmt, const char *what)
 {
     snprintf(c->error, sizeof c->error, fmt, what);
+    printable(c->error);
 }
 
 /* Appends one command written by a nats_write_* function (or raw bytes). */
@@ -142,6 +158,7 @@ static int emit_raw(cluster *c, const void *data, size_t n)
 {
     if (bytes_reserve(&c->out, n) != 0) {
         fail(c, "%s", "out of memory for the bus's output");
+        c->broken = 1;
         return -1;
     }
     memcpy(c->out.p + c->out.len, data, n);
@@ -155,11 +172,13 @@ static int emit_pub(cluster *c, const char *subject, const char *reply, const ch
     size_t need = strlen(subject) + (reply ? strlen(reply) : 0) + (msg_id ? strlen(msg_id) : 0) + n + 96;
     if (bytes_reserve(&c->out, need) != 0) {
         fail(c, "%s", "out of memory for the bus's output");
+        c->broken = 1;
         return -1;
     }
     size_t w = nats_write_pub(c->out.p + c->out.len, c->out.cap - c->out.len, subject, reply, msg_id, payload, n);
     if (w == 0) {
         fail(c, "cannot write a publish to %s", subject);
+        c->broken = 1;
         return -1;
     }
     c->out.len += w;
@@ -288,6 +307,8 @@ oom:
     return -1;
 }
 
+static void drop_deliveries(cluster *c, size_t n);
+
 /* ---- answers -------------------------------------------------------------- */
 
 /* A JetStream error answer: its code, or 0 when the answer is not one. */
@@ -298,6 +319,7 @@ static uint64_t api_error(const char *doc, size_t n, char *desc, size_t cap)
         return 0;
     if (json_get_string(doc, n, "error.description", desc, cap) != 0)
         snprintf(desc, cap, "(no description)");
+    printable(desc);
     return code ? code : 1;
 }
 
@@ -413,10 +435,16 @@ static int on_puback(cluster *c, uint64_t serial, const char *doc, size_t n)
 {
     char desc[200];
     uint64_t code = json_valid(doc, n) == 0 ? api_error(doc, n, desc, sizeof desc) : 1;
-    if (!code)
-        return 0;   /* stored (or a duplicate of a stored one): its delivery will come */
+    if (!code) {
+        /* stored (or a duplicate of a stored one): its delivery will come,
+         * and it is not sent again while this connection lasts */
+        for (size_t i = 0; i < c->pub_count; i++)
+            if (c->pubs[i].serial == serial)
+                c->pubs[i].acked = 1;
+        return 0;
+    }
     if (code == 1)
-        snprintf(desc, sizeof desc, "not JSON");
+        snprintf(desc, sizeof desc, "no answer from the stream (no leader, or a status)");
     for (size_t i = 0; i < c->pub_count; i++)
         if (c->pubs[i].serial == serial) {
             /* sent again once PUB_RESEND_MS passed, like one that got no answer */
@@ -428,26 +456,52 @@ static int on_puback(cluster *c, uint64_t serial, const char *doc, size_t n)
     return 0;
 }
 
+static const char *memmem_(const char *hay, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; k <= n && i <= n - k; i++)
+        if (memcmp(hay + i, needle, k) == 0)
+            return hay + i;
+    return NULL;
+}
+
+/* The consumer is gone (deleted after inactivity, or with the server that
+ * held it): the deliveries not applied are dropped and come again from a
+ * new one, made from the stream's description as at a connection. */
+static int consumer_lost(cluster *c, const char *why)
+{
+    log_warn("cluster: %s; making a new one from sequence %" PRIu64, why, c->applied + 1);
+    drop_deliveries(c, c->dv_count);
+    c->seen = c->applied;
+    c->pull_open = 0;
+    c->consumer[0] = '\0';
+    return ask_stream_info(c);
+}
+
 static int on_pull(cluster *c, const nats_msg *m)
 {
     int status = m->headers ? nats_status(m->headers, m->headers_len) : 0;
     if (status) {
-        /* 408: the pull expired; 409: the server ended it (consumer gone, too
-         * many waiting); 404: nothing for a no-wait pull.  The next one follows. */
+        /* 408: the pull expired; 409: the server ended it (too many waiting,
+         * or the consumer was deleted); 404: nothing for a no-wait pull; 503:
+         * no one serves the pull: the consumer is gone.  The next pull
+         * follows, from a new consumer when this one is gone. */
         c->pull_open = 0;
         if (status != 408 && status != 404)
             log_debug("cluster: a pull ended with status %d", status);
-        if (status == 409 && m->headers_len > 0 && strstr(m->headers, "Consumer Deleted")) {
-            fail(c, "%s", "the server deleted this node's consumer");
-            return -1;
-        }
+        if (status == 503 || (status == 409 && memmem_(m->headers, m->headers_len, "Consumer Deleted")))
+            return consumer_lost(c, "the stream's consumer for this node is gone");
         return 0;
     }
     uint64_t seq;
-    if (nats_ack_stream_seq(m->reply, m->reply_len, &seq) != 0) {
-        log_warn("cluster: a delivery without a stream sequence was ignored");
+    const char *consumer;
+    size_t consumer_len;
+    if (nats_ack_parse(m->reply, m->reply_len, &seq, &consumer, &consumer_len) != 0 || seq > INT64_MAX) {
+        log_warn("cluster: a delivery without a valid stream sequence was ignored");
         return 0;
     }
+    if (consumer_len != strlen(c->consumer) || memcmp(consumer, c->consumer, consumer_len) != 0)
+        return 0;   /* from a consumer of an earlier connection, still delivering: not ours now */
     if (c->pull_left > 0 && --c->pull_left == 0)
         c->pull_open = 0;
     if (seq <= c->seen)
@@ -493,7 +547,8 @@ static int on_info(cluster *c, const nats_msg *m)
     }
     uint64_t max_payload = 0;
     c->max_payload = json_get_u64(doc, n, "max_payload", &max_payload) == 0 && max_payload > 0
-                         ? (size_t)max_payload : MAX_PAYLOAD_DEFAULT;
+                         ? (size_t)(max_payload < MAX_PAYLOAD_CAP ? max_payload : MAX_PAYLOAD_CAP)
+                         : MAX_PAYLOAD_DEFAULT;
     const char *v;
     size_t vl;
     c->server_clustered = json_get(doc, n, "cluster", &v, &vl) == JSON_STRING;
@@ -615,8 +670,17 @@ static int on_msg(void *ctx, const nats_msg *m)
             memcpy(node, m->subject + sizeof pre - 1, k);
             node[k] = '\0';
             uint64_t epoch = 0;
-            if (inbox_number(m->payload, m->payload_len, 0, &epoch) == 0)
+            if (strcmp(node, c->node) == 0) {
+                /* echo is off: a beat on our own subject is another relay
+                 * with our --node name, which breaks every rule above */
+                if (c->now - c->same_name_logged >= 60000 || !c->same_name_logged) {
+                    log_error("cluster: another relay uses this node's name %s: give each relay its own --node",
+                              c->node);
+                    c->same_name_logged = c->now;
+                }
+            } else if (inbox_number(m->payload, m->payload_len, 0, &epoch) == 0) {
                 note_beat(c, node, (int64_t)epoch);
+            }
         }
         return 0;
     }
@@ -701,6 +765,8 @@ void cluster_connected(cluster *c, int64_t now_ms)
     CR_ASSERT(c->st == ST_DOWN && c->flight.len == 0);
     c->now = now_ms;
     c->st = ST_HANDSHAKE;
+    c->connected_at = now_ms;
+    c->broken = 0;
     c->error[0] = '\0';
     c->out.len = 0;
     c->api = API_NONE;
@@ -711,8 +777,10 @@ void cluster_connected(cluster *c, int64_t now_ms)
     /* what was delivered but not applied comes again from the new consumer */
     drop_deliveries(c, c->dv_count);
     c->seen = c->applied;
-    for (size_t i = 0; i < c->pub_count; i++)
+    for (size_t i = 0; i < c->pub_count; i++) {
         c->pubs[i].sent_at = 0;
+        c->pubs[i].acked = 0;
+    }
     nats_parser_free(&c->parser);
     nats_parser_init(&c->parser, c->max_payload);
 }
@@ -776,8 +844,20 @@ int cluster_tick(cluster *c, int64_t now_ms, int *close_now)
 {
     c->now = now_ms;
     *close_now = 0;
-    if (c->st == ST_DOWN || c->st == ST_HANDSHAKE)
-        return -1;   /* the shell's connect timeout covers a silent server */
+    if (c->broken) {
+        *close_now = 1;
+        return -1;
+    }
+    if (c->st == ST_DOWN)
+        return -1;
+    if (c->st == ST_HANDSHAKE) {
+        if (now_ms - c->connected_at >= HANDSHAKE_TIMEOUT_MS) {
+            fail(c, "%s", "the server accepted the connection but sent no INFO");
+            *close_now = 1;
+            return -1;
+        }
+        return earliest(-1, c->connected_at + HANDSHAKE_TIMEOUT_MS, now_ms);
+    }
     int wait = -1;
     if (c->ping_sent_at && now_ms - c->ping_sent_at >= PING_TIMEOUT_MS) {
         fail(c, "%s", "the server stopped answering pings");
@@ -813,8 +893,12 @@ int cluster_tick(cluster *c, int64_t now_ms, int *close_now)
     else if (c->api_retry_at)
         wait = earliest(wait, c->api_retry_at, now_ms);
     if (rc == 0 && c->st >= ST_CATCHUP) {
-        if (c->pull_open && now_ms - c->pull_sent_at >= PULL_LOST_MS)
-            c->pull_open = 0;   /* its end never came */
+        if (c->pull_open && now_ms - c->pull_sent_at >= PULL_LOST_MS) {
+            /* neither messages nor its end came: the consumer is gone
+             * (no_responders would have said so, unless the server that
+             * held it went silently) */
+            rc = consumer_lost(c, "a pull got no answer");
+        }
         if (!c->pull_open && c->dv_count < PULL_BATCH)
             rc = send_pull(c);
         if (c->pull_open)
@@ -831,13 +915,13 @@ int cluster_tick(cluster *c, int64_t now_ms, int *close_now)
         wait = earliest(wait, c->last_beat_sent + CLUSTER_BEAT_MS, now_ms);
         for (size_t i = 0; i < c->pub_count && rc == 0; i++) {
             held_pub *p = &c->pubs[i];
-            if (p->sent_at && now_ms - p->sent_at >= PUB_RESEND_MS)
+            if (!p->acked && (!p->sent_at || now_ms - p->sent_at >= PUB_RESEND_MS))
                 rc = send_held_pub(c, p);
-            if (p->sent_at)
+            if (!p->acked)
                 wait = earliest(wait, p->sent_at + PUB_RESEND_MS, now_ms);
         }
     }
-    if (rc != 0)
+    if (rc != 0 || c->broken)
         *close_now = 1;
     return wait;
 }
@@ -867,6 +951,8 @@ const char *cluster_status(const cluster *c)
 
 int cluster_publish(cluster *c, uint64_t serial, const char *payload, size_t n)
 {
+    if (n + 256 > c->max_payload)
+        return -1;   /* the server would close the connection on it */
     CR_ASSERT(c->pub_count == 0 || c->pubs[c->pub_count - 1].serial < serial);
     if (c->pub_count == c->pub_cap) {
         size_t cap = c->pub_cap ? c->pub_cap * 2 : 64;
@@ -880,12 +966,15 @@ int cluster_publish(cluster *c, uint64_t serial, const char *payload, size_t n)
     p->serial = serial;
     p->len = n;
     p->sent_at = 0;
+    p->acked = 0;
     p->payload = dup_n(payload, n);
     if (!p->payload)
         return -1;
     c->pub_count++;
+    /* queued: a failure to write it now closes the connection (broken),
+     * and it goes out again after the reconnect */
     if (c->st == ST_READY)
-        return send_held_pub(c, p);
+        (void)send_held_pub(c, p);
     return 0;
 }
 
@@ -943,7 +1032,7 @@ int cluster_node_silent(const cluster *c, const char *node, int64_t epoch, int64
 int cluster_publish_once(cluster *c, const char *msg_id, const char *payload, size_t n)
 {
     char reply[128];
-    if (c->st != ST_READY)
+    if (c->st != ST_READY || n + 256 > c->max_payload)
         return -1;
     snprintf(reply, sizeof reply, "%s.ack.0", c->inbox);
     return emit_pub(c, CLUSTER_SUBJECT, reply, msg_id, payload, n);
@@ -952,7 +1041,7 @@ int cluster_publish_once(cluster *c, const char *msg_id, const char *payload, si
 int cluster_send_direct(cluster *c, const char *node, const char *payload, size_t n)
 {
     char subject[96];
-    if (c->st != ST_READY)
+    if (c->st != ST_READY || n + 256 > c->max_payload)
         return -1;
     snprintf(subject, sizeof subject, CLUSTER_DIRECT_SUBJECT ".%s", node);
     return emit_pub(c, subject, NULL, NULL, payload, n);

@@ -933,9 +933,21 @@ static size_t record_encode(const hub *h, const outbox_entry *e, char *out, size
         /* the node that delivers it: the recipient's */
         uint64_t epoch, sid;
         const char *to_node = chat_remote_node(h->chat, e->to_slot, &epoch, &sid);
-        if (!to_node)
+        if (!to_node) {
             to_node = h->cfg.node;
+            epoch = (uint64_t)h->cfg.epoch;
+            sid = e->to_conn;
+        }
         off = put_json_field(out, cap, off, ",\"to_node\":", to_node, strlen(to_node));
+        /* the recipient's connection, not its nick: a nick may change hands
+         * while the message travels */
+        char ids[64];
+        int w = snprintf(ids, sizeof ids, ",\"to_epoch\":%llu,\"to_sid\":%llu", (unsigned long long)epoch,
+                         (unsigned long long)sid);
+        if (off == 0 || cap - off <= (size_t)w)
+            return 0;
+        memcpy(out + off, ids, (size_t)w);
+        off += (size_t)w;
     }
     if (off == 0 || cap - off < 12)
         return 0;
@@ -958,6 +970,18 @@ static size_t record_encode(const hub *h, const outbox_entry *e, char *out, size
     return off;
 }
 
+/* "2026-12-01T15:49:29.855Z": digits where digits go, as every node writes it */
+static int time_ok(const char *at)
+{
+    static const char pattern[] = "dddd-dd-ddTdd:dd:dd.dddZ";
+    if (strlen(at) != HISTORY_TIME_LEN)
+        return 0;
+    for (size_t i = 0; i < HISTORY_TIME_LEN; i++)
+        if (pattern[i] == 'd' ? at[i] < '0' || at[i] > '9' : at[i] != pattern[i])
+            return 0;
+    return 1;
+}
+
 static int name_ok(const char *s, int allow_empty)
 {
     size_t n = strlen(s);
@@ -977,7 +1001,8 @@ static int name_ok(const char *s, int allow_empty)
  * for a "gone" record, the node whose users left. */
 struct record_who {
     char node[CLUSTER_NODE_MAX + 1];
-    char to_node[CLUSTER_NODE_MAX + 1];   /* a private message: the node of its recipient */
+    char to_node[CLUSTER_NODE_MAX + 1];   /* a private message: the node of its recipient, */
+    uint64_t to_epoch, to_sid;            /* and its connection there */
     uint64_t epoch, sid;
     int gone;
 };
@@ -1012,7 +1037,8 @@ static int record_decode(const cluster_delivery *d, outbox_entry *e, record_who 
     }
     if (json_get_u64(doc, n, "sid", &who->sid) != 0)
         return -1;
-    if (json_get_string(doc, n, "to_node", who->to_node, sizeof who->to_node) != 0)
+    if (json_get_string(doc, n, "to_node", who->to_node, sizeof who->to_node) != 0 ||
+        json_get_u64(doc, n, "to_epoch", &who->to_epoch) != 0 || json_get_u64(doc, n, "to_sid", &who->to_sid) != 0)
         who->to_node[0] = '\0';
     *why = "a field is missing or malformed";
     if (json_get_string(doc, n, "kind", kind, sizeof kind) != 0 ||
@@ -1030,7 +1056,8 @@ static int record_decode(const cluster_delivery *d, outbox_entry *e, record_who 
     if (ev.kind == HISTORY_KIND_NONE)
         return -1;
     *why = "a malformed name or time";
-    if (!name_ok(node, 0) || !name_ok(nick, 0) || !name_ok(target, 1) || strlen(e->at) != HISTORY_TIME_LEN)
+    if (!name_ok(node, 0) || !name_ok(nick, 0) || !name_ok(target, 1) || !time_ok(e->at) ||
+        (ev.kind == HISTORY_NICK && !name_ok(body, 0)))
         return -1;
     const char *arr;
     size_t arr_len, pos = 0;
@@ -1050,11 +1077,12 @@ static int record_decode(const cluster_delivery *d, outbox_entry *e, record_who 
         ev.room_count++;
     }
     *why = "no rooms";
-    if (ev.room_count == 0)
-        return -1;
-    /* the same cleaning as a line typed here: no control can reach a client */
+    if (ev.room_count == 0 && ev.kind != HISTORY_MSG)
+        return -1;   /* (a private message from someone in no room has none) */
+    /* the same cleaning and the same limit as a line typed here: no control
+     * can reach a client */
     int truncated = 0;
-    ev.body_len = text_clean_keeping(body, strlen(body), clean, sizeof clean, &truncated, 0x01);
+    ev.body_len = text_clean_keeping(body, strlen(body), clean, TEXT_MAX_LINE + 1, &truncated, 0x01);
     ev.body = clean;
     ev.nick = nick;
     ev.target = target;
@@ -1146,7 +1174,7 @@ static int claim_in_flight(const hub *h, uint32_t slot)
 {
     for (uint32_t i = 0; i < h->ob_count; i++) {
         const outbox_entry *e = &h->outbox[(h->ob_head + i) & (h->ob_cap - 1)];
-        if (e->published && !e->stored && e->from_slot == slot && e->from_conn == h->slots[slot].conn_id &&
+        if (e->persist && !e->stored && e->from_slot == slot && e->from_conn == h->slots[slot].conn_id &&
             (e->kind == HISTORY_JOIN || e->kind == HISTORY_NICK))
             return 1;
     }
@@ -1322,7 +1350,10 @@ static void reannounce(hub *h)
     }
 }
 
-#define GONE_USERS_MAX 4096   /* a gone record names at most this many users (its size: see RECORD_MAX) */
+#define GONE_USERS_MAX 4096   /* a gone record names at most this many users */
+#define GONE_RECORD_MAX (60u * 1024)  /* and stays this small: under any max_payload a server is likely set to */
+#define GONE_AGAIN_MS 60000   /* a gone record not yet applied is asked again: within the 2-minute
+                               * duplicate window, so the stream keeps one */
 
 typedef struct gone_ctx {
     hub *h;
@@ -1369,7 +1400,7 @@ static void liveness_check(hub *h, int64_t now)
         /* one gone record per (node, epoch), asked again every 5 s until applied */
         if (strcmp(h->gone_node, node) == 0 && h->gone_epoch == epoch && now < h->gone_again)
             continue;
-        static char rec[1u << 20];
+        static char rec[GONE_RECORD_MAX];   /* static: the I/O thread's only, too big for its stack */
         char at[HISTORY_TIME_LEN + 1], msg_id[96];
         history_format_time(clock_wall_ms(), at);
         int w = snprintf(rec, sizeof rec, "{\"v\":1,\"ctl\":\"gone\",\"node\":\"%s\",\"epoch\":%llu,\"by\":\"%s\","
@@ -1385,7 +1416,7 @@ static void liveness_check(hub *h, int64_t now)
             log_warn("cluster: node %s is silent; its %d user(s) are declared gone", node_copy, g.users);
         snprintf(h->gone_node, sizeof h->gone_node, "%s", node_copy);
         h->gone_epoch = epoch;
-        h->gone_again = now + 5000;
+        h->gone_again = now + GONE_AGAIN_MS;
         break;   /* one node a second is plenty */
     }
 }
@@ -1421,6 +1452,9 @@ static int bus_apply(hub *h, int64_t now)
             memset(&rec[k], 0, sizeof rec[k]);
             continue;
         }
+        if (dv[k].own_serial && !published_entry(h, dv[k].own_serial))
+            log_debug("cluster: our record %llu has no entry waiting (an earlier connection's)",
+                      (unsigned long long)dv[k].seq);
         if (who[k].gone) {
             if (k > 0) {   /* it starts a batch of its own: see below */
                 n = k;
@@ -1510,6 +1544,16 @@ static int bus_apply(hub *h, int64_t now)
     free(gone);
     for (size_t k = 0; k < n; k++) {
         if (!valid[k]) {
+            /* ours, but no node could read it: its sender is told, and
+             * nothing waits behind it */
+            outbox_entry *bad = dv[k].own_serial && !dv[k].gap_first ? published_entry(h, dv[k].own_serial) : NULL;
+            if (bad && !who[k].gone) {
+                bad->rejected = 1;
+                bad->persist = 0;
+                entry_settled(h, bad);
+                h->stats.rejected_lines++;
+                outbox_deliver(h);
+            }
             outbox_entry_free(&rec[k]);
             continue;
         }
@@ -1553,11 +1597,18 @@ static int bus_apply(hub *h, int64_t now)
  * to_slot set to it.  Returns 1 if so. */
 static int msg_recipient_here(hub *h, outbox_entry *e, const record_who *who)
 {
-    if (strcmp(who->to_node, h->cfg.node) != 0)
+    if (strcmp(who->to_node, h->cfg.node) != 0 || who->to_epoch != (uint64_t)h->cfg.epoch)
         return 0;
     uint32_t to = chat_nick_holder(h->chat, e->data->data + e->target_off);
-    if (to >= h->cfg.max_sessions || !slot_live(h, to))
-        return 0;   /* left meanwhile: at most once, like a line to a room */
+    if (to >= h->cfg.max_sessions || !slot_live(h, to) || h->slots[to].conn_id != who->to_sid) {
+        /* the nick changed hands: look for the connection itself */
+        to = CHAT_NO_SLOT;
+        for (uint32_t i = 0; i < h->cfg.max_sessions && to == CHAT_NO_SLOT; i++)
+            if (slot_live(h, i) && h->slots[i].conn_id == who->to_sid)
+                to = i;
+        if (to == CHAT_NO_SLOT)
+            return 0;   /* left meanwhile: at most once, like a line to a room */
+    }
     e->to_slot = to;
     e->to_conn = h->slots[to].conn_id;
     return 1;

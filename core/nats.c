@@ -286,8 +286,11 @@ size_t nats_write_connect(char *out, size_t cap, const char *name, const char *u
 {
     out_buf o = { out, 0, cap, 0 };
     /* verbose off (no +OK per command), echo off (not our own publishes back),
-     * headers on (HPUB, for Nats-Msg-Id) */
-    puts_(&o, "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"headers\":true,\"protocol\":1,"
+     * headers on (HPUB, for Nats-Msg-Id), no_responders on (a request nobody
+     * serves, such as a pull from a consumer that is gone, is answered with
+     * a 503 status at once instead of never) */
+    puts_(&o, "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"headers\":true,"
+              "\"no_responders\":true,\"protocol\":1,"
               "\"lang\":\"c\",\"version\":\"chatrelay\"");
     if (name) {
         puts_(&o, ",\"name\":");
@@ -385,6 +388,11 @@ size_t nats_write_pong(char *out, size_t cap)
 
 int nats_ack_stream_seq(const char *reply, size_t len, uint64_t *seq)
 {
+    return nats_ack_parse(reply, len, seq, NULL, NULL);
+}
+
+int nats_ack_parse(const char *reply, size_t len, uint64_t *seq, const char **consumer, size_t *consumer_len)
+{
     const char *tok[16];
     size_t tl[16], nt = 0, start = 0;
     for (size_t i = 0; i <= len && nt < 16; i++) {
@@ -402,6 +410,10 @@ int nats_ack_stream_seq(const char *reply, size_t len, uint64_t *seq)
     size_t at = nt == 9 ? 5 : nt >= 12 ? 7 : 0;
     if (at == 0)
         return -1;
+    if (consumer) {
+        *consumer = tok[at - 2];
+        *consumer_len = tl[at - 2];
+    }
     return number(tok[at], tl[at], seq);
 }
 

@@ -72,6 +72,8 @@ size_t nats_write_pong(char *out, size_t cap);
  * ("$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<stream seq>..." ,
  * 12 or more tokens).  Returns 0 and sets *seq, or -1 if it is neither. */
 int nats_ack_stream_seq(const char *reply, size_t len, uint64_t *seq);
+/* The same, and the consumer's name (a span of reply) when consumer is not NULL. */
+int nats_ack_parse(const char *reply, size_t len, uint64_t *seq, const char **consumer, size_t *consumer_len);
 
 /* The value of header `name` (case-insensitive) in an HMSG's header block;
  * 0 and the span, or -1 if absent. */

@@ -504,7 +504,8 @@ static void bus_connect(relay *r, int64_t now)
     /* event-select makes the socket non-blocking: connect returns at once */
     if (WSAEventSelect(s, b->connect_event, FD_CONNECT) != 0) {
         log_warn("cluster: WSAEventSelect(FD_CONNECT) failed (error %d)", WSAGetLastError());
-        closesocket(s);
+        if (closesocket(s) != 0)
+            log_warn("cluster: closesocket failed (error %d)", WSAGetLastError());
         b->next_attempt = now + BUS_BACKOFF_MAX_MS;
         return;
     }
@@ -538,8 +539,12 @@ static void bus_on_connect_event(relay *r, int64_t now)
     }
     u_long blocking = 0;
     BOOL nodelay = TRUE;
-    if (WSAEventSelect(b->sock, NULL, 0) != 0 || ioctlsocket(b->sock, FIONBIO, &blocking) != 0) {
-        bus_fail(r, "WSAEventSelect/ioctlsocket", WSAGetLastError());
+    if (WSAEventSelect(b->sock, NULL, 0) != 0) {
+        bus_fail(r, "WSAEventSelect(clear)", WSAGetLastError());
+        return;
+    }
+    if (ioctlsocket(b->sock, FIONBIO, &blocking) != 0) {
+        bus_fail(r, "ioctlsocket(FIONBIO)", WSAGetLastError());
         return;
     }
     if (setsockopt(b->sock, IPPROTO_TCP, TCP_NODELAY, (const char *)&nodelay, sizeof nodelay) != 0)
@@ -576,7 +581,10 @@ static void bus_completions(relay *r, int64_t now)
             log_warn("cluster: %s", cluster_error(r->cluster));
             bus_close(r, "protocol error");
         } else {
-            if (b->attempts) {
+            /* the backoff starts again only once a server took us (a server
+             * that answers and then refuses, bad credentials say, is tried
+             * with backoff like one that does not answer) */
+            if (b->attempts && cluster_ready(r->cluster)) {
                 b->attempts = 0;
                 b->backoff_ms = 0;
             }
@@ -1261,7 +1269,9 @@ static int read_credentials(const char *path, char *user, char *pass, char *toke
         log_error("cluster: cannot read %s (errno %d)", path, errno);
         ok = 0;
     }
-    fclose(f);
+    if (fclose(f) != 0)
+        log_warn("cluster: closing %s failed (errno %d)", path, errno);
+    memset(line, 0, sizeof line);   /* it held a secret */
     if (ok && ((user[0] != 0) != (pass[0] != 0) || (token[0] && user[0]))) {
         log_error("cluster: %s: give user= and password= together, or token= alone", path);
         ok = 0;

@@ -323,8 +323,59 @@ static void test_silent_server(void)
     cluster_destroy(c);
 }
 
+/* What the review of the first version found: deliveries of an earlier
+ * consumer, a consumer that is gone, acked publishes sent again, a server
+ * that never says INFO. */
+static void test_review_findings(void)
+{
+    cluster *c = make(0);
+    handshake(c, 1, 0, 0);
+    /* a delivery from another consumer (an earlier connection's, still
+     * delivering to our inbox) is not ours: no false gap, nothing queued */
+    char hdr[] = "NATS/1.0\r\nNats-Msg-Id: n2-5-9\r\n\r\n";
+    char buf[512];
+    snprintf(buf, sizeof buf, "HMSG chatrelay.chat 1 $JS.ACK.CHATRELAY.old.1.6.6.1796133692248201832.0 %u %u\r\n%sx\r\n",
+             (unsigned)strlen(hdr), (unsigned)strlen(hdr) + 1, hdr);
+    CHECK_INT(feed(c, buf), 0);
+    const cluster_delivery *d;
+    CHECK_INT(cluster_deliveries(c, &d), 0);
+    CHECK_INT(feed_delivery(c, 1, "n2-5-1", "a"), 0);
+    CHECK_INT(cluster_deliveries(c, &d), 1);
+    CHECK_INT(d[0].gap_first, 0);
+    /* an acked publish is not sent again while connected */
+    CHECK_INT(cluster_publish(c, 1, "p", 1), 0);
+    (void)drain(c);
+    CHECK_INT(feed_msg(c, "_INBOX.chatrelay.n1.1000.ack.1", "{\"stream\":\"CHATRELAY\",\"seq\":2}"), 0);
+    CHECK_INT(feed(c, "PONG\r\n"), 0);
+    int close_now = 0;
+    (void)cluster_tick(c, 1000 + 3500, &close_now);
+    CHECK(strstr(drain(c), "Nats-Msg-Id: n1-1000-1") == NULL);
+    /* the pull is answered "no responders": the consumer is gone; the
+     * waiting deliveries are dropped and a new consumer starts after what
+     * was applied */
+    static const char gone[] = "NATS/1.0 503\r\n\r\n";
+    snprintf(buf, sizeof buf, "HMSG _INBOX.chatrelay.n1.1000.pull 1 %u %u\r\n%s\r\n", (unsigned)strlen(gone),
+             (unsigned)strlen(gone), gone);
+    CHECK_INT(feed(c, buf), 0);
+    CHECK(!cluster_ready(c));
+    CHECK_INT(cluster_deliveries(c, &d), 0);
+    CHECK(strstr(drain(c), "PUB $JS.API.STREAM.INFO.CHATRELAY _INBOX.chatrelay.n1.1000.api.3 0") != NULL);
+    cluster_destroy(c);
+
+    /* accepted, but no INFO: closed after the handshake's bound */
+    c = make(0);
+    cluster_connected(c, 1000);
+    (void)cluster_tick(c, 1000 + 4000, &close_now);
+    CHECK_INT(close_now, 0);
+    (void)cluster_tick(c, 1000 + 5000, &close_now);
+    CHECK_INT(close_now, 1);
+    CHECK(strstr(cluster_error(c), "no INFO") != NULL);
+    cluster_destroy(c);
+}
+
 int main(void)
 {
+    test_review_findings();
     test_new_stream();
     test_reconnect_resends();
     test_gap_at_start_and_refusals();

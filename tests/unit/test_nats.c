@@ -151,7 +151,7 @@ static void test_writers(void)
     char out[512];
     size_t n = nats_write_connect(out, sizeof out, "relay \"a\"\n", "u", NULL, NULL);
     out[n] = '\0';
-    CHECK_STR(out, "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"headers\":true,\"protocol\":1,"
+    CHECK_STR(out, "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,"
                    "\"lang\":\"c\",\"version\":\"chatrelay\",\"name\":\"relay \\\"a\\\"\\u000a\",\"user\":\"u\"}\r\n");
     n = nats_write_pub(out, sizeof out, "chat.lobby", "_INBOX.1", NULL, "hi", 2);
     out[n] = '\0';
@@ -219,6 +219,10 @@ static void test_captured(void)
     const char *ack = "$JS.ACK.CHAT.node1.1.1.1.1796133692248201832.0";
     CHECK_INT(nats_ack_stream_seq(ack, strlen(ack), &seq), 0);
     CHECK_INT(seq, 1);
+    const char *consumer = NULL;
+    size_t consumer_len = 0;
+    CHECK_INT(nats_ack_parse(ack, strlen(ack), &seq, &consumer, &consumer_len), 0);
+    CHECK_MEM(consumer, consumer_len, "node1");
 }
 
 /* The header block of the captured delivery and of the captured 408. */
