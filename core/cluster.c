@@ -107,6 +107,8 @@ struct cluster {
     int64_t ready_since, last_beat_sent;
     cluster_delivery *direct;     /* private messages to our users, straight from another node */
     size_t direct_count, direct_cap;
+    cluster_who *who;             /* asks and answers of who is where (cluster.h) */
+    size_t who_count, who_cap;
     struct beat { char node[CLUSTER_NODE_MAX + 1]; int64_t epoch, at; } beats[CLUSTER_BEATS_MAX];
     size_t beat_count;
     uint64_t pubacks_failed;
@@ -264,6 +266,10 @@ static int become_ready(cluster *c)
     c->last_beat_sent = 0;
     log_info("cluster: ready at stream sequence %" PRIu64 "; %u held line(s) go out", c->applied,
              (unsigned)c->pub_count);
+    char reply[128];
+    snprintf(reply, sizeof reply, "%s.who", c->inbox);
+    if (emit_pub(c, CLUSTER_WHO_SUBJECT, reply, NULL, "", 0) != 0)
+        return -1;
     for (size_t i = 0; i < c->pub_count; i++)
         if (send_held_pub(c, &c->pubs[i]) != 0)
             return -1;
@@ -570,6 +576,8 @@ static int on_info(cluster *c, const nats_msg *m)
     snprintf(direct, sizeof direct, CLUSTER_DIRECT_SUBJECT ".%s", c->node);
     if (ws)
         ws += nats_write_sub(buf + w + ws, sizeof buf - w - ws, direct, 3);
+    if (ws)
+        ws += nats_write_sub(buf + w + ws, sizeof buf - w - ws, CLUSTER_WHO_SUBJECT, 4);
     size_t wp = ws ? nats_write_ping(buf + w + ws, sizeof buf - w - ws) : 0;
     if (ws == 0 || wp == 0) {
         fail(c, "%s", "cannot write the subscription");
@@ -612,6 +620,31 @@ static void note_beat(cluster *c, const char *node, int64_t epoch)
     c->beats[i].at = c->now;
 }
 
+static int queue_who(cluster *c, const char *reply, size_t reply_len, const char *payload, size_t n)
+{
+    if (c->who_count == c->who_cap) {
+        size_t cap = c->who_cap ? c->who_cap * 2 : 8;
+        if (cap > 1024)
+            return 0;   /* drained every turn: more is a flood, dropped */
+        cluster_who *w = realloc(c->who, cap * sizeof *w);
+        if (!w)
+            return 0;
+        c->who = w;
+        c->who_cap = cap;
+    }
+    cluster_who *w = &c->who[c->who_count];
+    w->reply = reply ? dup_n(reply, reply_len) : NULL;
+    w->payload = dup_n(payload, n);
+    w->payload_len = n;
+    if (!w->payload || (reply && !w->reply)) {
+        free(w->reply);
+        free(w->payload);
+        return 0;
+    }
+    c->who_count++;
+    return 0;
+}
+
 static int on_msg(void *ctx, const nats_msg *m)
 {
     cluster *c = ctx;
@@ -640,6 +673,8 @@ static int on_msg(void *ctx, const nats_msg *m)
     case NATS_MSG:
         break;
     }
+    if (m->sid == 4 && m->reply_len > 0 && m->reply_len < 200)
+        return queue_who(c, m->reply, m->reply_len, m->payload, m->payload_len);
     if (m->sid == 3) {
         if (c->direct_count == c->direct_cap) {
             size_t cap = c->direct_cap ? c->direct_cap * 2 : 16;
@@ -696,6 +731,8 @@ static int on_msg(void *ctx, const nats_msg *m)
     uint64_t n;
     if (rest_len == 4 && memcmp(rest, "pull", 4) == 0)
         return c->st >= ST_CATCHUP ? on_pull(c, m) : 0;
+    if (rest_len == 3 && memcmp(rest, "who", 3) == 0)
+        return m->headers_len ? 0 : queue_who(c, NULL, 0, m->payload, m->payload_len);   /* a status: no one */
     if (inbox_number(rest, rest_len, 4, &n) == 0 && memcmp(rest, "api.", 4) == 0)
         return on_api(c, n, m->payload, m->payload_len);
     if (inbox_number(rest, rest_len, 4, &n) == 0 && memcmp(rest, "ack.", 4) == 0)
@@ -748,6 +785,8 @@ void cluster_destroy(cluster *c)
     free(c->acks);
     cluster_direct_done(c);
     free(c->direct);
+    cluster_who_done(c);
+    free(c->who);
     for (size_t i = 0; i < c->pub_count; i++)
         free(c->pubs[i].payload);
     free(c->pubs);
@@ -1058,4 +1097,26 @@ void cluster_direct_done(cluster *c)
     for (size_t i = 0; i < c->direct_count; i++)
         free((char *)c->direct[i].payload);
     c->direct_count = 0;
+}
+
+size_t cluster_who_messages(cluster *c, const cluster_who **out)
+{
+    *out = c->who;
+    return c->who_count;
+}
+
+void cluster_who_done(cluster *c)
+{
+    for (size_t i = 0; i < c->who_count; i++) {
+        free(c->who[i].reply);
+        free(c->who[i].payload);
+    }
+    c->who_count = 0;
+}
+
+int cluster_answer_who(cluster *c, const char *reply, const char *payload, size_t n)
+{
+    if (c->st < ST_CATCHUP || n + 256 > c->max_payload)
+        return -1;
+    return emit_pub(c, reply, NULL, NULL, payload, n);
 }

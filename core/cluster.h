@@ -101,6 +101,23 @@ int cluster_send_direct(cluster *c, const char *node, const char *payload, size_
 size_t cluster_direct_messages(cluster *c, const cluster_delivery **out);
 void cluster_direct_done(cluster *c);
 
+/* Who is on the other nodes, for a node that just (re)started: its view of
+ * other nodes' users is built from the stream from where its history
+ * stands, so users who joined before are unknown to it.  Once ready it asks
+ * every node (core NATS request CLUSTER_WHO_SUBJECT); each answers with its
+ * own users; the hub adds them to its view.  Asks and answers are queued
+ * here for the hub: an ask has reply set (answer it with cluster_answer_who),
+ * an answer has reply NULL. */
+#define CLUSTER_WHO_SUBJECT "chatrelay.who"
+typedef struct cluster_who {
+    char *reply;
+    char *payload;
+    size_t payload_len;
+} cluster_who;
+size_t cluster_who_messages(cluster *c, const cluster_who **out);
+void cluster_who_done(cluster *c);
+int cluster_answer_who(cluster *c, const char *reply, const char *payload, size_t n);
+
 /* Liveness.  While ready, every node says it is alive every
  * CLUSTER_BEAT_MS on CLUSTER_BEAT_SUBJECT.<node> (core NATS: not stored),
  * with its epoch; this records when each node last did.  A node is silent

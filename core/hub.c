@@ -1648,10 +1648,75 @@ static void bus_direct(hub *h)
     cluster_direct_done(h->cfg.cluster);
 }
 
+/* Who is here, for a node that just started (cluster.h): asked, this node
+ * answers with its own users; answered, the other node's users join this
+ * node's view.  Not through the stream: a started node's view is seeded,
+ * then kept by the records like everyone's. */
+static void bus_who(hub *h)
+{
+    const cluster_who *w;
+    size_t n = cluster_who_messages(h->cfg.cluster, &w);
+    for (size_t k = 0; k < n; k++) {
+        if (w[k].reply) {
+            static char ans[GONE_RECORD_MAX];   /* static: the I/O thread's only, too big for its stack */
+            size_t off = (size_t)snprintf(ans, sizeof ans, "{\"node\":\"%s\",\"epoch\":%lld,\"users\":[",
+                                          h->cfg.node, (long long)h->cfg.epoch);
+            int users = 0;
+            for (uint32_t slot = 0; slot < h->cfg.max_sessions; slot++) {
+                const char *rooms[CHAT_ROOMS_PER_SESSION];
+                const char *nick = slot_live(h, slot) && !h->slots[slot].detecting ? chat_session_nick(h->chat, slot)
+                                                                                   : NULL;
+                uint32_t rc = nick ? chat_session_rooms(h->chat, slot, rooms, CHAT_ROOMS_PER_SESSION) : 0;
+                if (rc == 0 || sizeof ans - off < 64 + CHAT_NAME_MAX + rc * (CHAT_NAME_MAX + 4))
+                    continue;
+                off += (size_t)snprintf(ans + off, sizeof ans - off, "%s{\"sid\":%u,\"nick\":\"%s\",\"rooms\":[",
+                                        users++ ? "," : "", (unsigned)h->slots[slot].conn_id, nick);
+                for (uint32_t r = 0; r < rc; r++)
+                    off += (size_t)snprintf(ans + off, sizeof ans - off, "%s\"%s\"", r ? "," : "", rooms[r]);
+                memcpy(ans + off, "]}", 2);
+                off += 2;
+            }
+            memcpy(ans + off, "]}", 2);
+            off += 2;
+            (void)cluster_answer_who(h->cfg.cluster, w[k].reply, ans, off);
+            continue;
+        }
+        const char *doc = w[k].payload, *arr, *val;
+        size_t len = w[k].payload_len, arr_len, val_len, pos = 0;
+        char node[CLUSTER_NODE_MAX + 1];
+        uint64_t epoch;
+        if (json_valid(doc, len) != 0 || json_get_string(doc, len, "node", node, sizeof node) != 0 ||
+            !name_ok(node, 0) || strcmp(node, h->cfg.node) == 0 || json_get_u64(doc, len, "epoch", &epoch) != 0 ||
+            json_get(doc, len, "users", &arr, &arr_len) != JSON_ARRAY) {
+            log_warn("cluster: an answer to who-is-where was not one; ignored");
+            continue;
+        }
+        int added = 0;
+        while (json_array_next(arr, arr_len, &pos, &val, &val_len) == JSON_OBJECT) {
+            char nick[CHAT_NAME_MAX + 1], room[CHAT_NAME_MAX + 1];
+            uint64_t sid;
+            const char *rarr, *rv;
+            size_t rarr_len, rv_len, rpos = 0;
+            if (json_get_u64(val, val_len, "sid", &sid) != 0 ||
+                json_get_string(val, val_len, "nick", nick, sizeof nick) != 0 || !name_ok(nick, 0) ||
+                json_get(val, val_len, "rooms", &rarr, &rarr_len) != JSON_ARRAY)
+                continue;
+            while (json_array_next(rarr, rarr_len, &rpos, &rv, &rv_len) == JSON_STRING)
+                if (json_unescape(rv, rv_len, room, sizeof room) == 0 && name_ok(room, 0) &&
+                    chat_remote_join(h->chat, node, epoch, sid, nick, room) == CHAT_REMOTE_JOINED)
+                    added = 1;
+        }
+        if (added)
+            log_info("cluster: node %s's users are known here now", node);
+    }
+    cluster_who_done(h->cfg.cluster);
+}
+
 static int bus_step(hub *h, int64_t now)
 {
     bus_publish(h, now);
     bus_direct(h);
+    bus_who(h);
     int wait = bus_apply(h, now);
     bus_health(h, now);
     liveness_check(h, now);

@@ -362,7 +362,31 @@ static void test_review_findings(void)
     CHECK(strstr(drain(c), "PUB $JS.API.STREAM.INFO.CHATRELAY _INBOX.chatrelay.n1.1000.api.3 0") != NULL);
     cluster_destroy(c);
 
-    /* accepted, but no INFO: closed after the handshake's bound */
+    /* who is where: asked once ready, asks and answers queued for the hub */
+    c = make(0);
+    cluster_connected(c, 1000);
+    CHECK_INT(feed(c, INFO), 0);
+    (void)drain(c);
+    char reply[1024];
+    stream_info_reply(reply, sizeof reply, 0, 0, "chatrelay.chat");
+    CHECK_INT(feed_msg(c, "_INBOX.chatrelay.n1.1000.api.1", reply), 0);
+    (void)drain(c);
+    CHECK_INT(feed_msg(c, "_INBOX.chatrelay.n1.1000.api.2", "{\"name\":\"abc\"}"), 0);
+    CHECK(strstr(drain(c), "PUB chatrelay.who _INBOX.chatrelay.n1.1000.who 0\r\n") != NULL);
+    CHECK_INT(feed(c, "MSG chatrelay.who 4 _INBOX.x.who 0\r\n\r\n"), 0);
+    CHECK_INT(feed_msg(c, "_INBOX.chatrelay.n1.1000.who", "{\"node\":\"n2\"}"), 0);
+    CHECK_INT(feed(c, "HMSG _INBOX.chatrelay.n1.1000.who 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"), 0);   /* no one: no answer */
+    const cluster_who *w;
+    CHECK_INT(cluster_who_messages(c, &w), 2);
+    CHECK_STR(w[0].reply, "_INBOX.x.who");
+    CHECK(w[1].reply == NULL);
+    CHECK_MEM(w[1].payload, w[1].payload_len, "{\"node\":\"n2\"}");
+    CHECK_INT(cluster_answer_who(c, w[0].reply, "{}", 2), 0);
+    CHECK(strstr(drain(c), "PUB _INBOX.x.who 2\r\n{}\r\n") != NULL);
+    cluster_who_done(c);
+    CHECK_INT(cluster_who_messages(c, &w), 0);
+
+    cluster_destroy(c);
     c = make(0);
     cluster_connected(c, 1000);
     (void)cluster_tick(c, 1000 + 4000, &close_now);
