@@ -1582,6 +1582,7 @@ static int bus_apply(hub *h, int64_t now)
             chat_restore_topic(h->chat, &topic);
         }
         rec[k].last_open = h->open_seq;   /* everyone here now sees it */
+        rec[k].held = !cluster_ready(c);   /* a catch-up's backlog is a burst, as after an outage */
         if (shown)
             (void)deliver_event(h, &rec[k]);
         outbox_entry_free(&rec[k]);
