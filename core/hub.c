@@ -756,6 +756,9 @@ typedef struct deliver_ctx {
     const chat_event *ev;
     uint32_t room;       /* which of the event's rooms is being delivered */
     uint32_t stamp;
+    /* 1 if a form's rendering is the same in every room of the event, so a
+     * recipient takes e->wire[form] once it is rendered (event_wire caches it) */
+    uint8_t shared[CHAT_FORM_COUNT];
 } deliver_ctx;
 
 /* The event in form, rendered once per entry and form (and per room for a
@@ -806,7 +809,14 @@ static void deliver_member(void *ctx, uint32_t slot)
     if (s->deliver_stamp == d->stamp)
         return;   /* it shares another of the event's rooms: one copy */
     s->deliver_stamp = d->stamp;
-    deliver_to(d->h, d->e, d->ev, slot, d->room, 0);
+    /* Every member but the first of each form takes the cached rendering
+     * here: this runs once per delivery, so it skips event_wire's checks. */
+    chat_form form = chat_session_form(d->h->chat, slot);
+    msgbuf *m = d->shared[form] ? d->e->wire[form] : NULL;
+    if (m)
+        queue_to_as(d->h, slot, m, d->e->held);
+    else
+        deliver_to(d->h, d->e, d->ev, slot, d->room, 0);
 }
 
 static int is_actor(const hub *h, const outbox_entry *e)
@@ -844,7 +854,9 @@ static int deliver_event(hub *h, outbox_entry *e)
     } else {
         if (++h->deliver_stamp == 0)
             h->deliver_stamp = 1;
-        deliver_ctx d = { h, e, &ev, 0, h->deliver_stamp };
+        deliver_ctx d = { h, e, &ev, 0, h->deliver_stamp, { 0 } };
+        for (int f = 0; f < CHAT_FORM_COUNT; f++)
+            d.shared[f] = !chat_form_names_room((chat_form)f, &ev);
         for (d.room = 0; d.room < ev.room_count; d.room++)
             chat_room_members(h->chat, ev.rooms[d.room], deliver_member, &d);
     }
