@@ -980,6 +980,7 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect di
         session_detach(c, slot, "connection lost", strlen("connection lost"));
     s->conn_id = conn_id;
     s->dialect = (uint8_t)dialect;
+    s->form = dialect == CHAT_DIALECT_IRC ? CHAT_FORM_IRC : CHAT_FORM_LINE;   /* no caps yet */
     s->flood_refused = 0;
     s->flood_tokens = chat_flood_on(c) ? (int64_t)c->cfg.flood_burst * TOKEN : 0;
     s->flood_last_ms = now_ms;
@@ -1086,9 +1087,9 @@ chat_dialect chat_session_dialect(const chat *c, uint32_t slot)
 
 chat_form chat_session_form(const chat *c, uint32_t slot)
 {
-    if (!c || slot >= c->max_slots || c->sessions[slot].dialect != CHAT_DIALECT_IRC)
+    if (!c || slot >= c->max_slots)
         return CHAT_FORM_LINE;
-    return irc_form(&c->sessions[slot]);
+    return (chat_form)c->sessions[slot].form;
 }
 
 int chat_session_echoes(const chat *c, uint32_t slot, const chat_event *ev)

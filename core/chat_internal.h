@@ -37,6 +37,8 @@ typedef struct session {
     uint8_t dialect;                 /* chat_dialect */
     uint8_t nick_len;
     uint8_t room_count;
+    uint8_t form;                    /* chat_form: how events reach it, kept with its dialect and
+                                      * caps (read once per delivery) */
     char nick[CHAT_NAME_MAX + 1];
     uint32_t conn_id;
     uint32_t first_member;           /* its memberships, in joining order (member.sess_next) */

@@ -342,8 +342,10 @@ static void cmd_cap(chat *c, uint32_t slot, const irc_msg *m)
             else
                 add |= bit;
         }
-        if (ok)
+        if (ok) {
             st->caps = (st->caps | add) & ~del;
+            s->form = (uint8_t)irc_form(s);
+        }
         cap_open(c, &b, s, ok ? "ACK" : "NAK");
         sb_put_echo(&b, all.p, all.n > 200 ? 200 : all.n);
         chat_reply_built(c, slot, &b);
