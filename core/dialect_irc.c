@@ -186,7 +186,10 @@ static int take_ctcp(args *text, int *is_action, char *scratch, size_t cap)
         *is_action = 1;
         *text = t;
     }
-    /* Stray delimiters elsewhere are dropped: copy without them. */
+    /* Stray delimiters elsewhere are dropped: copy without them (a plain
+     * line, the usual case, has none and is used where it is). */
+    if (text->n > 0 && !memchr(text->p, '\1', text->n))
+        return 1;
     size_t w = 0;
     for (size_t i = 0; i < text->n && w < cap; i++)
         if (text->p[i] != '\1')
