@@ -14,11 +14,11 @@
  * Each turn, like the relay's:
  *   completions: the sends gathered last turn complete whole (hub_session_sent),
  *     and each sender's next bytes arrive (hub_session_input): at most
- *     --recv-bytes of its stream, the relay's one WSARecv of RECV_BUF_SIZE
- *     (2048) per session per turn, so the lines a turn carries depend on how
- *     long a sender's lines are, as they do in the relay; or, with
- *     --lines-per-turn L, exactly L lines per sender whatever their length
- *     (to compare the output path alone);
+ *     hub_session_read_size of its stream, the relay's one WSARecv per
+ *     session per turn, so the lines a turn carries depend on how long a
+ *     sender's lines are, as they do in the relay; or --recv-bytes R for
+ *     every session; or, with --lines-per-turn L, exactly L lines per sender
+ *     whatever their length (to compare the output path alone);
  *   hub_turn (one transaction, delivery);
  *   flush: each queue gathered into one send as session_flush does
  *     (sendq_gather, 1024 spans, 1 MiB), counted: sends, spans, bytes.
@@ -33,7 +33,7 @@
  *             [--no-history] [--db PATH]
  *
  * Defaults: 100 clients, 10 senders, 1000 lines each, 0 IRC clients, 64
- * bytes, 2048 bytes per read, history on in ./bench_hub.db (--db; deleted
+ * bytes, the relay's reads, history on in ./bench_hub.db (--db; deleted
  * at the end).  The relay's options are the benchmark's (--flood-burst 0
  * --flood-rate 0 --max-per-ip 0, otherwise defaults).  Under callgrind,
  * --toggle-collect='traffic_turn*' counts the relay's work of the traffic
@@ -153,7 +153,7 @@ static int make_stream(bench *b, client *c)
     return 0;
 }
 
-/* What one WSARecv hands the hub: at most recv_bytes of the stream, or
+/* What one WSARecv hands the hub: at most the read size of the stream, or
  * lines_per_turn whole lines. */
 static void feed_sender(bench *b, uint32_t slot)
 {
@@ -165,8 +165,10 @@ static void feed_sender(bench *b, uint32_t slot)
             line = b->lines;
         n = c->line_end[line] - c->stream_off;
         c->lines_fed = line;
-    } else if (n > b->recv_bytes) {
-        n = b->recv_bytes;
+    } else {
+        size_t want = b->recv_bytes ? b->recv_bytes : hub_session_read_size(b->h, slot);
+        if (n > want)
+            n = want;
     }
     if (n == 0)
         return;
@@ -339,7 +341,6 @@ int main(int argc, char **argv)
     b.clients = 100;
     b.senders = 10;
     b.size = 64;
-    b.recv_bytes = 2048;
     uint32_t lines = 1000;
     int no_history = 0;
     char db_path[256];
@@ -464,10 +465,17 @@ int main(int argc, char **argv)
         digest = fnv(digest, &b.c[i].digest, sizeof b.c[i].digest);
     uint64_t sends = b.by[0].sends + b.by[1].sends, spans = b.by[0].spans + b.by[1].spans;
     uint64_t bytes = b.by[0].bytes + b.by[1].bytes;
-    printf("bench_hub clients=%u senders=%u lines=%" PRIu64 " irc_clients=%u size=%u %s=%u history=%s\n",
-           (unsigned)b.clients, (unsigned)b.senders, b.lines, (unsigned)b.irc_clients, (unsigned)b.size,
-           b.lines_per_turn ? "lines_per_turn" : "recv_bytes",
-           (unsigned)(b.lines_per_turn ? b.lines_per_turn : b.recv_bytes), db ? "on" : "off");
+    char reads[64];
+    if (b.lines_per_turn)
+        snprintf(reads, sizeof reads, "lines_per_turn=%u", (unsigned)b.lines_per_turn);
+    else if (b.recv_bytes)
+        snprintf(reads, sizeof reads, "recv_bytes=%u", (unsigned)b.recv_bytes);
+    else
+        snprintf(reads, sizeof reads, "recv_bytes=relay(line %u, irc %u)", (unsigned)HUB_READ_LINE,
+                 (unsigned)HUB_READ_IRC);
+    printf("bench_hub clients=%u senders=%u lines=%" PRIu64 " irc_clients=%u size=%u %s history=%s\n",
+           (unsigned)b.clients, (unsigned)b.senders, b.lines, (unsigned)b.irc_clients, (unsigned)b.size, reads,
+           db ? "on" : "off");
     printf("  turns=%" PRIu64 " lines_in=%" PRIu64 " lines_per_turn=%.1f commits=%" PRIu64
            " hub_deliveries=%" PRIu64 " received=%" PRIu64 " expected=%" PRIu64 " other_lines=%" PRIu64
            " errors=%" PRIu64 "\n",

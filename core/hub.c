@@ -2171,6 +2171,13 @@ void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t 
     framer_feed(&h->slots[slot].fr, data, n, on_line, on_telnet_reply, h);
 }
 
+size_t hub_session_read_size(const hub *h, uint32_t slot)
+{
+    if (slot >= h->cfg.max_sessions)
+        return HUB_READ_LINE;
+    return h->slots[slot].irc ? HUB_READ_IRC : HUB_READ_LINE;
+}
+
 void hub_session_sent(hub *h, uint32_t slot, size_t transferred)
 {
     hub_slot *s = &h->slots[slot];

@@ -79,6 +79,23 @@ const char *hub_admit(const hub *h, const char *peer_ip, int have_free_slot);
 void hub_session_open(hub *h, uint32_t slot, const char *peer_ip, hub_listen listen, int64_t now_ms);
 /* Bytes received on slot. */
 void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t n, int64_t now_ms);
+
+/* The most the shell reads for one session in one turn (one receive, sized
+ * by hub_session_read_size): the bound on what one sender puts into a turn,
+ * and so on the lines a turn delivers in one gathered send to each reader.
+ * An IRC client's line carries a command and a target (`PRIVMSG #room :`,
+ * 16 bytes and more) that a line client's does not: its read is larger by
+ * that much for each of the ~32 lines a line client's read holds, so that a
+ * turn takes as many chat lines from a sender of either dialect (bench_hub:
+ * 241 deliveries per gathered send in an IRC room with 2048 bytes, 300 with
+ * 2560, as in a room of line clients; docs/BENCHMARKS.md, "Delivery cost per
+ * dialect (callgrind)"). */
+#define HUB_READ_LINE 2048
+#define HUB_READ_IRC (HUB_READ_LINE + 32 * 16)
+#define HUB_READ_MAX HUB_READ_IRC
+/* How many bytes the next receive on slot should ask for (at most
+ * HUB_READ_MAX): HUB_READ_IRC once it speaks IRC, else HUB_READ_LINE. */
+size_t hub_session_read_size(const hub *h, uint32_t slot);
 /* The send in flight on slot completed with `transferred` bytes. */
 void hub_session_sent(hub *h, uint32_t slot, size_t transferred);
 /* The session is gone or being torn down: announce the leave, drop its queue

@@ -44,7 +44,6 @@
 #include "log.h"
 #include "turn.h"
 
-#define RECV_BUF_SIZE 2048
 /* Spans gathered into one WSASend.  Under Wine every WSASend costs ~4 wineserver
  * round trips whatever its size, so a saturated session should send its whole
  * queue at once (Linux takes up to 1024 iovecs per sendmsg). */
@@ -81,7 +80,7 @@ typedef struct session {
     int64_t linger_until;
     int64_t cancelled_at;         /* when CancelIoEx + closesocket ran (stuck-routine watchdog) */
     uint8_t stuck_logged;
-    unsigned char recv_buf[RECV_BUF_SIZE];
+    unsigned char recv_buf[HUB_READ_MAX];   /* each WSARecv asks for hub_session_read_size of it */
 } session;
 
 struct bus_link;
@@ -176,8 +175,9 @@ static void session_begin_close(relay *r, session *s, const char *reason, int li
 static void session_post_recv(relay *r, session *s)
 {
     WSABUF buf;
+    size_t want = hub_session_read_size(r->hub, s->slot);
     buf.buf = (char *)s->recv_buf;
-    buf.len = sizeof s->recv_buf;
+    buf.len = (ULONG)(want < sizeof s->recv_buf ? want : sizeof s->recv_buf);
     s->recv_flags = 0;
     memset(&s->recv_ov, 0, sizeof s->recv_ov);
     s->recv_pending = 1;
