@@ -140,6 +140,9 @@ void sendq_init(sendq *q)
     memset(q, 0, sizeof *q);
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline, cold))
+#endif
 static int sendq_grow(sendq *q)
 {
     void *ring = q->ring;
@@ -149,13 +152,10 @@ static int sendq_grow(sendq *q)
     return 0;
 }
 
-size_t sendq_cost(const msgbuf *m)
-{
-    return sizeof *m + m->cap + sizeof(sendq_entry);
-}
-
 int sendq_push_tagged(sendq *q, msgbuf *m, uint32_t tag)
 {
+    /* Once per delivery: the rare growth is a call of its own, so that this
+     * path needs no saved registers. */
     if (q->count == q->cap && sendq_grow(q) != 0)
         return -1;
     sendq_entry *e = &q->ring[(q->head + q->count) & (q->cap - 1)];

@@ -68,8 +68,12 @@ typedef struct sendq {
     size_t pinned;
 } sendq;
 
-/* The memory one queued buffer costs its queue (see sendq.pinned). */
-size_t sendq_cost(const msgbuf *m);
+/* The memory one queued buffer costs its queue (see sendq.pinned).  Inline:
+ * the hub checks it once per delivery. */
+static inline size_t sendq_cost(const msgbuf *m)
+{
+    return sizeof *m + m->cap + sizeof(sendq_entry);
+}
 
 void sendq_init(sendq *q);
 /* Appends m (taking a new reference).  Returns 0, or -1 if memory ran out. */
