@@ -403,14 +403,14 @@ static int on_api(cluster *c, uint64_t serial, const char *doc, size_t n)
         if (code == 404)
             return ask_stream_create(c);
         if (code) {
-            char why[260];
+            char why[320];   /* desc is at most 199 bytes */
             snprintf(why, sizeof why, "stream " CLUSTER_STREAM " cannot be read (%s, code %" PRIu64 ")", desc, code);
             return wait_retry(c, why, API_RETRY_MS);
         }
         return on_stream(c, doc, n);
     case API_STREAM_CREATE:
         if (code) {
-            char why[260];
+            char why[320];   /* desc is at most 199 bytes */
             snprintf(why, sizeof why, "stream " CLUSTER_STREAM " cannot be created (%s, code %" PRIu64 ")", desc, code);
             c->st = ST_STREAM;
             return wait_retry(c, why, API_RETRY_MS);
@@ -418,7 +418,7 @@ static int on_api(cluster *c, uint64_t serial, const char *doc, size_t n)
         return on_stream(c, doc, n);
     case API_CONSUMER_CREATE:
         if (code || json_get_string(doc, n, "name", c->consumer, sizeof c->consumer) != 0) {
-            char why[260];
+            char why[320];   /* desc is at most 199 bytes */
             snprintf(why, sizeof why, "the stream's consumer cannot be created (%s, code %" PRIu64 ")",
                      code ? desc : "no name in the answer", code);
             c->st = ST_STREAM;   /* from the stream again: it may have changed meanwhile */

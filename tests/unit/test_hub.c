@@ -635,8 +635,31 @@ static void test_config_from_options(void)
     CHECK_INT(c.retention, 0);
 }
 
+/* How much one receive asks for: a line session's, an IRC session's (on
+ * an IRC port, or once its first line said so), and a detecting one's. */
+static void test_read_size_per_dialect(void)
+{
+    hub_config cfg = base_config(NULL);
+    cfg.detect_ms = 300;
+    hub *h = hub_create(&cfg);
+    CHECK(h != NULL);
+    if (!h)
+        return;
+    hub_session_open(h, 0, "10.0.0.1", HUB_LISTEN_LINE, 0);
+    hub_session_open(h, 1, "10.0.0.2", HUB_LISTEN_IRC, 0);
+    hub_session_open(h, 2, "10.0.0.3", HUB_LISTEN_DETECT, 0);
+    CHECK_INT(hub_session_read_size(h, 0), HUB_READ_LINE);
+    CHECK_INT(hub_session_read_size(h, 1), HUB_READ_IRC);
+    CHECK_INT(hub_session_read_size(h, 2), HUB_READ_LINE);   /* not known yet: the smaller one */
+    hub_session_input(h, 2, (const unsigned char *)"NICK zoe\r\n", 10, 1);
+    CHECK_INT(hub_session_read_size(h, 2), HUB_READ_IRC);
+    CHECK(HUB_READ_IRC <= HUB_READ_MAX && HUB_READ_LINE <= HUB_READ_MAX);
+    hub_destroy(h);
+}
+
 int main(void)
 {
+    test_read_size_per_dialect();
     log_to_stderr(0);
     test_broadcast_not_echoed_and_ordered();
     test_busy_database_holds_then_delivers_in_order();
