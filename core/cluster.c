@@ -32,10 +32,11 @@
 #define REFUSED_RETRY_MS 10000    /* after a stream we must not use: the admin fixes it */
 #define PING_EVERY_MS 5000
 #define PING_TIMEOUT_MS 10000     /* no PONG for this long: the server is gone */
-#define PUB_RESEND_MS 3000        /* a publish whose delivery has not come back is sent again */
+#define PUB_RESEND_MS 3000        /* a publish not acknowledged this long is sent again (with the rest) */
+#define PUB_RETRY_MS 1000         /* while the stream refuses or does not answer: how often */
 #define PULL_BATCH 256
-#define PULL_EXPIRES_MS 10000
-#define PULL_LOST_MS (PULL_EXPIRES_MS + 5000)
+#define PULL_EXPIRES_MS 3000      /* short: a pull that neither delivers nor ends says the consumer */
+#define PULL_LOST_MS (PULL_EXPIRES_MS + 2000) /* is gone (its server died) within this */
 #define CONSUMER_INACTIVE_S 300   /* the server drops our consumer this long after we are gone (or
                                    * stopped pulling: a database locked that long; then it is made again) */
 #define HANDSHAKE_TIMEOUT_MS 5000 /* a server that accepted the connection but says nothing */
@@ -84,6 +85,7 @@ struct cluster {
     uint64_t api_serial;
     int64_t api_sent_at, api_retry_at;
     int api_logged;               /* the current wait was logged already */
+    char last_reason[320];        /* ... with this reason */
 
     int server_clustered;
     size_t max_payload;
@@ -104,6 +106,7 @@ struct cluster {
     size_t pub_count, pub_cap;
 
     int64_t ping_sent_at, last_ping_at;
+    int pub_blocked;              /* a publish failed: new ones wait, and all go out again in order */
     int64_t ready_since, last_beat_sent;
     cluster_delivery *direct;     /* private messages to our users, straight from another node */
     size_t direct_count, direct_cap;
@@ -331,9 +334,11 @@ static uint64_t api_error(const char *doc, size_t n, char *desc, size_t cap)
 
 static int wait_retry(cluster *c, const char *why, int64_t ms)
 {
-    if (!c->api_logged) {
+    /* once per reason: a streak of the same one is one line, a new one is told */
+    if (!c->api_logged || strcmp(c->last_reason, why) != 0) {
         log_warn("cluster: %s; trying again every %lld ms", why, (long long)ms);
         c->api_logged = 1;
+        snprintf(c->last_reason, sizeof c->last_reason, "%s", why);
     }
     c->api = API_NONE;
     c->api_retry_at = c->now + ms;
@@ -451,9 +456,10 @@ static int on_puback(cluster *c, uint64_t serial, const char *doc, size_t n)
     }
     if (code == 1)
         snprintf(desc, sizeof desc, "no answer from the stream (no leader, or a status)");
+    c->pub_blocked = 1;   /* (see cluster_tick: in order from the oldest not acknowledged) */
     for (size_t i = 0; i < c->pub_count; i++)
         if (c->pubs[i].serial == serial) {
-            /* sent again once PUB_RESEND_MS passed, like one that got no answer */
+            /* sent again, in order with the rest, like one that got no answer */
             if (c->pubacks_failed++ % 100 == 0)
                 log_warn("cluster: the stream refused a line for now (%s, code %" PRIu64 "); it is sent again",
                          desc, code);
@@ -806,6 +812,7 @@ void cluster_connected(cluster *c, int64_t now_ms)
     c->st = ST_HANDSHAKE;
     c->connected_at = now_ms;
     c->broken = 0;
+    c->pub_blocked = 0;
     c->error[0] = '\0';
     c->out.len = 0;
     c->api = API_NONE;
@@ -943,22 +950,40 @@ int cluster_tick(cluster *c, int64_t now_ms, int *close_now)
         if (c->pull_open)
             wait = earliest(wait, c->pull_sent_at + PULL_LOST_MS, now_ms);
     }
+    /* beats say "this node is alive and on the bus": from the handshake on,
+     * so a move to another server (a stream check, a new consumer, a
+     * catch-up: seconds) is not taken for a node lost */
+    if (rc == 0 && now_ms - c->last_beat_sent >= CLUSTER_BEAT_MS) {
+        char subject[64], epoch[24];
+        snprintf(subject, sizeof subject, CLUSTER_BEAT_SUBJECT ".%s", c->node);
+        snprintf(epoch, sizeof epoch, "%" PRId64, c->epoch);
+        rc = emit_pub(c, subject, NULL, NULL, epoch, strlen(epoch));
+        c->last_beat_sent = now_ms;
+    }
+    wait = earliest(wait, c->last_beat_sent + CLUSTER_BEAT_MS, now_ms);
     if (rc == 0 && c->st == ST_READY) {
-        if (now_ms - c->last_beat_sent >= CLUSTER_BEAT_MS) {
-            char subject[64], epoch[24];
-            snprintf(subject, sizeof subject, CLUSTER_BEAT_SUBJECT ".%s", c->node);
-            snprintf(epoch, sizeof epoch, "%" PRId64, c->epoch);
-            rc = emit_pub(c, subject, NULL, NULL, epoch, strlen(epoch));
-            c->last_beat_sent = now_ms;
-        }
-        wait = earliest(wait, c->last_beat_sent + CLUSTER_BEAT_MS, now_ms);
-        for (size_t i = 0; i < c->pub_count && rc == 0; i++) {
-            held_pub *p = &c->pubs[i];
-            if (!p->acked && (!p->sent_at || now_ms - p->sent_at >= PUB_RESEND_MS))
-                rc = send_held_pub(c, p);
-            if (!p->acked)
-                wait = earliest(wait, p->sent_at + PUB_RESEND_MS, now_ms);
-        }
+        /* In order: once a publish failed or went unanswered, new ones wait
+         * (cluster_publish holds them) and every one not acknowledged goes
+         * out again, oldest first, so the stream keeps this node's order
+         * (a later one stored ahead of an earlier one would have other
+         * nodes apply, say, a part before its join). */
+        size_t first = 0;
+        while (first < c->pub_count && c->pubs[first].acked)
+            first++;
+        if (first < c->pub_count && c->pubs[first].sent_at && now_ms - c->pubs[first].sent_at >= PUB_RESEND_MS)
+            c->pub_blocked = 1;
+        if (c->pub_blocked && first == c->pub_count)
+            c->pub_blocked = 0;   /* all acknowledged: new lines go out at once again */
+        if (c->pub_blocked && first < c->pub_count &&
+            (!c->pubs[first].sent_at || now_ms - c->pubs[first].sent_at >= PUB_RETRY_MS))
+            for (size_t i = first; i < c->pub_count && rc == 0; i++)
+                if (!c->pubs[i].acked)
+                    rc = send_held_pub(c, &c->pubs[i]);
+        for (size_t i = first; i < c->pub_count && rc == 0; i++)
+            if (!c->pubs[i].sent_at && !c->pub_blocked)
+                rc = send_held_pub(c, &c->pubs[i]);
+        if (first < c->pub_count)
+            wait = earliest(wait, c->pubs[first].sent_at + (c->pub_blocked ? PUB_RETRY_MS : PUB_RESEND_MS), now_ms);
     }
     if (rc != 0 || c->broken)
         *close_now = 1;
@@ -1012,7 +1037,7 @@ int cluster_publish(cluster *c, uint64_t serial, const char *payload, size_t n)
     c->pub_count++;
     /* queued: a failure to write it now closes the connection (broken),
      * and it goes out again after the reconnect */
-    if (c->st == ST_READY)
+    if (c->st == ST_READY && !c->pub_blocked)
         (void)send_held_pub(c, p);
     return 0;
 }

@@ -126,7 +126,7 @@ int cluster_answer_who(cluster *c, const char *reply, const char *payload, size_
  * gone (the hub publishes that, once, through the stream). */
 #define CLUSTER_BEAT_SUBJECT "chatrelay.beat"
 #define CLUSTER_BEAT_MS 2000
-#define CLUSTER_SILENT_MS 10000
+#define CLUSTER_SILENT_MS 15000
 int cluster_node_silent(const cluster *c, const char *node, int64_t epoch, int64_t now_ms);
 /* Publishes a control record (the hub's "gone") with msg_id, outside the
  * held-publish queue: sent now if ready, else dropped (it will be decided

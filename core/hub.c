@@ -2366,7 +2366,9 @@ int hub_final_commit(hub *h, int64_t now_ms)
     hub_turn(h, now_ms);
     if (h->ob_count > 0)
         log_error("history: %u line(s) could not be stored before the stop and were not delivered (%s)",
-                  (unsigned)h->ob_count, h->cfg.history ? history_errmsg(h->cfg.history) : "no history");
+                  (unsigned)h->ob_count,
+                  h->cfg.cluster && h->bus_failing ? "the cluster's bus did not take them"
+                  : h->cfg.history ? history_errmsg(h->cfg.history) : "no history");
     return (int)h->ob_count;
 }
 

@@ -95,6 +95,12 @@ static void handshake(cluster *c, unsigned api_base, unsigned first, unsigned la
     CHECK(strstr(out, "CONNECT {") == out);
     CHECK(strstr(out, "\"name\":\"n1\"") != NULL);
     CHECK(strstr(out, "SUB _INBOX.chatrelay.n1.1000.> 1\r\n") != NULL);
+    /* api_base: the request number expected, 0 = whatever the cluster counted to */
+    const char *info = strstr(out, "PUB $JS.API.STREAM.INFO.CHATRELAY _INBOX.chatrelay.n1.1000.api.");
+    CHECK(info != NULL);
+    if (info && api_base == 0)
+        api_base = (unsigned)strtoul(info + strlen("PUB $JS.API.STREAM.INFO.CHATRELAY _INBOX.chatrelay.n1.1000.api."),
+                                     NULL, 10);
     snprintf(subj, sizeof subj, "PUB $JS.API.STREAM.INFO.CHATRELAY _INBOX.chatrelay.n1.1000.api.%u 0\r\n", api_base);
     CHECK(strstr(out, subj) != NULL);
     CHECK(!cluster_ready(c));
@@ -311,7 +317,7 @@ static void test_silent_server(void)
     CHECK_INT(close_now, 1);
     /* answered in time instead: stays */
     cluster_disconnected(c, "test");
-    handshake(c, 3, 0, 0);
+    handshake(c, 0, 0, 0);
     (void)cluster_tick(c, 1000 + 5000, &close_now);
     CHECK_INT(feed(c, "PONG\r\n"), 0);
     (void)cluster_tick(c, 1000 + 5000 + 10000, &close_now);
@@ -360,6 +366,34 @@ static void test_review_findings(void)
     CHECK(!cluster_ready(c));
     CHECK_INT(cluster_deliveries(c, &d), 0);
     CHECK(strstr(drain(c), "PUB $JS.API.STREAM.INFO.CHATRELAY _INBOX.chatrelay.n1.1000.api.3 0") != NULL);
+    cluster_destroy(c);
+
+    /* a publish the stream refused: the later ones wait, and all go out
+     * again oldest first, so the stream keeps this node's order */
+    c = make(0);
+    handshake(c, 1, 0, 0);
+    CHECK_INT(feed(c, "PONG\r\n"), 0);
+    CHECK_INT(cluster_publish(c, 1, "a", 1), 0);
+    CHECK_INT(cluster_publish(c, 2, "b", 1), 0);
+    (void)drain(c);
+    CHECK_INT(feed_msg(c, "_INBOX.chatrelay.n1.1000.ack.1",
+                       "{\"error\":{\"code\":503,\"description\":\"no leader\"}}"), 0);
+    CHECK_INT(cluster_publish(c, 3, "c", 1), 0);
+    CHECK(strstr(drain(c), "HPUB") == NULL);   /* held behind the refused one */
+    (void)cluster_tick(c, 1000 + 1000, &close_now);
+    const char *o = drain(c);
+    const char *p1 = strstr(o, "Nats-Msg-Id: n1-1000-1\r\n"), *p2 = strstr(o, "Nats-Msg-Id: n1-1000-2\r\n"),
+               *p3 = strstr(o, "Nats-Msg-Id: n1-1000-3\r\n");
+    CHECK(p1 && p2 && p3 && p1 < p2 && p2 < p3);
+    for (int i = 1; i <= 3; i++) {
+        char subj[64];
+        snprintf(subj, sizeof subj, "_INBOX.chatrelay.n1.1000.ack.%d", i);
+        CHECK_INT(feed_msg(c, subj, "{\"stream\":\"CHATRELAY\",\"seq\":1}"), 0);
+    }
+    (void)cluster_tick(c, 1000 + 1100, &close_now);
+    (void)drain(c);
+    CHECK_INT(cluster_publish(c, 4, "d", 1), 0);
+    CHECK(strstr(drain(c), "Nats-Msg-Id: n1-1000-4\r\n") != NULL);   /* all acknowledged: at once again */
     cluster_destroy(c);
 
     /* who is where: asked once ready, asks and answers queued for the hub */
