@@ -178,7 +178,7 @@ class NatsClient:
     order, until a test takes them (next_msg); requests use one wildcard inbox subscription.
     The server's PINGs are answered whenever the client reads."""
 
-    def __init__(self, url, name="chatrelay-e2e", timeout=10.0, echo=True, user=None, password=None):
+    def __init__(self, url, name="chatrelay-e2e", timeout=10.0, echo=True, user=None, password=None, token=None):
         self.url = url
         self.host, self.port = _hostport(url)
         try:
@@ -202,6 +202,8 @@ class NatsClient:
                    "protocol": 1, "echo": echo, "name": name, "lang": "python-e2e", "version": "0"}
         if user is not None:
             connect["user"], connect["pass"] = user, password
+        if token is not None:
+            connect["auth_token"] = token
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
         self.flush(_left(deadline))     # a refused CONNECT shows up as -ERR before the PONG
 
@@ -515,8 +517,11 @@ class NatsCluster:
 
     PROBE = "NATS_HARNESS_PROBE"
 
-    def __init__(self, n=3, name="chatrelay-e2e", workdir=None, monitor=True):
+    def __init__(self, n=3, name="chatrelay-e2e", workdir=None, monitor=True, token=None):
         self.n = n
+        # token: every client must present it (`authorization { token }` in each config); the
+        # harness's own clients do
+        self.token = token
         self.name = name
         self.own_dir = workdir is None
         if workdir is None:
@@ -572,6 +577,8 @@ class NatsCluster:
                 "  max_memory_store: 64MB",
                 "  max_file_store: 1GB",
                 "}"]
+        if self.token is not None:
+            out += ["authorization {", "  token: %s" % json.dumps(self.token), "}"]
         if self.n > 1:
             routes = ", ".join('"nats://127.0.0.1:%d"' % p for j, p in enumerate(self.cluster_ports) if j != i)
             out += ["cluster {",
@@ -683,7 +690,7 @@ class NatsCluster:
         """Creating an R<n> stream succeeds only once the meta leader counts n JetStream peers
         (before that: "insufficient resources"); deleting it leaves the account empty."""
         last = None
-        with NatsClient(self.url(0), name="harness-probe", timeout=max(_left(deadline), 1)) as c:
+        with NatsClient(self.url(0), name="harness-probe", token=self.token, timeout=max(_left(deadline), 1)) as c:
             while _left(deadline) > 0:
                 for i in range(self.n):
                     if not self.running(i):
@@ -718,7 +725,7 @@ class NatsCluster:
                 raise self._fail("JetStream on %s not ready within %.0f s; last check: %s"
                                  % (self.node_name(i), timeout, last))
             try:
-                with NatsClient(self.url(i), name="harness-ready", timeout=min(left, 5.0)) as c:
+                with NatsClient(self.url(i), name="harness-ready", token=self.token, timeout=min(left, 5.0)) as c:
                     c.account_info(timeout=max(min(_left(deadline), 2.0), 0.1))
                     if self.n == 1:
                         return
@@ -782,6 +789,18 @@ class NatsCluster:
         self._wait_node_ready(i, deadline, timeout)
         return self
 
+    def start_nodes(self, nodes, timeout=30.0):
+        """Restarts several stopped nodes at once and waits until each is ready: after a stop of
+        a quorum, no node alone can be ready (start_node of one would wait for the others)."""
+        deadline = _deadline(timeout)
+        nodes = list(nodes)
+        for i in nodes:
+            self._spawn(i)
+        for i in nodes:
+            self._wait_listening(i, deadline)
+        self.wait_ready(nodes=nodes, deadline=deadline, timeout=timeout)
+        return self
+
     def close(self):
         for i in range(self.n):
             self.kill(i)
@@ -799,7 +818,7 @@ class NatsCluster:
     # -- looking inside --
 
     def client(self, i, name="chatrelay-e2e", timeout=10.0):
-        return NatsClient(self.url(i), name=name, timeout=timeout)
+        return NatsClient(self.url(i), name=name, timeout=timeout, token=self.token)
 
     def monitor_json(self, i, path):
         """GET http://127.0.0.1:<http port><path> of node i (/varz, /jsz, /routez, /healthz)."""
@@ -827,7 +846,8 @@ class NatsCluster:
         while _left(deadline) > 0:
             for i in ([via] if via is not None else [j for j in range(self.n) if self.running(j)]):
                 try:
-                    with NatsClient(self.url(i), name="harness-leader", timeout=min(max(_left(deadline), 0.1), 5)) as c:
+                    with NatsClient(self.url(i), name="harness-leader", token=self.token,
+                                    timeout=min(max(_left(deadline), 0.1), 5)) as c:
                         info = c.stream_info(stream, timeout=min(max(_left(deadline), 0.1), 2.0))
                     leader = info.get("cluster", {}).get("leader")
                     # A leader that lost its quorum keeps saying it leads until it notices (10 to
@@ -870,7 +890,7 @@ class NatsCluster:
                 return
             if _left(deadline) <= 0:
                 raise self._fail("stream %s: node %s never became its leader" % (stream, self.node_name(i)))
-            with NatsClient(self.url(leader), name="harness-stepdown", timeout=5) as c:
+            with NatsClient(self.url(leader), name="harness-stepdown", token=self.token, timeout=5) as c:
                 try:
                     c.js_api("STREAM.LEADER.STEPDOWN." + stream, timeout=5)
                 except NatsError:
