@@ -12,6 +12,10 @@ Cases (one ctest test each, `python3 test_cluster.py CASE`):
                    never lost; the servers back: chat resumes by itself
   stream_mismatch  a file bound to another instance of the stream refuses it (running and at a
                    start); --cluster without history, a missing credentials file, a token
+  nicks            one nick namespace: taken on another node (line and IRC), /who and NAMES list
+                   every node's users, distinct guests, a nick claimed on two nodes at once
+  node_lost        a relay killed -9: its users leave the other nodes' lists (node lost), one
+                   leave row each, in every file
 
 Every case ends with `settle`: every node applied the whole stream, and the three files hold the
 same rows (`select id,at,room,nick,kind,body from messages order by id`, read with the sqlite3
@@ -30,7 +34,7 @@ import time
 from harness import (Client, Relay, TestFailure, WORK, check, expect_line, free_port, read_through, run_cases,
                      winpath)
 from irc_clients import IrcClient
-from nats_cluster import NatsCluster, NatsError
+from nats_cluster import JetStreamError, NatsCluster, NatsError
 
 OPEN_LIMITS = ["--max-per-ip", "0", "--flood-burst", "0", "--flood-rate", "0"]
 STREAM = "CHATRELAY"
@@ -164,11 +168,18 @@ class Line(Client):
     def wait_seen(self, line, timeout=30.0):
         """Until `line` has been received (at any time since the connection began); unlike
         expect_line, no line is dropped from view."""
+        return self.wait_match(lambda l: l == line, timeout, repr(line))
+
+    def wait_match(self, pred, timeout=30.0, what="a matching line"):
+        """The first line received (since the connection began) for which pred holds."""
         deadline = time.monotonic() + timeout
-        while line not in self.seen:
+        while True:
+            hit = next((l for l in self.seen if pred(l)), None)
+            if hit is not None:
+                return hit
             left = deadline - time.monotonic()
-            check(left > 0 and not self.closed, "%s: no %r within %.0f s (closed=%s); last lines: %r"
-                  % (self.nick, line, timeout, self.closed, self.seen[-5:]))
+            check(left > 0 and not self.closed, "%s: no %s within %.0f s (closed=%s); last lines: %r"
+                  % (self.nick, what, timeout, self.closed, self.seen[-5:]))
             self._fill(min(left, 0.5))
 
     def chat(self):
@@ -181,6 +192,16 @@ class Line(Client):
 
     def notices(self, text=NOTICE):
         return [l for l in self.seen if l == text]
+
+    def who(self, timeout=15.0):
+        """The nicks /who lists for this client's room (a short room: the answer is one line)."""
+        self.say("/who")
+        line = read_through(self, lambda l: l.startswith("*** In "), timeout, what="the answer to /who")[-1]
+        m = re.match(r"\*\*\* In (\S+) \((\d+)\): (.*)\.$", line)
+        check(m, "%s: /who answered %r" % (self.nick, line))
+        names = [n.strip() for n in m.group(3).split(",")]
+        check(len(names) == int(m.group(2)), "%s: /who counts %s but lists %r" % (self.nick, m.group(2), names))
+        return names
 
     def sync(self, timeout=15.0):
         """Everything the relay sent before the answer to a /who has been read."""
@@ -675,13 +696,24 @@ def foreign_record(body):
                        "node": "intruder", "nick": "intruder", "target": "", "body": body, "rooms": ["lobby"]})
 
 
-def recreate_stream(nats, body):
-    """Deletes the stream and creates another of the same name and settings (so another
-    created time) holding one record from elsewhere."""
+def recreate_stream(nats, body=None, subjects=(SUBJECT,)):
+    """Deletes the stream and creates another of the same name (so another created time) with
+    subjects, holding one record from elsewhere when body is given.  A running relay that sees
+    its stream gone creates it again itself: if it was first, its stream is the new one."""
     with nats.client(0, name="test-recreate") as c:
-        c.stream_delete(STREAM)
-        c.stream_create(STREAM, [SUBJECT], replicas=1, retention="limits", duplicate_window=120 * 10**9)
-        c.publish_js(SUBJECT, foreign_record(body), msg_id="intruder-1")
+        try:
+            c.stream_delete(STREAM)
+        except JetStreamError as e:
+            if e.err_code != 10059:     # stream not found
+                raise
+        try:
+            c.stream_create(STREAM, list(subjects), replicas=1, retention="limits",
+                            duplicate_window=120 * 10**9)
+        except JetStreamError as e:
+            if e.err_code != 10058 or list(subjects) != [SUBJECT]:     # stream name already in use
+                raise
+        if body is not None:
+            c.publish_js(SUBJECT, foreign_record(body), msg_id="intruder-%d" % time.monotonic_ns())
         return c.stream_info(STREAM)["created"]
 
 
@@ -721,23 +753,35 @@ def case_stream_mismatch():
                    "the first line stored")
         bound = cluster_row(node.db)
         rows_before = cli(node.db, ROWS_SQL)
-        created = recreate_stream(nats, "from the wrong stream (running)")
-        check(created != bound["stream_created"], "the new stream has the old one's created time")
-        # The relay notices the stream it applies is gone and refuses the new one.
+        # The stream deleted under the running relay: it notices, makes the stream again (a
+        # new instance) and refuses it for this file, saying why; a record put there later by
+        # someone else is never stored.
+        with nats.client(0, name="test-delete") as nc:
+            nc.stream_delete(STREAM)
         wait_until(lambda: "this database belongs to stream" in node.log(), 30,
                    "the running relay logged that its stream was replaced; log:\n%s" % node.log_tail())
+        with nats.client(0, name="test-intruder") as nc:
+            check(nc.stream_info(STREAM)["created"] != bound["stream_created"], "the stream was not replaced")
+            nc.publish_js(SUBJECT, foreign_record("from the wrong stream (running)"), msg_id="intruder-1")
         held, refused = say_until_refused(c, "replaced")
         check(node.proc.poll() is None, "the relay exited: %s" % node.log_tail())
         check(cli(node.db, ROWS_SQL) == rows_before and cluster_row(node.db) == bound,
               "the file changed after the stream was replaced: %r" % cli(node.db, ROWS_SQL)[len(rows_before):])
         c.close()
         node.stop()
-        # at a start: the same file, the stream recreated once more
-        created = recreate_stream(nats, "from the wrong stream (at start)")
+        # at a start, the stream first with other settings (the relay says so), then one with
+        # the right settings but another instance: the relay must say that too, whatever it
+        # said before
+        recreate_stream(nats, subjects=["chatrelay.other"])
         node.port = free_port()
+        mark = len(node.log())
         node.start()
-        wait_until(lambda: node.log().count("this database belongs to stream") >= 2, 30,
-                   "the restarted relay logged that the stream is not its own; log:\n%s" % node.log_tail())
+        wait_until(lambda: "exists with other settings" in node.log()[mark:], 30,
+                   "the restarted relay logged that the stream has other settings; log:\n%s" % node.log_tail())
+        recreate_stream(nats, "from the wrong stream (at start)")
+        wait_until(lambda: "this database belongs to stream" in node.log()[mark:], 30,
+                   "the restarted relay logged that the stream is not its own, once its settings were "
+                   "right; log:\n%s" % node.log_tail())
         c = Line(node)
         held2, refused2 = say_until_refused(c, "restarted")
         check(cli(node.db, ROWS_SQL) == rows_before and cluster_row(node.db) == bound,
@@ -788,12 +832,113 @@ def case_stream_mismatch():
                   % (len(times), span))
 
 
+# ---- users of other nodes (after the presence work on main) ----------------------------------
+
+def case_nicks():
+    """One nick namespace: alice and bob on node 1; on node 2 `/nick alice` gets the taken
+    message and an IRC client 433 (at registration and for NICK later); /who on node 2 and IRC
+    NAMES list node 1's users; a guest on node 2 gets no guest nick of node 1; two nodes
+    claiming one nick at the same moment end with one holder, the same on every node."""
+    with NatsCluster(3) as nats, relays("nicks", nats) as nodes:
+        alice, bob = Line(nodes[0], "alice"), Line(nodes[0], "bob")
+        c2 = Line(nodes[1])
+        c2.sync()
+        for attempt in ("alice", "ALICE"):
+            c2.say("/nick " + attempt)
+            c2.wait_seen("*** The nick alice is taken.", 15)
+            c2.seen.remove("*** The nick alice is taken.")
+        names = c2.who()
+        check({"alice", "bob", c2.nick} <= set(names), "/who on node 2 does not list node 1's users: %r" % names)
+        # IRC: 433 at registration, then for NICK; NAMES lists node 1's users
+        irc = IrcClient("irc2")
+        irc.connect("127.0.0.1", nodes[1].port)
+        irc.send("NICK alice")
+        irc.send("USER u 0 * :x")
+        irc.expect("433", lambda m: len(m.params) > 1 and m.params[1].lower() == "alice", 15)
+        irc.send("NICK ira")
+        irc.expect("001", lambda m: m.params[0] == "ira", 15)
+        irc.join("#lobby", timeout=20)
+        irc.send("NICK bob")
+        irc.expect("433", lambda m: len(m.params) > 1 and m.params[1].lower() == "bob", 15)
+        nicks = [n.lstrip("@+") for n in irc.names("#lobby")]
+        check({"alice", "bob", "ira", c2.nick} <= set(nicks), "NAMES on node 2: %r" % nicks)
+        # a guest of node 1 keeps its guest nick; a guest of node 2 that comes once node 2 knows
+        # it gets another one
+        g1 = Line(nodes[0])
+        c2.wait_seen("*** %s joined lobby" % g1.nick, 20)
+        g2 = Line(nodes[1])
+        check(g2.nick.lower() != g1.nick.lower(), "a guest of node 2 got %s, the nick of a guest of node 1"
+              % g2.nick)
+        # the same nick claimed on node 2 and node 3 at once
+        c3 = Line(nodes[2])
+        for c in (alice, c2, c3):
+            c.wait_match(lambda l: l == "*** %s joined lobby" % c3.nick or c is c3, 20)
+        c2.say("/nick carol")
+        c3.say("/nick carol")
+        # the first claim in the stream wins everywhere; the other is refused at once (its node
+        # knew), or shown to its claimer and then undone ("taken ... at the same moment")
+        alice.wait_match(lambda l: l.endswith(" is now known as carol"), 30, "someone becoming carol")
+        settle(nats, nodes)
+        whos = []
+
+        def same_who():
+            whos[:] = [sorted(c.who()) for c in (alice, c2, c3)]
+            return whos[0] == whos[1] == whos[2]
+        wait_until(same_who, 20, "the nodes list the same users: %r" % (whos,), poll=0.2)
+        check(whos[0].count("carol") == 1, "carol held %d times: %r" % (whos[0].count("carol"), whos[0]))
+        check(len(whos[0]) == len(set(n.lower() for n in whos[0])), "/who lists a name twice: %r" % whos[0])
+        lost = {c: [l for l in c.seen if l == "*** The nick carol is taken."
+                    or l.startswith("*** carol was taken on another node of the cluster at the same moment; you are now ")]
+                for c in (c2, c3)}
+        losers = [c for c in lost if lost[c]]
+        check(len(losers) == 1 and len(lost[losers[0]]) == 1,
+              "claimers told they lost: %r" % {c.nick: v for c, v in lost.items()})
+        shown = [l for l in alice.seen if l.endswith(" is now known as carol")]
+        check(len(shown) == 1, "node 1 showed %d claims of carol: %r" % (len(shown), shown))
+        settle(nats, nodes, [alice, bob, c2, c3, g1, g2, irc])
+
+
+def case_node_lost():
+    """A relay killed -9 with two users in the lobby: within 20 s they leave (node lost) the
+    /who of the other nodes; each has exactly one leave row, in every file once the relay,
+    restarted on its own file, has caught up."""
+    with NatsCluster(3) as nats, relays("node_lost", nats) as nodes:
+        obs1, obs2 = Line(nodes[0], "obs1"), Line(nodes[1], "obs2")
+        dave, erin = Line(nodes[2], "dave"), Line(nodes[2], "erin")
+        for c in (obs1, obs2):
+            wait_until(lambda: {"dave", "erin"} <= set(c.who()), 20, "%s lists dave and erin" % c.nick, poll=0.2)
+        dave.say("dave is here")
+        obs1.wait_seen("<dave> dave is here")
+        nodes[2].kill()
+        killed = time.monotonic()
+        for c in (obs1, obs2):
+            for n in ("dave", "erin"):
+                c.wait_seen("*** %s left lobby (node lost)" % n, 20)
+        print("node lost seen %.1f s after the kill" % (time.monotonic() - killed))
+        for c in (obs1, obs2):
+            names = c.who()
+            check("dave" not in names and "erin" not in names, "%s still lists them: %r" % (c.nick, names))
+        nodes[2].start_ready()
+        rows, _ = settle(nats, nodes, [obs1, obs2, dave, erin])
+        for n in ("dave", "erin"):
+            leaves = [r for r in rows if r["nick"] == n and r["kind"] == "leave"]
+            check(len(leaves) == 1 and leaves[0]["body"] == "node lost",
+                  "%s has %d leave rows: %r" % (n, len(leaves), leaves))
+        late = Line(nodes[2], "late")
+        names = late.who()
+        check("dave" not in names and "erin" not in names and {"obs1", "obs2", "late"} <= set(names),
+              "/who on the restarted node: %r" % names)
+        settle(nats, nodes, [obs1, obs2, late])
+
+
 CASES = {
     "chat": case_chat,
     "relay_killed": case_relay_killed,
     "nats_killed": case_nats_killed,
     "bus_down": case_bus_down,
     "stream_mismatch": case_stream_mismatch,
+    "nicks": case_nicks,
+    "node_lost": case_node_lost,
 }
 
 if __name__ == "__main__":
