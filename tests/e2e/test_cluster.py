@@ -47,10 +47,12 @@ HISTORY = re.compile(r"^\*\*\* \[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] <([^>]+)> (.
 
 
 def wait_until(pred, timeout, what, poll=0.05):
-    """Polls a condition that no socket announces (a log line, a file's rows) until it holds."""
+    """Polls a condition that no socket announces (a log line, a file's rows) until it holds;
+    what: the failure's text, or a function that makes it then (with the log of that moment)."""
     deadline = time.monotonic() + timeout
     while not pred():
-        check(time.monotonic() < deadline, "not within %.0f s: %s" % (timeout, what))
+        if time.monotonic() >= deadline:
+            raise TestFailure("not within %.0f s: %s" % (timeout, what() if callable(what) else what))
         time.sleep(poll)
 
 
@@ -105,7 +107,7 @@ class Node(Relay):
 
     def wait_ready(self, before, timeout=40.0):
         wait_until(lambda: self.ready_count() > before or self.proc.poll() is not None, timeout,
-                   "relay %s ready on the bus; log:\n%s" % (self.node, self.log_tail()))
+                   lambda: "relay %s ready on the bus; log:\n%s" % (self.node, self.log_tail()))
         check(self.proc.poll() is None, "relay %s exited with %s:\n%s" % (self.node, self.proc.returncode,
                                                                           self.log_tail()))
 
@@ -123,8 +125,8 @@ class Node(Relay):
 
 @contextlib.contextmanager
 def relays(case, nats, n=3, extra=()):
-    """n relays of the cluster, each ready on the bus; stopped (Ctrl+C) at the end.  A failure shows the end of every relay's log and of every
-    nats-server's."""
+    """n relays of the cluster, each ready on the bus; stopped (Ctrl+C) at the end.  A failure
+    shows the end of every relay's log and of every nats-server's."""
     nodes = [Node(case, i, nats.urls(), extra) for i in range(n)]
     try:
         for nd in nodes:
@@ -484,8 +486,8 @@ def case_relay_killed():
         check_once_in_order("r1", r1.chat(), want, "the load")
         check_once_in_order("r3", r3.chat(), want, "the load")
         # r2 saw a beginning of the load until its relay died; r2b the rest after its replay
-        got2 = r2.chat()
         check(r2.closed or r2.wait_closed(5), "r2's connection outlived its relay")
+        got2 = r2.chat()
         check_once_in_order("r2", got2, want[:len(got2)], "the load before the kill")
         got2b = r2b.chat()
         check(got2b and got2b[-1] == want[-1], "r2b: no live line after the restart: %r" % got2b[-3:])
@@ -795,7 +797,7 @@ def case_stream_mismatch():
         r = Node("token_bad", 0, nats.urls(), ["--cluster-credentials", winpath(bad)])
         with r:
             wait_until(lambda: "Authorization Violation" in r.log(), 20,
-                       "the relay logged the server's refusal; log:\n%s" % r.log_tail())
+                       lambda: "the relay logged the server's refusal; log:\n%s" % r.log_tail())
             c = Line(r)
             say_until_refused(c, "badtoken")
             check(r.proc.poll() is None, "the relay exited: %s" % r.log_tail())
@@ -823,11 +825,11 @@ def case_stream_mismatch():
         with nats.client(0, name="test-delete") as nc:
             nc.stream_delete(STREAM)
         wait_until(lambda: "this database belongs to stream" in node.log(), 30,
-                   "the running relay logged that its stream was replaced; log:\n%s" % node.log_tail())
+                   lambda: "the running relay logged that its stream was replaced; log:\n%s" % node.log_tail())
         put_intruder(nats, "from the wrong stream (running)")
         with nats.client(0, name="test-info") as nc:
             check(nc.stream_info(STREAM)["created"] != bound["stream_created"], "the stream was not replaced")
-        held, refused = say_until_refused(c, "replaced")
+        say_until_refused(c, "replaced")
         check(node.proc.poll() is None, "the relay exited: %s" % node.log_tail())
         check(cli(node.db, ROWS_SQL) == rows_before and cluster_row(node.db) == bound,
               "the file changed after the stream was replaced: %r" % cli(node.db, ROWS_SQL)[len(rows_before):])
@@ -841,13 +843,14 @@ def case_stream_mismatch():
         mark = len(node.log())
         node.start()
         wait_until(lambda: "exists with other settings" in node.log()[mark:], 30,
-                   "the restarted relay logged that the stream has other settings; log:\n%s" % node.log_tail())
+                   lambda: "the restarted relay logged that the stream has other settings; log:\n%s"
+                   % node.log_tail())
         recreate_stream(nats, "from the wrong stream (at start)")
         wait_until(lambda: "this database belongs to stream" in node.log()[mark:], 30,
-                   "the restarted relay logged that the stream is not its own, once its settings were "
-                   "right; log:\n%s" % node.log_tail())
+                   lambda: "the restarted relay logged that the stream is not its own, once its settings "
+                   "were right; log:\n%s" % node.log_tail())
         c = Line(node)
-        held2, refused2 = say_until_refused(c, "restarted")
+        say_until_refused(c, "restarted")
         check(cli(node.db, ROWS_SQL) == rows_before and cluster_row(node.db) == bound,
               "the file changed at a start on the wrong stream")
         c.close()
@@ -908,11 +911,11 @@ def case_nicks():
         def same_who():
             whos[:] = [sorted(c.who()) for c in (alice, c2, c3)]
             return whos[0] == whos[1] == whos[2]
-        wait_until(same_who, 20, "the nodes list the same users: %r" % (whos,), poll=0.2)
+        wait_until(same_who, 20, lambda: "the nodes list the same users: %r" % (whos,), poll=0.2)
         check(whos[0].count("carol") == 1, "carol held %d times: %r" % (whos[0].count("carol"), whos[0]))
         check(len(whos[0]) == len(set(n.lower() for n in whos[0])), "/who lists a name twice: %r" % whos[0])
-        lost = {c: [l for l in c.seen if l == "*** The nick carol is taken."
-                    or l.startswith("*** carol was taken on another node of the cluster at the same moment; you are now ")]
+        undone = "*** carol was taken on another node of the cluster at the same moment; you are now "
+        lost = {c: [l for l in c.seen if l == "*** The nick carol is taken." or l.startswith(undone)]
                 for c in (c2, c3)}
         losers = [c for c in lost if lost[c]]
         check(len(losers) == 1 and len(lost[losers[0]]) == 1,
