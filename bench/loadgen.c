@@ -38,6 +38,10 @@
  * `--pace observer` does exactly that, to reproduce what it shows: the relay
  * drains at most MAX_SEND_SPANS lines per session per loop turn.)
  *
+ * With --recv-port the clients that do not send connect to another port: in
+ * a cluster, another node, so the latency measured (one process's monotonic
+ * clock at both ends) is from a sender on one node to receivers on another.
+ *
  * With --senders 0 it only holds sessions: RSS of the relay (and wineserver)
  * before connecting and after every client is greeted and the line is quiet;
  * with --hold it then prints "ready", and waits until the server closes every
@@ -94,9 +98,12 @@ typedef struct options {
     double drain_secs;
     double hold_secs;           /* idle mode: wait this long for the server to close us */
     int relay_pid, server_pid;
+    int extra_pids[16];         /* other processes whose CPU the send phase counts (NATS servers) */
+    int extra_count;
     int pace_observer;          /* window counted at one observer client (diagnostic) */
     uint32_t irc_clients;       /* of the clients, this many speak IRC */
     int irc_port;               /* where IRC clients connect (0 = --port) */
+    int recv_port;              /* where the clients that do not send connect (0 = as the others) */
     const char *channel;        /* the channel IRC clients join */
     int verbose;
 } options;
@@ -120,11 +127,15 @@ static void usage(void)
             "  --hold SECS       senders 0: print \"ready\", wait up to SECS for the server to close us\n"
             "  --relay-pid PID   the relay process: CPU and RSS from /proc\n"
             "  --server-pid PID  its wineserver: CPU and RSS from /proc\n"
+            "  --extra-pid PID   another process (repeatable, up to 16: a cluster's NATS servers);\n"
+            "                    their CPU over the send phase is reported as cpu_extra_s\n"
             "  --pace observer   count the window at one observer client instead of at every\n"
             "                    receiver (diagnostic: lets other clients fall behind)\n"
             "  --irc             every client speaks IRC (NICK/USER, JOIN, PRIVMSG, PONG)\n"
             "  --irc-clients K   K of the clients speak IRC, spread evenly among them (0)\n"
             "  --irc-port P      IRC clients connect to port P (default: --port)\n"
+            "  --recv-port P     the clients that do not send connect to port P instead (another\n"
+            "                    relay of a cluster: latency from one node to another)\n"
             "  --channel NAME    the channel IRC clients join (#lobby, the line clients' room)\n"
             "  --verbose         progress on stderr\n");
 }
@@ -207,10 +218,15 @@ static int parse_options(int argc, char **argv, options *o)
             bad = parse_num(v, 1, 1e9, &d) || ((o->relay_pid = (int)d), 0);
         else if (strcmp(a, "--server-pid") == 0)
             bad = parse_num(v, 1, 1e9, &d) || ((o->server_pid = (int)d), 0);
+        else if (strcmp(a, "--extra-pid") == 0)
+            bad = o->extra_count == (int)(sizeof o->extra_pids / sizeof o->extra_pids[0]) ||
+                  parse_num(v, 1, 1e9, &d) || ((o->extra_pids[o->extra_count++] = (int)d), 0);
         else if (strcmp(a, "--irc-clients") == 0)
             bad = parse_num(v, 0, 100000, &d) || ((o->irc_clients = (uint32_t)d), 0);
         else if (strcmp(a, "--irc-port") == 0)
             bad = parse_num(v, 1, 65535, &d) || ((o->irc_port = (int)d), 0);
+        else if (strcmp(a, "--recv-port") == 0)
+            bad = parse_num(v, 1, 65535, &d) || ((o->recv_port = (int)d), 0);
         else if (strcmp(a, "--channel") == 0)
             bad = v[0] == '\0' || strlen(v) > 64 || strpbrk(v, " ,\r\n\a") != NULL || ((o->channel = v), 0);
         else if (strcmp(a, "--pace") == 0)
@@ -308,6 +324,19 @@ static long proc_status_kib(int pid, const char *key)
     }
     fclose(f);
     return v;
+}
+
+/* The --extra-pid processes together; -1 if one is unreadable (or none given). */
+static double extra_cpu_secs(const options *o)
+{
+    double sum = 0;
+    for (int i = 0; i < o->extra_count; i++) {
+        double v = proc_cpu_secs(o->extra_pids[i]);
+        if (v < 0)
+            return -1;
+        sum += v;
+    }
+    return o->extra_count ? sum : -1;
 }
 
 static double self_cpu_secs(void)
@@ -931,8 +960,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "loadgen: --host must be an IPv4 address, got %s\n", opt.host);
         return 2;
     }
-    struct sockaddr_in irc_addr = addr;
+    struct sockaddr_in irc_addr = addr, recv_addr = addr;
     irc_addr.sin_port = htons((uint16_t)opt.irc_port);
+    recv_addr.sin_port = htons((uint16_t)opt.recv_port);
 
     snprintf(tag, sizeof tag, "%08x", (unsigned)(now_ns() ^ ((int64_t)getpid() << 16)));
     clients = calloc(opt.clients, sizeof *clients);
@@ -980,7 +1010,8 @@ int main(int argc, char **argv)
     int64_t t_up = now_ns(), stall_ns = (int64_t)(opt.drain_secs * 1e9);
     while (st.greeted + st.closed < opt.clients) {
         while (next < opt.clients && st.connecting < opt.batch) {
-            client_connect(next, clients[next].irc ? &irc_addr : &addr);
+            client_connect(next, opt.recv_port && next >= opt.senders ? &recv_addr
+                                 : clients[next].irc ? &irc_addr : &addr);
             next++;
         }
         poll_once(100);
@@ -1005,6 +1036,7 @@ int main(int argc, char **argv)
         status = "connect_failed";
 
     double cpu_relay1 = cpu_relay0, cpu_server1 = cpu_server0, cpu_self1 = self_cpu_secs();
+    double cpu_extra1 = extra_cpu_secs(&opt);
     long rss_relay1 = -1, rss_server1 = -1;
     double cpu_relay2, cpu_server2, cpu_self2;
     if (opt.senders == 0 && strcmp(status, "ok") == 0) {
@@ -1029,6 +1061,7 @@ int main(int argc, char **argv)
         cpu_relay1 = proc_cpu_secs(opt.relay_pid);
         cpu_server1 = proc_cpu_secs(opt.server_pid);
         cpu_self1 = self_cpu_secs();
+        cpu_extra1 = extra_cpu_secs(&opt);
         t_send_start = t_last_progress = now_ns();
         sending = 1;
         int64_t drain_ns = (int64_t)(opt.drain_secs * 1e9);
@@ -1054,6 +1087,7 @@ int main(int argc, char **argv)
     cpu_relay2 = proc_cpu_secs(opt.relay_pid);
     cpu_server2 = proc_cpu_secs(opt.server_pid);
     cpu_self2 = self_cpu_secs();
+    double cpu_extra2 = extra_cpu_secs(&opt);
     long rss_relay = proc_status_kib(opt.relay_pid, "VmRSS");
     long hwm_relay = proc_status_kib(opt.relay_pid, "VmHWM");
     long rss_server = proc_status_kib(opt.server_pid, "VmRSS");
@@ -1093,6 +1127,8 @@ int main(int argc, char **argv)
                st.received && cpu_relay >= 0 && cpu_server_part >= 0
                    ? (cpu_relay + cpu_server_part) * 1e6 / (double)st.received
                    : -1.0);
+        if (opt.extra_count)
+            printf(" cpu_extra_s=%.2f", cpu_extra1 >= 0 && cpu_extra2 >= 0 ? cpu_extra2 - cpu_extra1 : -1.0);
     } else {
         printf(" rss_relay_before_kib=%ld rss_relay_after_kib=%ld rss_server_before_kib=%ld rss_server_after_kib=%ld",
                rss_relay0, rss_relay1, rss_server0, rss_server1);
