@@ -358,7 +358,7 @@ class Bench:
                 raise ClusterBenchError("the push through node 1 failed: %s" % push.get("status"))
             res["push_lines_per_s"] = push.get("lines_per_s")
             res["push_status"] = push.get("status")
-            target = self.stream_info()["state"]["last_seq"]
+            target = self.settled_seq(r1)
             start_seq = self.applied_seq(r2.db) or 0
             res["records"] = target - start_seq
             # node 2 again, on its database, with a log of its own
@@ -425,6 +425,21 @@ class Bench:
                 rb.fmt_int(res["records_per_s"]), res["relay_cpu_pct"], res["nats_cpu_pct"], res.get("commits"),
                 res.get("turns"), res["status"]))
         return res
+
+    def settled_seq(self, r1):
+        """The stream's last sequence once node 1 applied it and nothing came for 0.5 s (the
+        loadgen's clients leave as it exits: their leave records follow the last line)."""
+        deadline = time.monotonic() + 60
+        last, since = None, time.monotonic()
+        while True:
+            seq = self.stream_info()["state"]["last_seq"]
+            if seq != last:
+                last, since = seq, time.monotonic()
+            elif time.monotonic() - since >= 0.5 and self.applied_seq(r1.db) == seq:
+                return seq
+            if time.monotonic() > deadline:
+                raise ClusterBenchError("the stream did not settle after the push (last %s)" % last)
+            time.sleep(0.1)
 
     def count_rows(self, db):
         con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
