@@ -184,7 +184,16 @@ class Bench:
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)     # attached before the work starts
         log("perf record of CPU %s to %s" % (self.rb.RELAY_CPU, path))
+        p.path = path
         return p
+
+    def perf_note(self, p, relays):
+        """Which processes are ours, for bench/perf-functions."""
+        if p is None:
+            return
+        with open(p.path + ".pids", "w") as f:
+            f.write("".join("relay %d\n" % r.proc.pid for r in relays if r.proc))
+            f.write("wineserver %d\n" % self.ctx.server_pid)
 
     def perf_stop(self, p):
         if p is None:
@@ -272,6 +281,7 @@ class Bench:
         try:
             self.start(r)
             perf = self.perf_start(tag) if variant == "cluster" else None
+            self.perf_note(perf, [r])
             try:
                 res = self.loadgen(r.port, [r.proc.pid], load)
             finally:
@@ -367,6 +377,7 @@ class Bench:
             perf = self.perf_start("i%s-%d" % (build, rep))
             t0 = time.monotonic()
             r2b.start(exe, True, None, self.ctx.pin, extra=r2b.extra, keep_db=True, wait=False)
+            self.perf_note(perf, [r1, r2b])
             pid = r2b.proc.pid
             ours = [pid, self.ctx.server_pid]
             deadline = t0 + 600
