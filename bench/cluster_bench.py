@@ -385,7 +385,7 @@ class Bench:
                 now = time.monotonic()
                 seq = self.applied_seq(r2.db)
                 samples.append((now, seq, sum(rb.proc_ticks(p) for p in ours),
-                                sum(rb.proc_ticks(p) for p in self.nats_pids)))
+                                sum(rb.proc_ticks(p) for p in self.nats_pids), rb.cpu_ticks(rb.RELAY_CPU)[0]))
                 if seq is not None and seq >= target:
                     break
                 if r2b.proc.poll() is not None:
@@ -404,6 +404,9 @@ class Bench:
             # CPU between the first progress seen and the last record applied
             res["relay_cpu_pct"] = 100.0 * (samples[-1][2] - first[2]) / self.hz / max(1e-9, t_done - first[0])
             res["nats_cpu_pct"] = 100.0 * (samples[-1][3] - first[3]) / self.hz / max(1e-9, t_done - first[0])
+            # what else ran on CPU 0 meanwhile (node 1 is idle: no client sends)
+            res["cpu0_others_pct"] = max(0.0, 100.0 * ((samples[-1][4] - first[4]) - (samples[-1][2] - first[2]))
+                                         / self.hz / max(1e-9, t_done - first[0]))
             self.wait_log(r2b, "cluster: ready at stream sequence", 60)
             text = r2b.log()
             a_line = find_log_line(text, "cluster: applying the stream from sequence")
@@ -517,20 +520,21 @@ def table_i(rb, runs):
     f2 = lambda v: "%.2f" % v   # noqa: E731
     out = ["| run | lines pushed (push lines/s) | records to apply | start -> first row applied s "
            "| start -> all applied s | catch-up s (relay log: applying -> ready) | records/s "
-           "| relay + wineserver CPU | nats-servers CPU | ms per 256 records | records per commit | rows equal |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| relay + wineserver CPU | nats-servers CPU | ms per 256 records | records per commit | rows equal "
+           "| CPU 0 used by others |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     builds = sorted(set(r["build"] for r in runs))
     for i, r in enumerate(runs):
-        out.append("| %s | %s (%s) | %s | %.2f | %.2f | %s | %s | %.0f%% | %.0f%% | %.1f | %s | %s |" % (
+        out.append("| %s | %s (%s) | %s | %.2f | %.2f | %s | %s | %.0f%% | %.0f%% | %.1f | %s | %s | %.0f%% |" % (
             "%d%s" % (i // len(builds) + 1, "" if len(builds) == 1 else " " + r["build"]), rb.fmt_int(r["lines"]),
             rb.fmt_int(r.get("push_lines_per_s") or 0), rb.fmt_int(r["records"]),
             r["to_first_row_s"], r["until_all_s"], f2(r["log_catchup_s"]) if "log_catchup_s" in r else "n/a",
             rb.fmt_int(r["records_per_s"]), r["relay_cpu_pct"], r["nats_cpu_pct"], r["pull_ms"],
             "%.0f" % r["per_commit"] if r.get("per_commit") else "n/a",
-            "yes (%s rows)" % rb.fmt_int(r["rows"][0]) if r["rows_equal"] else "NO"))
+            "yes (%s rows)" % rb.fmt_int(r["rows"][0]) if r["rows_equal"] else "NO", r.get("cpu0_others_pct", -1)))
     for b in builds:
         rs = [r for r in runs if r["build"] == b]
-        out.append("| median%s | | | %.2f | %.2f | %s | %s | %.0f%% | %.0f%% | %.1f | | |" % (
+        out.append("| median%s | | | %.2f | %.2f | %s | %s | %.0f%% | %.0f%% | %.1f | | | |" % (
             "" if len(builds) == 1 else " " + b, med(rs, "to_first_row_s"), med(rs, "until_all_s"),
             f2(med(rs, "log_catchup_s") or 0), rb.fmt_int(med(rs, "records_per_s")), med(rs, "relay_cpu_pct"),
             med(rs, "nats_cpu_pct"), med(rs, "pull_ms")))
