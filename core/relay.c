@@ -15,7 +15,9 @@
  *      once its recv and send routines have both run.
  *   4. hub_turn: one SQLite transaction for the turn, then delivery.
  *   5. flush: each session with unsent data and no send in flight gets ONE
- *      WSASend gathering its queue.
+ *      gathered WSASend of its queue, first without an OVERLAPPED (the
+ *      socket is non-blocking); only what the kernel does not take at once
+ *      goes out overlapped, with a completion routine (see session_flush).
  *   6. accept, when a listener is signalled (at most ACCEPT_PER_TURN) or is
  *      due for a retry (see accept_all).
  *
@@ -122,7 +124,7 @@ struct relay {
     int exit_status;              /* the I/O thread's result: 0, or 1 if it had to give up */
     int io_outstanding;           /* stop gave up waiting for routines: memory must not be freed */
     /* Counters for the stop log and the benchmark: syscalls per delivery. */
-    uint64_t n_wsasend, n_wsarecv, n_turns, bytes_sent;
+    uint64_t n_wsasend, n_wsasend_overlapped, n_wsarecv, n_turns, bytes_sent;
 };
 
 static int64_t now_ms(void)
@@ -193,31 +195,70 @@ static void session_post_recv(relay *r, session *s)
     }
 }
 
-static void session_flush(relay *r, session *s)
+/* Describes the unsent part of slot's queue in bufs (marking it in flight);
+ * returns the number of spans, 0 when nothing is queued. */
+static size_t gather_unsent(relay *r, session *s, WSABUF *bufs)
 {
-    if (s->send_pending || (s->state != S_OPEN && s->state != S_CLOSING))
-        return;
-    sendq *q = hub_sendq(r->hub, s->slot);
     sendq_span spans[MAX_SEND_SPANS];
-    WSABUF bufs[MAX_SEND_SPANS];   /* WSASend captures the array; only the bytes must live on */
-    size_t n = sendq_gather(q, spans, MAX_SEND_SPANS, MAX_SEND_BYTES);
-    if (n == 0)
-        return;
+    size_t n = sendq_gather(hub_sendq(r->hub, s->slot), spans, MAX_SEND_SPANS, MAX_SEND_BYTES);
     for (size_t i = 0; i < n; i++) {
         bufs[i].buf = (char *)spans[i].ptr;
         bufs[i].len = spans[i].len;
     }
+    return n;
+}
+
+static void send_failed(relay *r, session *s, const char *call, int err)
+{
+    sendq_complete(hub_sendq(r->hub, s->slot), 0);
+    log_info("session %u: %s failed (error %d); closing", (unsigned)s->slot, call, err);
+    session_begin_close(r, s, "connection lost", 0);
+    s->linger_until = 0;   /* already closing: the socket is dead, stop lingering */
+}
+
+/* Turn step 5 for one session.  The queue goes out first in a WSASend
+ * without an OVERLAPPED on the non-blocking socket: what the kernel's send
+ * buffer takes is done when the call returns, with no completion routine to
+ * come (on Windows that saves the APC's delivery, a kernel transition per
+ * send; under Wine, the round trip that fetches it: docs/BENCHMARKS.md,
+ * "Sending at once").  Only the rest, when the client reads slower than we
+ * write (a partial send, or WSAEWOULDBLOCK), goes out overlapped and
+ * completes through on_send_complete, which keeps the bytes pinned in the
+ * queue until it ran.  Redis's networking.c writes the same way: directly,
+ * with a write handler only for what is left. */
+static void session_flush(relay *r, session *s)
+{
+    if (s->send_pending || (s->state != S_OPEN && s->state != S_CLOSING))
+        return;
+    WSABUF bufs[MAX_SEND_SPANS];   /* WSASend captures the array; only the bytes must live on */
+    size_t n = gather_unsent(r, s, bufs);
+    if (n == 0)
+        return;
+    DWORD sent = 0;
+    r->n_wsasend++;
+    if (WSASend(s->sock, bufs, (DWORD)n, &sent, 0, NULL, NULL) == 0) {
+        r->bytes_sent += sent;
+        hub_session_sent(r->hub, s->slot, sent);
+        n = gather_unsent(r, s, bufs);   /* a partial send leaves the rest */
+        if (n == 0)
+            return;
+    } else {
+        int err = WSAGetLastError();
+        if (err != WSAEWOULDBLOCK) {
+            send_failed(r, s, "WSASend", err);
+            return;
+        }
+        /* the send buffer is full: the same spans, still in flight, go overlapped */
+    }
     memset(&s->send_ov, 0, sizeof s->send_ov);
     s->send_pending = 1;
     r->n_wsasend++;
+    r->n_wsasend_overlapped++;
     if (WSASend(s->sock, bufs, (DWORD)n, NULL, 0, &s->send_ov, on_send_complete) != 0) {
         int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
-            s->send_pending = 0;
-            sendq_complete(q, 0);
-            log_info("session %u: WSASend failed (error %d); closing", (unsigned)s->slot, err);
-            session_begin_close(r, s, "connection lost", 0);
-            s->linger_until = 0;   /* already closing: the socket is dead, stop lingering */
+            s->send_pending = 0;   /* failed at once: the routine will never run for this call */
+            send_failed(r, s, "WSASend (overlapped)", err);
         }
     }
 }
@@ -664,14 +705,18 @@ static void refuse_connection(SOCKET c, const char *notice, int irc)
 
 static int session_setup_socket(session *s, SOCKET c)
 {
-    u_long blocking = 0;
+    u_long nonblocking = 1;
     BOOL nodelay = TRUE;
-    /* Accepted sockets inherit the listener's event-select and non-blocking mode. */
+    /* Accepted sockets inherit the listener's event-select and non-blocking
+     * mode.  The event-select goes; non-blocking stays, and is set again so
+     * that it never depends on that inheritance: session_flush's first send
+     * must never block the thread.  Overlapped calls ignore the mode
+     * (Microsoft, "Overlapped I/O and Event Objects"). */
     if (WSAEventSelect(c, NULL, 0) != 0) {
         log_warn("WSAEventSelect(clear) failed (error %d)", WSAGetLastError());
         return -1;
     }
-    if (ioctlsocket(c, FIONBIO, &blocking) != 0) {
+    if (ioctlsocket(c, FIONBIO, &nonblocking) != 0) {
         log_warn("ioctlsocket(FIONBIO) failed (error %d)", WSAGetLastError());
         return -1;
     }
@@ -1106,13 +1151,14 @@ static void stop_sequence(relay *r)
         log_info("%llu connection(s) reset before they could be accepted since the start",
                  (unsigned long long)r->accept_resets_total);
     log_info("stopped in %lld ms (lines in %llu, stored %llu, deliveries %llu, commits %llu, "
-             "wsasend %llu, wsarecv %llu, turns %llu, bytes sent %llu, commits retried %llu, lines refused %llu)",
+             "wsasend %llu, wsarecv %llu, turns %llu, bytes sent %llu, commits retried %llu, lines refused %llu, "
+             "wsasend overlapped %llu)",
              (long long)(now_ms() - start), (unsigned long long)st.lines_in,
              (unsigned long long)st.lines_stored, (unsigned long long)st.deliveries,
              (unsigned long long)st.commits, (unsigned long long)r->n_wsasend,
              (unsigned long long)r->n_wsarecv, (unsigned long long)r->n_turns,
              (unsigned long long)r->bytes_sent, (unsigned long long)st.commit_busy,
-             (unsigned long long)st.refused_lines);
+             (unsigned long long)st.refused_lines, (unsigned long long)r->n_wsasend_overlapped);
 }
 
 static DWORD WINAPI io_thread(LPVOID arg)

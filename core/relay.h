@@ -1,7 +1,9 @@
 /* relay: the I/O thread.  Win32 only.
  *
  * Owns: the listening sockets (WSAEventSelect FD_ACCEPT, waited on alertably),
- * the fixed Session array, overlapped WSARecv/WSASend with completion routines,
+ * the fixed Session array, overlapped WSARecv/WSASend with completion routines
+ * (a session's send is tried without an OVERLAPPED first; only what the kernel
+ * does not take at once goes overlapped),
  * the loop turn (wait -> APC drain -> hub work -> flush -> reap -> accept) and
  * the stop sequence.  Never: parses text (hub/chat do), blocks in a completion
  * routine, or touches SQLite inside one.

@@ -275,6 +275,17 @@ class Client:
             pass
 
 
+class SmallWindow(Client):
+    """A client with a small receive buffer (set before connecting), so what it does not read
+    stays in the relay's queue rather than in this machine's socket buffers."""
+
+    def __init__(self, port, rcvbuf=4096):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        self.sock, self.buf, self.lines, self.closed, self.raw = s, b"", [], False, None
+
 
 def read_through(client, pred, timeout=10.0, what=None):
     """Every line up to and including the first one matching pred (removed from client.lines)."""

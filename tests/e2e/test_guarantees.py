@@ -36,7 +36,8 @@ import subprocess
 import threading
 import time
 
-from harness import Client, Relay, TestFailure, check, free_port, raise_fd_limit, run_cases, read_through, read_to, expect_line
+from harness import (Client, Relay, SmallWindow, TestFailure, check, free_port, raise_fd_limit, run_cases, read_through,
+                     read_to, expect_line)
 from test_history import CliWriteLock
 from test_protocol import HELP_LINES, history_form   # as docs/PROTOCOL.md gives them
 
@@ -93,18 +94,6 @@ def marker(sender, target, target_nick, tag, sender_got=None):
     if sender_got is not None:
         sender_got += told[:-1]
     return got[:-1]
-
-
-class SmallWindow(Client):
-    """A client with a small receive buffer (set before connecting), so what it does not read
-    stays in the relay's queue rather than in this machine's socket buffers."""
-
-    def __init__(self, port, rcvbuf=4096):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", port))
-        self.sock, self.buf, self.lines, self.closed, self.raw = s, b"", [], False, None
 
 
 def session_closed(relay, reason, count=1, timeout=20.0):

@@ -7,8 +7,8 @@ import struct
 import threading
 import time
 
-from harness import (Client, Relay, TestFailure, check, free_port, raise_fd_limit, read_through, read_to,
-                     run_cases)
+from harness import (Client, Relay, SmallWindow, TestFailure, check, free_port, raise_fd_limit, read_through,
+                     read_to, run_cases)
 
 # Load tests switch off the per-IP limit and flood control (all clients are 127.0.0.1).
 OPEN_LIMITS = ["--max-per-ip", "0", "--flood-burst", "0", "--flood-rate", "0"]
@@ -115,6 +115,45 @@ def case_slow_consumer_is_cut():
         check(slow.wait_closed(15), "the slow consumer was not disconnected")
         check("closed (slow consumer)" in relay.log(), "the log does not say why the slow consumer was cut")
         check(relay.log().count("closed (slow consumer)") == 1, "more than one session was cut as slow")
+
+
+STOP_COUNTERS = re.compile(r"stopped in \d+ ms \(.*wsasend (\d+), .*wsasend overlapped (\d+)\)")
+
+
+def case_paused_reader():
+    """core/relay.c session_flush: a session's queue goes out in a WSASend without an OVERLAPPED
+    first, and only what the kernel does not take at once goes overlapped.  A reader that keeps up
+    is served by the first kind alone; one that stops reading (small window, 6.4 MB said meanwhile)
+    leaves partial sends and full buffers, so the rest must go overlapped and then resume: every
+    line arrives once, in order, and the stop line's counters show both kinds of send were made."""
+    count, pad = 16000, "y" * 400     # 6.4 MB: past what Linux lets a send buffer grow to (4 MiB)
+    with Relay("paused_reader", OPEN_LIMITS + ["--replay", "0", "--max-queue-bytes", "8M"]) as relay:
+        paused = SmallWindow(relay.port)
+        paused_nick = nick_of(paused)
+        sender = Client(relay.port)
+        nick = nick_of(sender)
+        paused.expect("*** %s joined lobby" % nick)
+        sender.say("before the pause")
+        paused.expect("<%s> before the pause" % nick)
+        sender.send("".join("%d %s\r\n" % (i, pad) for i in range(count)))
+        time.sleep(1.5)      # not reading (the slow-consumer grace is 3 s, the bound 8 MiB)
+        got = []
+        deadline = time.time() + 60
+        while len(got) < count and time.time() < deadline and not paused.closed:
+            paused._fill(0.5)
+            got += [l for l in paused.lines if l.startswith("<%s> " % nick)]
+            paused.lines.clear()
+        want = ["<%s> %d %s" % (nick, i, pad) for i in range(count)]
+        check(got == want, "the paused reader got %d lines, not the %d said in order (first difference at %r)"
+              % (len(got), count, next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(got))))
+        check(not paused.closed, "the paused reader was disconnected")
+        check(relay.stop() == 0, "relay did not stop cleanly")
+        m = STOP_COUNTERS.search(relay.log())
+        check(m, "no send counters in the stop line: %s" % relay.log()[-600:])
+        sends, overlapped = int(m.group(1)), int(m.group(2))
+        check(overlapped >= 1, "%d sends, none overlapped: the paused reader's backlog never waited" % sends)
+        check(sends - overlapped >= 1, "%d sends, all overlapped: none went out at once" % sends)
+        print("%s: %d sends, %d of them overlapped" % (paused_nick, sends, overlapped))
 
 
 def case_max_sessions():
@@ -421,6 +460,7 @@ CASES = {
     "three_clients_chat": case_three_clients_chat,
     "disconnect_mid_line": case_disconnect_mid_line,
     "slow_consumer_is_cut": case_slow_consumer_is_cut,
+    "paused_reader": case_paused_reader,
     "max_sessions": case_max_sessions,
     "connect_churn": case_connect_churn,
     "long_line": case_long_line,
