@@ -4,7 +4,9 @@
  * clients.  Rooms are channels: room `lobby` is `#lobby`.
  *
  * Owns: registration (CAP LS/REQ/END holding it, NICK, USER, PASS ignored),
- * the numerics, the IRC form of events and history rows (one long line is
+ * the numerics (and the server queries clients send by themselves: USERHOST,
+ * VERSION, TIME, LUSERS, MOTD, WHOWAS; KICK refused: nobody is an operator),
+ * the IRC form of events and history rows (one long line is
  * split into several PRIVMSGs on character boundaries), CTCP ACTION <-> /me,
  * the server's PING of a silent client.
  * Never: lets a client's text start a new IRC line (the hub's cleaning has
@@ -16,7 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "invariant.h"
+#include "version.h"
 
 #define IRC_LINE_MAX 510              /* bytes before CRLF, tags excluded */
 #define IRC_PING_AFTER_MS 90000       /* a silent registered client is pinged (chat_config.irc_ping_ms)... */
@@ -217,6 +221,36 @@ void irc_free(irc_state *st)
     free(st);
 }
 
+/* 005, after the welcome and in answer to VERSION */
+static void isupport_reply(chat *c, uint32_t slot)
+{
+    sbuf b;
+    num_open(c, &b, slot, "005");
+    sb_puts(&b, "CASEMAPPING=ascii CHANTYPES=# PREFIX=() CHANMODES=,,,nt NICKLEN=32 CHANNELLEN=33 "
+                "CHANLIMIT=#:20 TOPICLEN=300 CHATHISTORY=200 MSGREFTYPES=msgid,timestamp NETWORK=");
+    sb_puts(&b, c->irc_name);
+    sb_puts(&b, " :are supported by this server");
+    chat_reply_built(c, slot, &b);
+}
+
+/* 251 and 254, after the welcome and in answer to LUSERS */
+static void lusers_reply(chat *c, uint32_t slot)
+{
+    sbuf b;
+    uint32_t users = 0;
+    for (uint32_t i = 0; i < c->max_slots; i++)
+        users += c->sessions[i].state == SESSION_LIVE;
+    num_open(c, &b, slot, "251");
+    sb_puts(&b, ":There are ");
+    sb_put_u64(&b, users);
+    sb_puts(&b, " users and 0 invisible on 1 server");
+    chat_reply_built(c, slot, &b);
+    num_open(c, &b, slot, "254");
+    sb_put_u64(&b, c->room_count);
+    sb_puts(&b, " :channels formed");
+    chat_reply_built(c, slot, &b);
+}
+
 static void welcome(chat *c, uint32_t slot)
 {
     const session *s = &c->sessions[slot];
@@ -237,24 +271,8 @@ static void welcome(chat *c, uint32_t slot)
     sb_puts(&b, c->irc_name);
     sb_puts(&b, " chatrelay i nt");
     chat_reply_built(c, slot, &b);
-    num_open(c, &b, slot, "005");
-    sb_puts(&b, "CASEMAPPING=ascii CHANTYPES=# PREFIX=() CHANMODES=,,,nt NICKLEN=32 CHANNELLEN=33 "
-                "CHANLIMIT=#:20 TOPICLEN=300 CHATHISTORY=200 MSGREFTYPES=msgid,timestamp NETWORK=");
-    sb_puts(&b, c->irc_name);
-    sb_puts(&b, " :are supported by this server");
-    chat_reply_built(c, slot, &b);
-    uint32_t users = 0;
-    for (uint32_t i = 0; i < c->max_slots; i++)
-        users += c->sessions[i].state == SESSION_LIVE;
-    num_open(c, &b, slot, "251");
-    sb_puts(&b, ":There are ");
-    sb_put_u64(&b, users);
-    sb_puts(&b, " users and 0 invisible on 1 server");
-    chat_reply_built(c, slot, &b);
-    num_open(c, &b, slot, "254");
-    sb_put_u64(&b, c->room_count);
-    sb_puts(&b, " :channels formed");
-    chat_reply_built(c, slot, &b);
+    isupport_reply(c, slot);
+    lusers_reply(c, slot);
     num(c, slot, "422", ":MOTD File is missing");
     sb_open(c, &b);
     sb_puts(&b, ":");
@@ -676,6 +694,89 @@ static void cmd_mode(chat *c, uint32_t slot, const irc_msg *m)
         return;
     }
     num(c, slot, "221", "+i");
+}
+
+/* USERHOST nick...: "nick=+nick@server" for each of the first 5 that are
+ * here ('-' for away), what mIRC and HexChat ask to learn their own host. */
+static void cmd_userhost(chat *c, uint32_t slot, const irc_msg *m)
+{
+    sbuf b;
+    if (m->params < 1) {
+        num(c, slot, "461", "USERHOST :Not enough parameters");
+        return;
+    }
+    num_open(c, &b, slot, "302");
+    sb_puts(&b, ":");
+    int shown = 0;
+    for (size_t i = 0; i < m->params && i < 5; i++) {
+        uint32_t who = chat_nick_find(c, m->param[i].p, m->param[i].n);
+        if (who == NONE || c->sessions[who].state != SESSION_LIVE)
+            continue;
+        const session *p = &c->sessions[who];
+        if (shown++)
+            sb_puts(&b, " ");
+        sb_put(&b, p->nick, p->nick_len);
+        sb_puts(&b, p->irc && p->irc->away ? "=-" : "=+");
+        sb_put(&b, p->nick, p->nick_len);
+        sb_puts(&b, "@");
+        sb_puts(&b, c->irc_name);
+    }
+    chat_reply_built(c, slot, &b);
+}
+
+/* KICK #channel nick: nobody is an operator here (docs/PROTOCOL.md), so a
+ * kick is refused with the reason a client shows, never ignored. */
+static void cmd_kick(chat *c, uint32_t slot, const irc_msg *m)
+{
+    if (m->params < 2) {
+        num(c, slot, "461", "KICK :Not enough parameters");
+        return;
+    }
+    args name;
+    uint32_t ri = channel_name(m->param[0], &name) ? chat_room_find(c, name.p, name.n) : NONE;
+    if (ri == NONE)
+        num_about(c, slot, "403", m->param[0].p, m->param[0].n, "No such channel");
+    else if (chat_member_of(c, slot, ri) == NONE)
+        num_about(c, slot, "442", m->param[0].p, m->param[0].n, "You're not on that channel");
+    else
+        num_about(c, slot, "482", m->param[0].p, m->param[0].n, "You're not channel operator");
+}
+
+static void cmd_version(chat *c, uint32_t slot)
+{
+    sbuf b;
+    num_open(c, &b, slot, "351");
+    sb_puts(&b, "chatrelay-" CHATRELAY_VERSION " ");
+    sb_puts(&b, c->irc_name);
+    sb_puts(&b, " :TCP chat relay with a SQLite history");
+    chat_reply_built(c, slot, &b);
+    isupport_reply(c, slot);
+}
+
+static void cmd_time(chat *c, uint32_t slot)
+{
+    sbuf b;
+    char at[CLOCK_TIME_LEN + 1];
+    clock_format_utc(clock_wall_ms(), at);
+    num_open(c, &b, slot, "391");
+    sb_puts(&b, c->irc_name);
+    sb_puts(&b, " :");
+    sb_puts(&b, at);
+    chat_reply_built(c, slot, &b);
+}
+
+/* WHOWAS nick: no past nicks are kept (the history has who said what). */
+static void cmd_whowas(chat *c, uint32_t slot, const irc_msg *m)
+{
+    if (m->params < 1 || m->param[0].n == 0) {
+        num(c, slot, "431", ":No nickname given");
+        return;
+    }
+    args first = m->param[0], nick;
+    if (!next_item(&first, &nick))
+        nick = m->param[0];
+    num_about(c, slot, "406", nick.p, nick.n, "There was no such nickname");
+    num_about(c, slot, "369", nick.p, nick.n, "End of WHOWAS");
 }
 
 static void cmd_list(chat *c, uint32_t slot)
@@ -1100,7 +1201,19 @@ void irc_input(chat *c, uint32_t slot, const char *line, size_t len, int truncat
     } else if (IS("tagmsg")) {
         /* typing notifications and the like: not relayed */
     } else if (IS("userhost")) {
-        num(c, slot, "302", ":");
+        cmd_userhost(c, slot, &m);
+    } else if (IS("motd")) {
+        num(c, slot, "422", ":MOTD File is missing");
+    } else if (IS("lusers")) {
+        lusers_reply(c, slot);
+    } else if (IS("version")) {
+        cmd_version(c, slot);
+    } else if (IS("time")) {
+        cmd_time(c, slot);
+    } else if (IS("whowas")) {
+        cmd_whowas(c, slot, &m);
+    } else if (IS("kick")) {
+        cmd_kick(c, slot, &m);
     } else {
         num_about(c, slot, "421", cmd.p, cmd.n, "Unknown command");
     }

@@ -319,7 +319,7 @@ def case_ping_timeout():
 
 def case_irssi():
     """A real irssi (in tmux) and an nc user in the same room through the service's port: lines
-    both ways, /me, /msg, /topic, /names, /whois; after a restart irssi sees the replay with its
+    both ways, /me, /msg, /topic, /names, /whois, /version, /time, a refused /kick; after a restart irssi sees the replay with its
     original times; the sqlite3 CLI shows both clients' lines alike."""
     relay = Relay("irc_irssi", PLAIN + ["--replay", "5"])
     with relay, Irssi() as ir:
@@ -343,6 +343,14 @@ def case_irssi():
         ir.wait_for(r"%s" % gl)
         ir.command("/whois %s" % gl)
         ir.wait_for(r"line client")
+        # what a user types to a server, answered instead of "Unknown command"
+        ir.command("/version")
+        ir.wait_for(r"chatrelay-\d+\.\d+\.\d+")
+        ir.command("/time")
+        ir.wait_for(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+        ir.command("/kick %s" % gl)
+        ir.wait_for(r"not channel operator", log="#lobby")
+        check(not line.closed and line.drain(0.3) == [], "the nc user was touched by the refused kick")
     rows = relay.query("SELECT nick, kind, body FROM messages WHERE kind IN ('say', 'me') ORDER BY id")
     check(rows == [("irssiuser", "say", "hello from irssi"), (gl, "say", "hello from nc"), ("irssiuser", "me", "waves")],
           "the file holds %r" % rows)

@@ -10,6 +10,7 @@
 
 #include "check.h"
 #include "chat.h"
+#include "version.h"
 
 static int64_t now = 5000000;
 
@@ -191,6 +192,11 @@ static void test_error_numerics(void)
         { "JOIN lobby", ":irc.test 403 err lobby :No such channel\n" },
         { "WHOIS ghost", ":irc.test 401 err ghost :No such nick/channel\n:irc.test 318 err ghost :End of /WHOIS list\n" },
         { "MODE other", ":irc.test 502 err :Can't change mode for other users\n" },
+        { "KICK #here other", ":irc.test 442 err #here :You're not on that channel\n" },
+        { "KICK #nowhere other", ":irc.test 403 err #nowhere :No such channel\n" },
+        { "KICK #here", ":irc.test 461 err KICK :Not enough parameters\n" },
+        { "USERHOST", ":irc.test 461 err USERHOST :Not enough parameters\n" },
+        { "WHOWAS", ":irc.test 431 err :No nickname given\n" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         send_line(c, 0, cases[i].in);
@@ -289,6 +295,28 @@ static void test_queries_and_lists(void)
     CHECK(has(replies(c), ":irc.test 301 bob alice :lunch\n"));
     send_line(c, 1, "ISON alice nobody ALICE");
     CHECK_STR(replies(c), ":irc.test 303 bob :alice alice\n");
+    /* what clients send by themselves or on a user's /command */
+    send_line(c, 1, "USERHOST bob alice nobody guest3");
+    CHECK_STR(replies(c), ":irc.test 302 bob :bob=+bob@irc.test alice=-alice@irc.test guest3=+guest3@irc.test\n");
+    send_line(c, 1, "KICK #lobby alice :out");
+    CHECK_STR(replies(c), ":irc.test 482 bob #lobby :You're not channel operator\n");
+    const char *rooms[4];
+    CHECK_INT(chat_session_rooms(c, 0, rooms, 4), 1);   /* alice is still in #lobby */
+    send_line(c, 1, "MOTD");
+    CHECK_STR(replies(c), ":irc.test 422 bob :MOTD File is missing\n");
+    send_line(c, 1, "LUSERS");
+    CHECK_STR(replies(c), ":irc.test 251 bob :There are 3 users and 0 invisible on 1 server\n"
+                          ":irc.test 254 bob 1 :channels formed\n");
+    send_line(c, 1, "VERSION");
+    r = replies(c);
+    CHECK(has(r, ":irc.test 351 bob chatrelay-" CHATRELAY_VERSION " irc.test :"));
+    CHECK(has(r, ":irc.test 005 bob CASEMAPPING=ascii "));
+    send_line(c, 1, "TIME");
+    r = replies(c);
+    CHECK(strncmp(r, ":irc.test 391 bob irc.test :20", 30) == 0 && strlen(r) == 30 - 2 + 24 + 1);
+    send_line(c, 1, "WHOWAS carol,dave");
+    CHECK_STR(replies(c), ":irc.test 406 bob carol :There was no such nickname\n"
+                          ":irc.test 369 bob carol :End of WHOWAS\n");
     chat_destroy(c);
 }
 
