@@ -162,6 +162,7 @@ SEEDS = {
         (lines("NICK ircer2", "WHO #lobby", "NAMES #lobby", "WHOIS liner", "MODE #lobby", "MODE #lobby b", "LIST",
                "AWAY :gone", "ISON liner nobody", "CHATHISTORY LATEST #lobby * 5",
                "CHATHISTORY BEFORE #lobby msgid=3 2", "SEARCH text=hello;in=#lobby", "SEARCH hello",
+               "USERHOST liner ircer2 nobody", "VERSION", "TIME", "LUSERS", "MOTD", "WHOWAS x,y", "KICK #lobby liner",
                "PRIVMSG liner :back", "PART #games :bye", "PING :t", "FROB", "QUIT :done"), op_byte(0, wait=1)),
         (lines("NICK second", "USER u 0 * :R", "JOIN #lobby", "PRIVMSG #lobby :" + "\u00e9" * 400), op_byte(2)),
     ], 1),
