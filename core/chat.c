@@ -885,6 +885,16 @@ chat *chat_create(const chat_config *cfg, uint32_t max_slots)
     c->cfg = *cfg;
     c->cfg.server_name = c->server_name;
     c->cfg.motd = NULL;   /* the configured text is not kept: see irc_open */
+    c->cfg.password = NULL;   /* kept in c->password, never through cfg */
+    if (cfg->password && cfg->password[0]) {
+        size_t n = strlen(cfg->password);
+        if (n > CHAT_PASSWORD_MAX) {
+            chat_destroy(c);
+            return NULL;
+        }
+        memcpy(c->password, cfg->password, n + 1);
+        c->password_len = n;
+    }
     if (c->cfg.replay < 0)
         c->cfg.replay = 0;
     /* The server name comes from configuration, not from cleaned input. */
@@ -922,6 +932,9 @@ void chat_destroy(chat *c)
 {
     if (!c)
         return;
+    volatile char *secret = c->password;   /* volatile: a plain memset before free may be dropped */
+    for (size_t i = 0; i < sizeof c->password; i++)
+        secret[i] = 0;
     if (c->sessions)
         for (uint32_t i = 0; i < c->max_slots; i++) {
             free(c->sessions[i].quit_reason);
@@ -990,12 +1003,35 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect di
             chat_close(c, slot, NULL, 0, "out of memory");
         return;
     }
+    s->password_misses = 0;
+    if (chat_password_required(c)) {
+        s->state = SESSION_UNREGISTERED;   /* no nick, no room, no history until /pass */
+        line_open_locked(c, slot);
+        return;
+    }
+    chat_line_admit(c, slot);
+}
+
+void chat_line_admit(chat *c, uint32_t slot)
+{
+    session *s = &c->sessions[slot];
     char nick[CHAT_NAME_MAX + 1];
-    size_t nick_len = guest_nick(c, conn_id, 1, nick);
+    size_t nick_len = guest_nick(c, s->conn_id, 1, nick);
     nick_set(s, nick, nick_len);
     nick_link(c, slot);
     s->state = SESSION_LIVE;
     line_open(c, slot);
+}
+
+int chat_password_ok(const chat *c, const char *given, size_t n)
+{
+    if (!chat_password_required(c))
+        return 1;
+    /* every byte of the given text is looked at, whatever matched before */
+    unsigned diff = (unsigned)(n != c->password_len);
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)given[i] ^ (unsigned char)c->password[i < c->password_len ? i : 0];
+    return diff == 0;
 }
 
 void chat_session_line(chat *c, uint32_t slot, const char *line, size_t len,

@@ -37,6 +37,8 @@ typedef struct chat_config {
     const char *motd;          /* IRC message of the day (NULL = none: 422) */
     int irc_ping_ms;           /* ping a silent IRC client after this, cut it after twice (0 = 90 s) */
     uint32_t remote_slots;     /* cluster mode: how many users of other nodes it can know (0 = none) */
+    const char *password;      /* --password-file: what a client must give first (NULL or "" = none);
+                                * chat keeps a copy, wiped by chat_destroy */
 } chat_config;
 
 /* How a session speaks.  Detected by the hub from the first line. */

@@ -23,6 +23,8 @@
 #define CHAT_REASON_MAX 200u            /* a /quit reason is cut here (it is logged and stored) */
 #define CHAT_ECHO_MAX 32u               /* bad input quoted back in an error is cut here */
 #define CHAT_SERVER_NAME_MAX 64u
+#define CHAT_PASSWORD_MAX 255u
+#define CHAT_PASSWORD_TRIES 3u   /* wrong passwords before a line client is disconnected */
 #define CHAT_LOBBY_NAME "lobby"
 #define CHAT_LOBBY 0u                   /* rooms[0] is the lobby, which never goes away */
 #define NONE UINT32_MAX
@@ -44,6 +46,7 @@ typedef struct session {
     uint32_t first_member;           /* its memberships, in joining order (member.sess_next) */
     uint32_t nick_next;              /* nick hash chain */
     uint32_t flood_refused;          /* lines refused since the last accepted one */
+    uint8_t password_misses;         /* wrong /pass attempts of a line client not yet admitted */
     int64_t flood_tokens;            /* in 1/TOKEN lines */
     int64_t flood_last_ms;
     char *quit_reason;               /* "quit: <message>", from /quit until chat_session_close */
@@ -86,6 +89,8 @@ struct chat {
     uint32_t topic_count, topic_cap;
     char server_name[CHAT_SERVER_NAME_MAX + 1];
     char irc_name[CHAT_SERVER_NAME_MAX + 1];   /* the server name as one IRC token */
+    char password[CHAT_PASSWORD_MAX + 1];      /* "" = none (chat_config.password) */
+    size_t password_len;
     uint32_t max_slots;              /* local sessions: slots 0 .. max_slots-1 */
     uint32_t remote_slots;           /* cluster mode: users of other nodes, slots max_slots .. + remote_slots-1 */
     uint32_t *remote_free, remote_free_count;
@@ -198,8 +203,18 @@ chat_result chat_op_msg(chat *c, uint32_t slot, const char *nick, size_t n, int 
  * the leave is announced by chat_session_close (with "quit" or "quit: why"). */
 void chat_op_quit(chat *c, uint32_t slot, const char *why, size_t why_len, const char *text);
 
+/* ---- the server password (--password-file) ---- */
+/* A password is configured: a line client is admitted by /pass, an IRC
+ * client registers only after PASS gave it. */
+static inline int chat_password_required(const chat *c) { return c->password_len > 0; }
+/* given is the password (compared in time that depends on its length only). */
+int chat_password_ok(const chat *c, const char *given, size_t n);
+/* A line client that gave the password: its guest nick, the lobby, the greeting. */
+void chat_line_admit(chat *c, uint32_t slot);
+
 /* ---- the dialects ---- */
 void line_open(chat *c, uint32_t slot);
+void line_open_locked(chat *c, uint32_t slot);   /* the greeting that asks for the password */
 void line_input(chat *c, uint32_t slot, const char *line, size_t len, int truncated, int64_t now_ms);
 void line_flood_refused(chat *c, uint32_t slot, int kicked);
 size_t line_render_event(const chat_event *ev, uint32_t room_index, int echo, sbuf *b);

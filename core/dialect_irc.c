@@ -3,7 +3,8 @@
  * irssi, HexChat, mIRC, WeeChat and ii sit in the same rooms as line
  * clients.  Rooms are channels: room `lobby` is `#lobby`.
  *
- * Owns: registration (CAP LS/REQ/END holding it, NICK, USER, PASS ignored),
+ * Owns: registration (CAP LS/REQ/END holding it, NICK, USER, PASS checked
+ * against --password-file's password, else ignored),
  * the numerics (and the server queries clients send by themselves: USERHOST,
  * VERSION, TIME, LUSERS, MOTD, WHOWAS; KICK refused: nobody is an operator),
  * the IRC form of events and history rows (one long line is
@@ -52,6 +53,7 @@ struct irc_state {
     unsigned caps;
     uint8_t negotiating;              /* CAP LS or REQ seen, END not yet: registration waits */
     uint8_t has_user;
+    uint8_t pass_ok;                  /* PASS gave the server password (or none is configured) */
     uint8_t ping_sent;
     uint8_t want_len;
     char want_nick[CHAT_NAME_MAX + 1];   /* NICK before registration */
@@ -290,6 +292,12 @@ static void try_register(chat *c, uint32_t slot)
     irc_state *st = s->irc;
     if (st->negotiating || !st->has_user || st->want_len == 0)
         return;
+    if (chat_password_required(c) && !st->pass_ok) {
+        static const char bye[] = "ERROR :Closing link (bad password)";
+        num(c, slot, "464", ":Password incorrect");
+        chat_close(c, slot, bye, sizeof bye - 1, "bad password");
+        return;
+    }
     switch (chat_op_register(c, slot, st->want_nick, st->want_len)) {
     case CHAT_OK:
         st->want_len = 0;
@@ -1157,7 +1165,15 @@ void irc_input(chat *c, uint32_t slot, const char *line, size_t len, int truncat
     } else if (IS("pass")) {
         if (s->state != SESSION_UNREGISTERED)
             num(c, slot, "462", ":You may not reregister");
-        /* no password is configured: accepted and ignored */
+        else if (m.params < 1)
+            num(c, slot, "461", "PASS :Not enough parameters");
+        else {
+            /* checked at registration: the last PASS counts.  All its words are the
+             * password: clients such as ii send "PASS two words" without the ':' */
+            const args *last = &m.param[m.params - 1];
+            size_t n = (size_t)(last->p + last->n - m.param[0].p);
+            st->pass_ok = (uint8_t)chat_password_ok(c, m.param[0].p, n);
+        }
     } else if (s->state == SESSION_UNREGISTERED) {
         num(c, slot, "451", ":You have not registered");
     } else if (IS("privmsg")) {

@@ -175,16 +175,64 @@ static void reply_topic(chat *c, uint32_t slot, uint32_t ri)
     chat_reply_built(c, slot, &b);
 }
 
-void line_open(chat *c, uint32_t slot)
+static void reply_welcome(chat *c, uint32_t slot)
 {
-    const session *s = &c->sessions[slot];
-    uint32_t lobby;
     sbuf b;
     sb_open(c, &b);
     sb_puts(&b, "*** Welcome to ");
     sb_puts(&b, c->server_name);
     sb_puts(&b, ".");
     chat_reply_built(c, slot, &b);
+}
+
+void line_open_locked(chat *c, uint32_t slot)
+{
+    reply_welcome(c, slot);
+    chat_reply(c, slot, "*** This server needs a password: type /pass PASSWORD.");
+}
+
+/* A line client not admitted yet (a password is configured): /pass and
+ * /quit, nothing else; its lines go nowhere and are not stored. */
+static void locked_input(chat *c, uint32_t slot, const char *line, size_t len, int64_t now_ms)
+{
+    session *s = &c->sessions[slot];
+    args rest = { line, len }, word = { NULL, 0 };
+    if (len > 0 && line[0] == '/') {
+        rest.p++;
+        rest.n--;
+        word = chat_next_word(&rest);
+    }
+    if (chat_word_is(word.p, word.n, "quit")) {
+        chat_op_quit(c, slot, NULL, 0, "*** Bye.");
+        return;
+    }
+    if (!chat_flood_take(c, slot, now_ms))
+        return;
+    if (!chat_word_is(word.p, word.n, "pass")) {
+        chat_reply(c, slot, "*** Type /pass PASSWORD first (or /quit).");
+        return;
+    }
+    while (rest.n > 0 && (rest.p[rest.n - 1] == ' ' || rest.p[rest.n - 1] == '\t'))
+        rest.n--;
+    if (chat_password_ok(c, rest.p, rest.n)) {
+        chat_line_admit(c, slot);
+        return;
+    }
+    if (++s->password_misses >= CHAT_PASSWORD_TRIES) {
+        chat_close(c, slot, "*** Wrong password; disconnecting.", strlen("*** Wrong password; disconnecting."),
+                   "bad password");
+        return;
+    }
+    chat_reply(c, slot, "*** Wrong password.");
+}
+
+void line_open(chat *c, uint32_t slot)
+{
+    const session *s = &c->sessions[slot];
+    uint32_t lobby;
+    sbuf b;
+    if (!chat_password_required(c))
+        reply_welcome(c, slot);   /* else line_open_locked said it */
     sb_open(c, &b);
     sb_puts(&b, "*** Your nick is ");
     sb_put(&b, s->nick, s->nick_len);
@@ -539,6 +587,10 @@ void line_input(chat *c, uint32_t slot, const char *line, size_t len, int trunca
 {
     args word = { NULL, 0 }, rest = { NULL, 0 };
     const struct command *cmd = NULL;
+    if (c->sessions[slot].state == SESSION_UNREGISTERED) {
+        locked_input(c, slot, line, len, now_ms);
+        return;
+    }
     int is_command = line[0] == '/' && !(len >= 2 && line[1] == '/');
     if (is_command) {
         /* "/word args", args without surrounding blanks */

@@ -31,7 +31,7 @@ typedef enum option_id {
     ID_CONSOLE, ID_HELP, ID_VERSION, ID_LISTEN, ID_LISTEN_IRC, ID_GREET_DELAY, ID_IRC_PING, ID_MAX_SESSIONS, ID_MAX_QUEUE_BYTES,
     ID_DB, ID_NO_HISTORY, ID_REPLAY, ID_RETAIN_DAYS, ID_RETAIN_MESSAGES, ID_FLOOD_BURST,
     ID_FLOOD_RATE, ID_FLOOD_KICK, ID_MAX_PER_IP, ID_IDLE_TIMEOUT, ID_LOG_PRIVATE, ID_LOG, ID_LOG_MAX_BYTES,
-    ID_NAME, ID_CLUSTER, ID_NODE, ID_CLUSTER_CREDENTIALS
+    ID_NAME, ID_CLUSTER, ID_NODE, ID_CLUSTER_CREDENTIALS, ID_PASSWORD_FILE
 } option_id;
 
 typedef struct option_spec {
@@ -68,6 +68,7 @@ static const option_spec OPTION_TABLE[] = {
     { "--cluster",         ID_CLUSTER,         OPT_CLUSTER, 0, 0 },
     { "--node",            ID_NODE,            OPT_NODE,   0, 0 },
     { "--cluster-credentials", ID_CLUSTER_CREDENTIALS, OPT_PATH, 0, 0 },
+    { "--password-file",   ID_PASSWORD_FILE,   OPT_PATH,   0, 0 },
 };
 
 #define OPTION_COUNT (sizeof OPTION_TABLE / sizeof OPTION_TABLE[0])
@@ -100,6 +101,9 @@ static const char HELP_TEXT[] =
     "  --flood-kick N          disconnect a client after N refused lines within one\n"
     "                          burst window, 0 = never (default 20)\n"
     "  --name NAME             server name shown in the greeting (default chatrelay)\n"
+    "  --password-file PATH    a file with a password=SECRET line: clients must give\n"
+    "                          it (/pass SECRET, IRC's PASS) before they chat\n"
+    "                          (default none: anyone may)\n"
     "  --db PATH               history database (default\n"
     "                          %ProgramData%\\ChatRelay\\history.db)\n"
     "  --no-history            keep no history: lines are delivered and forgotten\n"
@@ -384,7 +388,8 @@ static int apply(relay_options *o, const option_spec *spec, const char *value,
                     OPTIONS_PATH_MAX - 1, len == 0 ? "an empty one" : "a longer one");
             return -1;
         }
-        memcpy(spec->id == ID_DB ? o->db_path : spec->id == ID_LOG ? o->log_path : o->cluster_credentials,
+        memcpy(spec->id == ID_DB ? o->db_path : spec->id == ID_LOG ? o->log_path
+               : spec->id == ID_PASSWORD_FILE ? o->password_file : o->cluster_credentials,
                value, len + 1);
         return 0;
     case OPT_NAME:

@@ -56,6 +56,7 @@ typedef struct relay_options {
     int cluster_count;                   /* --cluster URL[,URL...]: 0 = a single relay */
     char node[OPTIONS_NODE_MAX + 1];     /* --node NAME, "" = the computer name */
     char cluster_credentials[OPTIONS_PATH_MAX]; /* --cluster-credentials PATH, "" = none */
+    char password_file[OPTIONS_PATH_MAX]; /* --password-file PATH, "" = no server password */
 } relay_options;
 
 void options_defaults(relay_options *o);

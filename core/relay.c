@@ -1266,20 +1266,22 @@ static int bind_history(void *ctx, const char *stream, const char *created, char
     return rc == HISTORY_OK ? 0 : -1;
 }
 
-/* --cluster-credentials: "user=NAME" and "password=SECRET" lines, or
- * "token=SECRET"; '#' starts a comment line.  A file, so that no secret is
- * on a command line (which any local user can read) or in the log. */
-static int read_credentials(const char *path, char *user, char *pass, char *token, size_t cap)
+/* A file of KEY=VALUE lines holding secrets ('#' starts a comment line):
+ * --cluster-credentials (user=, password= or token=) and --password-file
+ * (password=).  A file, so that no secret is on a command line (which any
+ * local user can read) or in the log: values are never logged.  Each key's
+ * value goes to the dest of the same index (cap bytes each). */
+static int read_secrets(const char *option, const char *path, const char *const *keys, char *const *dests,
+                        int nkeys, size_t cap)
 {
     wchar_t wpath[OPTIONS_PATH_MAX];
     if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, wpath, OPTIONS_PATH_MAX) == 0) {
-        log_error("cluster: --cluster-credentials: the path is not valid UTF-8 (error %lu)",
-                  (unsigned long)GetLastError());
+        log_error("%s: the path is not valid UTF-8 (error %lu)", option, (unsigned long)GetLastError());
         return -1;
     }
     FILE *f = _wfopen(wpath, L"rb");
     if (!f) {
-        log_error("cluster: --cluster-credentials: cannot open %s (errno %d)", path, errno);
+        log_error("%s: cannot open %s (errno %d)", option, path, errno);
         return -1;
     }
     char line[512];
@@ -1288,7 +1290,7 @@ static int read_credentials(const char *path, char *user, char *pass, char *toke
         lineno++;
         size_t n = strlen(line);
         if (n == sizeof line - 1 && line[n - 1] != '\n') {
-            log_error("cluster: %s line %d: longer than %d bytes", path, lineno, (int)sizeof line - 2);
+            log_error("%s: %s line %d: longer than %d bytes", option, path, lineno, (int)sizeof line - 2);
             ok = 0;
             break;
         }
@@ -1300,29 +1302,56 @@ static int read_credentials(const char *path, char *user, char *pass, char *toke
         char *dest = NULL;
         if (eq) {
             *eq = '\0';
-            dest = strcmp(line, "user") == 0 ? user : strcmp(line, "password") == 0 ? pass
-                   : strcmp(line, "token") == 0 ? token : NULL;
+            for (int k = 0; k < nkeys && !dest; k++)
+                if (strcmp(line, keys[k]) == 0)
+                    dest = dests[k];
         }
         if (!dest || strlen(eq + 1) == 0 || strlen(eq + 1) >= cap) {
-            /* the value is never logged: it may be the secret */
-            log_error("cluster: %s line %d: expected user=NAME, password=SECRET or token=SECRET", path, lineno);
+            log_error("%s: %s line %d: expected %s%s", option, path, lineno,
+                      nkeys == 1 ? keys[0] : "user=NAME, password=SECRET or token", "=SECRET");
             ok = 0;
             break;
         }
         memcpy(dest, eq + 1, strlen(eq + 1) + 1);
     }
     if (ferror(f)) {
-        log_error("cluster: cannot read %s (errno %d)", path, errno);
+        log_error("%s: cannot read %s (errno %d)", option, path, errno);
         ok = 0;
     }
     if (fclose(f) != 0)
-        log_warn("cluster: closing %s failed (errno %d)", path, errno);
+        log_warn("%s: closing %s failed (errno %d)", option, path, errno);
     memset(line, 0, sizeof line);   /* it held a secret */
-    if (ok && ((user[0] != 0) != (pass[0] != 0) || (token[0] && user[0]))) {
-        log_error("cluster: %s: give user= and password= together, or token= alone", path);
-        ok = 0;
-    }
     return ok ? 0 : -1;
+}
+
+/* --cluster-credentials: "user=NAME" and "password=SECRET" lines, or
+ * "token=SECRET". */
+static int read_credentials(const char *path, char *user, char *pass, char *token, size_t cap)
+{
+    static const char *const keys[] = { "user", "password", "token" };
+    char *const dests[] = { user, pass, token };
+    if (read_secrets("cluster: --cluster-credentials", path, keys, dests, 3, cap) != 0)
+        return -1;
+    if ((user[0] != 0) != (pass[0] != 0) || (token[0] && user[0])) {
+        log_error("cluster: %s: give user= and password= together, or token= alone", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* --password-file: one "password=SECRET" line; the hub's copy is the only
+ * one kept (the caller wipes its buffer). */
+static int read_server_password(const char *path, char *pass, size_t cap)
+{
+    static const char *const keys[] = { "password" };
+    char *const dests[] = { pass };
+    if (read_secrets("--password-file", path, keys, dests, 1, cap) != 0)
+        return -1;
+    if (pass[0] == 0) {
+        log_error("--password-file: %s has no password= line", path);
+        return -1;
+    }
+    return 0;
 }
 
 /* The computer name as a node name: the characters a node name allows. */
@@ -1479,12 +1508,19 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
     if (progress)
         progress(ctx);
 
+    char password[256] = "";
+    if (r->opt.password_file[0] && read_server_password(r->opt.password_file, password, sizeof password) != 0) {
+        relay_free(r);
+        return RELAY_ERR_OPTIONS;
+    }
     hub_config hc;
     hub_config_from_options(&hc, &r->opt, r->db);
     hc.cluster = r->cluster;
     hc.node = r->node;
     hc.epoch = r->epoch;
+    hc.chat.password = password[0] ? password : NULL;   /* chat keeps its own copy */
     r->hub = hub_create(&hc);
+    memset(password, 0, sizeof password);
     if (!r->hub) {
         log_error("out of memory creating the hub for %u sessions", (unsigned)max);
         relay_free(r);
@@ -1510,7 +1546,8 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
         relay_free(r);
         return RELAY_ERR_THREAD;
     }
-    log_info("relay running: max %u sessions, history %s", (unsigned)max, r->db ? "on" : "off");
+    log_info("relay running: max %u sessions, history %s%s", (unsigned)max, r->db ? "on" : "off",
+             r->opt.password_file[0] ? ", a password is required" : "");
     *out = r;
     return RELAY_OK;
 }

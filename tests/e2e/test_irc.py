@@ -7,7 +7,10 @@ harness.Client; the history is read with the sqlite3 CLI's view of the file (Rel
 import time
 import types
 
-from harness import Relay, check, expect_line, read_through, run_cases
+import os
+import subprocess
+
+from harness import EXE, WINE, WORK, Client, Relay, check, expect_line, free_port, read_through, run_cases, winpath
 from irc_clients import IrcClient, Irssi, Ii
 from test_protocol import connect
 
@@ -381,6 +384,71 @@ def case_ii():
           [("iiuser", "scripted hello"), (gl, "answer from nc")], "rows")
 
 
+def case_password():
+    """--password-file: an nc user is asked for the password and gets nothing (no nick, room,
+    history or chat) until /pass gives it, and is cut after three wrong ones; ii with the password
+    registers and chats with the nc user, an IRC client with a wrong one gets 464 and the close;
+    nothing said before the password is in the file; the secret is never in the log; a missing
+    or empty file stops the start with the reason."""
+    secret = "correct horse battery"
+    path = os.path.join(WORK, "irc_password.txt")
+    with open(path, "w") as f:
+        f.write("# the relay's password\npassword=%s\n" % secret)
+    with Relay("irc_password", PLAIN + ["--replay", "5", "--password-file", winpath(path)]) as relay:
+        nc = Client(relay.port)
+        lines = read_through(nc, lambda l: "needs a password" in l, what="the password prompt")
+        check(lines == ["*** Welcome to chatrelay.", "*** This server needs a password: type /pass PASSWORD."],
+              "the locked greeting: %r" % lines)
+        nc.say("hello before the password")
+        expect_line(nc, "*** Type /pass PASSWORD first (or /quit).")
+        nc.say("/pass wrong")
+        expect_line(nc, "*** Wrong password.")
+        nc.say("/pass " + secret)
+        got = read_through(nc, lambda l: l.startswith("*** Type /help"), what="the greeting after /pass")
+        gl = next((l.split()[4].rstrip(";") for l in got if l.startswith("*** Your nick is ")), None)
+        check(gl and gl.startswith("guest"), "no nick after the password: %r" % got)
+        with Ii() as ii:
+            ii.start("127.0.0.1", relay.port, "iiuser", password=secret)
+            ii.join("#lobby")
+            expect_line(nc, "*** iiuser joined lobby")
+            ii.say("#lobby", "with the password")
+            expect_line(nc, "<iiuser> with the password")
+            nc.say("welcome, ii")
+            ii.wait_for(r"<%s> welcome, ii" % gl, target="#lobby")
+        bad = IrcClient("mallory")
+        bad.connect("127.0.0.1", relay.port)
+        bad.send("PASS not-it")
+        bad.send("NICK mallory")
+        bad.send("USER m 0 * :M")
+        bad.expect("464")
+        bad.expect("ERROR")
+        check(bad.wait_closed(10), "the IRC client with a wrong password was not disconnected")
+        thrice = Client(relay.port)
+        read_through(thrice, lambda l: "needs a password" in l, what="the prompt")
+        thrice.send("/pass a\r\n/pass b\r\n/pass c\r\n")
+        expect_line(thrice, "*** Wrong password; disconnecting.")
+        check(thrice.wait_closed(10), "three wrong passwords did not disconnect")
+        check(relay.stop() == 0, "relay did not stop cleanly")
+        log = relay.log()
+        check("a password is required" in log, "the log does not say a password is required")
+        check(secret not in log and "not-it" not in log, "a password is in the log")
+        check("closed (bad password)" in log, "the log does not say why the sessions were closed")
+    rows = relay.query("SELECT nick, kind, body FROM messages WHERE kind IN ('say', 'join') ORDER BY id")
+    check(rows == [(gl, "join", ""), ("iiuser", "join", ""), ("iiuser", "say", "with the password"),
+                   (gl, "say", "welcome, ii")], "the file holds %r" % rows)
+    # a missing file, and one without a password= line: the start fails with the reason
+    empty = os.path.join(WORK, "irc_password_empty.txt")
+    with open(empty, "w") as f:
+        f.write("# nothing here\n")
+    for bad_path, why in ((os.path.join(WORK, "no-such-password.txt"), "cannot open"), (empty, "no password= line")):
+        p = subprocess.run([WINE, EXE, "--console", "--no-history", "--listen", "127.0.0.1:%d" % free_port(),
+                            "--password-file", winpath(bad_path)],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        out = (p.stdout + p.stderr).decode("utf-8", "replace")
+        check(p.returncode != 0 and "--password-file" in out and why in out,
+              "--password-file %s: rc %d, %r" % (bad_path, p.returncode, out[-400:]))
+
+
 def case_service():
     """Done when of issue 13: irssi, ii and nc users chat in the same room through the service
     installed with `sc create` (an IRC-only --listen-irc port for irssi, the detecting port for ii
@@ -469,6 +537,7 @@ CASES = {
     "ping_timeout": case_ping_timeout,
     "irssi": case_irssi,
     "ii": case_ii,
+    "password": case_password,
 }
 
 if __name__ == "__main__":

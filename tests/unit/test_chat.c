@@ -279,6 +279,76 @@ static void test_open(void)
     CHECK(make(0, 0, 0, 0, 0, 0) == NULL);
 }
 
+/* --password-file: a line client gets no nick, room, history or chat until
+ * /pass gives the password; three wrong ones close it.  Nothing it says
+ * before is an event (so nothing is stored or delivered). */
+static void test_password(void)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "Test Relay";
+    cfg.replay = 5;
+    char secret[] = "s3cret pass";
+    cfg.password = secret;
+    chat *c = chat_create(&cfg, 8);
+    memset(secret, 'x', sizeof secret - 1);   /* chat keeps its own copy */
+    CHECK(c != NULL);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_LINE, now);
+    CHECK_INT(count(c), 2);
+    CHECK_REPLY(c, 0, 0, "*** Welcome to Test Relay.");
+    CHECK_REPLY(c, 1, 0, "*** This server needs a password: type /pass PASSWORD.");
+    CHECK(chat_session_nick(c, 0) == NULL);
+    CHECK(chat_session_room(c, 0) == NULL);
+    /* an admitted client to watch for leaks */
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);
+    send_line(c, 1, "/pass s3cret pass");
+    CHECK_STR(chat_session_nick(c, 1), "guest2");
+    CHECK_STR(chat_session_room(c, 1), "lobby");
+    send_line(c, 0, "hello before the password");
+    CHECK_ONLY_REPLY(c, 0, "*** Type /pass PASSWORD first (or /quit).");
+    send_line(c, 0, "/who");
+    CHECK_ONLY_REPLY(c, 0, "*** Type /pass PASSWORD first (or /quit).");
+    send_line(c, 0, "/pass s3cret");
+    CHECK_ONLY_REPLY(c, 0, "*** Wrong password.");
+    send_line(c, 0, "/pass s3cret passX");
+    CHECK_ONLY_REPLY(c, 0, "*** Wrong password.");
+    send_line(c, 0, "/PASS s3cret pass  ");         /* the command in any case, trailing blanks */
+    const chat_effect *e = must(c, 0);
+    CHECK_INT(e->kind, CHAT_REPLY);
+    CHECK_STR(chat_session_nick(c, 0), "guest1");
+    CHECK_STR(chat_session_room(c, 0), "lobby");
+    size_t n = count(c);
+    int joined = 0, queried = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = must(c, i);
+        joined += e->kind == CHAT_EVENT && e->event.kind == HISTORY_JOIN;
+        queried += e->kind == CHAT_QUERY;
+    }
+    CHECK_INT(joined, 1);
+    CHECK_INT(queried, 1);                        /* the replay comes only now */
+    send_line(c, 0, "/pass again");               /* admitted: /pass is an unknown command */
+    CHECK_ONLY_REPLY(c, 0, "*** Unknown command /pass; type /help for the list.");
+
+    /* three wrong passwords: closed, no leave (it never joined) */
+    chat_session_open(c, 2, 3, CHAT_DIALECT_LINE, now);
+    send_line(c, 2, "/pass a");
+    send_line(c, 2, "/pass b");
+    send_line(c, 2, "/pass c");
+    CHECK_INT(count(c), 1);
+    e = must(c, 0);
+    CHECK_INT(e->kind, CHAT_CLOSE);
+    CHECK_MEM(e->text, e->text_len, "*** Wrong password; disconnecting.");
+    CHECK_STR(e->reason, "bad password");
+    chat_session_close(c, 2, "bad password");
+    CHECK_INT(count(c), 0);
+    /* /quit before the password */
+    chat_session_open(c, 3, 4, CHAT_DIALECT_LINE, now);
+    send_line(c, 3, "/quit");
+    e = must(c, 0);
+    CHECK_INT(e->kind, CHAT_CLOSE);
+    chat_destroy(c);
+}
+
 static void test_say_and_me(void)
 {
     chat *c = make(0, 0, 0, 0, 0, 8);
@@ -1563,6 +1633,7 @@ static void test_remote_users(void)
 int main(void)
 {
     test_open();
+    test_password();
     test_remote_users();
     test_say_and_me();
     test_nick();

@@ -113,6 +113,67 @@ static void test_registration(void)
     chat_destroy(c);
 }
 
+/* --password-file: PASS must give it before registration ends, else 464 and
+ * the close; without a password PASS is accepted and ignored (above). */
+static void test_password(void)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "irc.test";
+    cfg.password = "hunter2";
+    chat *c = chat_create(&cfg, 8);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_IRC, now);
+    send_line(c, 0, "PASS hunter2");
+    send_line(c, 0, "NICK alice");
+    send_line(c, 0, "USER a 0 * :A");
+    CHECK(has(replies(c), ":irc.test 001 alice "));
+    /* a wrong one, then registration: 464 and the close */
+    chat_session_open(c, 1, 2, CHAT_DIALECT_IRC, now);
+    send_line(c, 1, "PASS hunter3");
+    send_line(c, 1, "NICK mallory");
+    send_line(c, 1, "USER m 0 * :M");
+    CHECK_STR(replies(c), ":irc.test 464 * :Password incorrect\nERROR :Closing link (bad password)\n");
+    const chat_effect *e;
+    CHECK_INT(chat_effects(c, &e), 2);
+    CHECK(e[1].kind == CHAT_CLOSE && strcmp(e[1].reason, "bad password") == 0);
+    CHECK(chat_session_nick(c, 1) == NULL);
+    chat_session_close(c, 1, "bad password");
+    /* none at all, held by CAP until END: refused at END */
+    chat_session_open(c, 2, 3, CHAT_DIALECT_IRC, now);
+    send_line(c, 2, "CAP LS 302");
+    send_line(c, 2, "NICK eve");
+    send_line(c, 2, "USER e 0 * :E");
+    CHECK_STR(replies(c), "");
+    send_line(c, 2, "CAP END");
+    CHECK(has(replies(c), ":irc.test 464 * :Password incorrect\n"));
+    chat_session_close(c, 2, "bad password");
+    /* the last PASS counts; an empty one is 461 */
+    chat_session_open(c, 3, 4, CHAT_DIALECT_IRC, now);
+    send_line(c, 3, "PASS");
+    CHECK_STR(replies(c), ":irc.test 461 * PASS :Not enough parameters\n");
+    send_line(c, 3, "PASS wrong");
+    send_line(c, 3, "PASS hunter2 x");
+    send_line(c, 3, "PASS hunter2");
+    send_line(c, 3, "NICK bob");
+    send_line(c, 3, "USER b 0 * :B");
+    CHECK(has(replies(c), ":irc.test 001 bob "));
+    chat_destroy(c);
+    /* a password of several words, as ii sends it (no ':') and as others do */
+    cfg.password = "two words";
+    c = chat_create(&cfg, 8);
+    chat_session_open(c, 0, 1, CHAT_DIALECT_IRC, now);
+    send_line(c, 0, "PASS two words");
+    send_line(c, 0, "NICK ii");
+    send_line(c, 0, "USER i 0 * :I");
+    CHECK(has(replies(c), ":irc.test 001 ii "));
+    chat_session_open(c, 1, 2, CHAT_DIALECT_IRC, now);
+    send_line(c, 1, "PASS :two words");
+    send_line(c, 1, "NICK hexchat");
+    send_line(c, 1, "USER h 0 * :H");
+    CHECK(has(replies(c), ":irc.test 001 hexchat "));
+    chat_destroy(c);
+}
+
 static void test_parser(void)
 {
     chat *c = make(0);
@@ -475,6 +536,7 @@ static void test_split(void)
 int main(void)
 {
     test_registration();
+    test_password();
     test_parser();
     test_error_numerics();
     test_queries_and_lists();

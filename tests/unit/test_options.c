@@ -232,7 +232,8 @@ static void test_help(void)
         "--console", "--help", "--version", "--listen", "--max-sessions", "--max-queue-bytes",
         "--db", "--no-history", "--replay", "--retain-days", "--retain-messages",
         "--flood-burst", "--flood-rate", "--flood-kick", "--max-per-ip", "--idle-timeout", "--log-private",
-        "--log ", "--log-max-bytes", "--name", "--listen-irc", "--greet-delay", "--irc-ping"
+        "--log ", "--log-max-bytes", "--name", "--listen-irc", "--greet-delay", "--irc-ping",
+        "--password-file"
     };
     size_t i;
     CHECK(help != NULL && strlen(help) > 100);
@@ -292,10 +293,24 @@ static void test_cluster_options(void)
     check_rejected(ARGC(b8), b8, "--node: expected 1 to 32");
 }
 
+/* --password-file names a file (the secret itself is never an argument). */
+static void test_password_file(void)
+{
+    relay_options o;
+    char *a[] = { "--password-file=C:\\ChatRelay\\password.txt" };
+    CHECK_INT(parse(&o, ARGC(a), a), 0);
+    CHECK_STR(o.password_file, "C:\\ChatRelay\\password.txt");
+    options_defaults(&o);
+    CHECK_STR(o.password_file, "");
+    char *b[] = { "--password-file", "" };
+    check_rejected(ARGC(b), b, "--password-file: expected a path of 1 to");
+}
+
 int main(void)
 {
     test_defaults();
     test_cluster_options();
+    test_password_file();
     test_every_option();
     test_rejections();
     test_listen_forms();
