@@ -1441,21 +1441,31 @@ static uint32_t rnd(uint32_t n)
     return (rng_state >> 8) % n;
 }
 
-static void test_random(void)
+/* password: a server password (the words include /pass and it), or NULL. */
+static void random_run(const char *password, int iterations)
 {
     enum { SLOTS = 16 };
     static const char *const words[] = {"/nick", "/join", "/rooms", "/who", "/me", "/msg", "/history",
                                         "/search", "/help", "/quit", "//", "/", "hello", "/NICK", "/Join",
                                         "guest1", "lobby", "a", "B", "\xc3\xa9", "\t", " ", "x-y_z",
-                                        "0123456789012345678901234567890123"};
-    chat *c = make(5, 4, 2, 6, 1, SLOTS);
+                                        "0123456789012345678901234567890123", "/pass", "/PASS", "pw", "/pass pw"};
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "Test Relay";
+    cfg.replay = 5;
+    cfg.flood_burst = 4;
+    cfg.flood_rate = 2;
+    cfg.flood_kick = 6;
+    cfg.log_private = 1;
+    cfg.password = password;
+    chat *c = chat_create(&cfg, SLOTS);
     int live[SLOTS];
     uint32_t conn = 1;
     int64_t t = 0;
     int iter;
     char line[1200];
     memset(live, 0, sizeof live);
-    for (iter = 0; iter < 200000; iter++) {
+    for (iter = 0; iter < iterations; iter++) {
         uint32_t slot = rnd(SLOTS);
         const chat_effect *e;
         size_t n, i, len = 0, parts = rnd(6);
@@ -1486,6 +1496,8 @@ static void test_random(void)
         n = chat_effects(c, &e);
         CHECK(n <= 48);
         for (i = 0; i < n; i++) {
+            if (e[i].kind == CHAT_EVENT && e[i].event.kind != HISTORY_LEAVE && chat_session_nick(c, e[i].slot) == NULL)
+                CHECK(!"an event of a session that was not admitted");
             if (e[i].kind == CHAT_CLOSE) {
                 chat_session_close(c, e[i].slot, e[i].reason);
                 live[e[i].slot] = 0;
@@ -1497,10 +1509,16 @@ static void test_random(void)
             break;
         }
         if (iter % 1000 == 0) {
-            /* Everyone live is in exactly one room, and the lobby always exists. */
+            /* Everyone live and admitted is in exactly one room (a session not admitted
+             * has no nick and no room), and the lobby always exists. */
             uint32_t s, total = 0, in_lobby = 0;
             for (s = 0; s < SLOTS; s++)
-                if (live[s]) {
+                if (live[s] && password && chat_session_nick(c, s) == NULL) {
+                    CHECK(chat_session_room(c, s) == NULL);
+                    live[s] = 2;   /* not admitted: skipped below */
+                }
+            for (s = 0; s < SLOTS; s++)
+                if (live[s] == 1) {
                     CHECK(chat_session_room(c, s) != NULL);
                     CHECK(chat_session_nick(c, s) != NULL);
                     total++;
@@ -1508,7 +1526,7 @@ static void test_random(void)
                 }
             CHECK_INT(members_of(c, "lobby").n, in_lobby);
             for (s = 0; s < SLOTS; s++)
-                if (live[s]) {
+                if (live[s] == 1) {
                     members m = members_of(c, chat_session_room(c, s));
                     size_t k;
                     int found = 0;
@@ -1518,9 +1536,17 @@ static void test_random(void)
                         CHECK(found);
                 }
             (void)total;
+            for (s = 0; s < SLOTS; s++)
+                live[s] = live[s] != 0;
         }
     }
     chat_destroy(c);
+}
+
+static void test_random(void)
+{
+    random_run(NULL, 200000);
+    random_run("pw", 100000);   /* sessions admitted by "/pass pw" among others still locked */
 }
 
 /* Calls on no chat at all do nothing (and do not crash). */
