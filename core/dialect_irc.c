@@ -251,6 +251,11 @@ static void lusers_reply(chat *c, uint32_t slot)
     sb_put_u64(&b, c->room_count);
     sb_puts(&b, " :channels formed");
     chat_reply_built(c, slot, &b);
+    num_open(c, &b, slot, "255");
+    sb_puts(&b, ":I have ");
+    sb_put_u64(&b, users);
+    sb_puts(&b, " clients and 1 servers");
+    chat_reply_built(c, slot, &b);
 }
 
 static void welcome(chat *c, uint32_t slot)
@@ -721,6 +726,9 @@ static void cmd_userhost(chat *c, uint32_t slot, const irc_msg *m)
         if (who == NONE || c->sessions[who].state != SESSION_LIVE)
             continue;
         const session *p = &c->sessions[who];
+        /* " nick=+nick@server" must fit the 512-byte line (a long --name) */
+        if (b.len + 1 + 2 * (size_t)p->nick_len + 3 + strlen(c->irc_name) > IRC_LINE_MAX)
+            break;
         if (shown++)
             sb_puts(&b, " ");
         sb_put(&b, p->nick, p->nick_len);
@@ -781,8 +789,8 @@ static void cmd_whowas(chat *c, uint32_t slot, const irc_msg *m)
         return;
     }
     args first = m->param[0], nick;
-    if (!next_item(&first, &nick))
-        nick = m->param[0];
+    if (!next_item(&first, &nick) || !chat_name_valid(nick.p, nick.n))
+        nick = (args){ "*", 1 };   /* never echo what is not a nick into the numeric's middle */
     num_about(c, slot, "406", nick.p, nick.n, "There was no such nickname");
     num_about(c, slot, "369", nick.p, nick.n, "End of WHOWAS");
 }
@@ -837,6 +845,8 @@ static void cmd_ison(chat *c, uint32_t slot, const irc_msg *m)
             uint32_t who = chat_nick_find(c, w.p, w.n);
             if (who == NONE || c->sessions[who].state != SESSION_LIVE)
                 continue;
+            if (b.len + 1 + c->sessions[who].nick_len > IRC_LINE_MAX)
+                break;   /* the rest would pass the 512-byte line */
             if (!first)
                 sb_puts(&b, " ");
             sb_put(&b, c->sessions[who].nick, c->sessions[who].nick_len);

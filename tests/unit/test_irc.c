@@ -367,7 +367,8 @@ static void test_queries_and_lists(void)
     CHECK_STR(replies(c), ":irc.test 422 bob :MOTD File is missing\n");
     send_line(c, 1, "LUSERS");
     CHECK_STR(replies(c), ":irc.test 251 bob :There are 3 users and 0 invisible on 1 server\n"
-                          ":irc.test 254 bob 1 :channels formed\n");
+                          ":irc.test 254 bob 1 :channels formed\n"
+                          ":irc.test 255 bob :I have 3 clients and 1 servers\n");
     send_line(c, 1, "VERSION");
     r = replies(c);
     CHECK(has(r, ":irc.test 351 bob chatrelay-" CHATRELAY_VERSION " irc.test :"));
@@ -378,6 +379,37 @@ static void test_queries_and_lists(void)
     send_line(c, 1, "WHOWAS carol,dave");
     CHECK_STR(replies(c), ":irc.test 406 bob carol :There was no such nickname\n"
                           ":irc.test 369 bob carol :End of WHOWAS\n");
+    send_line(c, 1, "WHOWAS :a b");              /* not a nick: never echoed into the middle */
+    CHECK_STR(replies(c), ":irc.test 406 bob * :There was no such nickname\n:irc.test 369 bob * :End of WHOWAS\n");
+    chat_destroy(c);
+
+    /* USERHOST and ISON stay within 512 bytes with a 63-byte server name and long nicks */
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.server_name = "a-very-long-server-name.of-sixty-three-characters.example.org.x";
+    c = chat_create(&cfg, 8);
+    char nick[40], line[600] = "USERHOST";
+    char ison[600] = "ISON";
+    for (uint32_t k = 0; k < 6; k++) {
+        snprintf(nick, sizeof nick, "n%031u", (unsigned)k);   /* 32 characters */
+        char reg[64];
+        chat_session_open(c, k, k + 1, CHAT_DIALECT_IRC, now);
+        snprintf(reg, sizeof reg, "NICK %s", nick);
+        send_line(c, k, reg);
+        send_line(c, k, "USER u 0 * :R");
+        CHECK(has(replies(c), " 001 "));
+        strcat(line, " ");
+        strcat(line, nick);
+        strcat(ison, " ");
+        strcat(ison, nick);
+    }
+    for (int k = 0; k < 2; k++) {
+        send_line(c, 0, k ? ison : line);
+        const chat_effect *fx;
+        CHECK_INT(chat_effects(c, &fx), 1);
+        CHECK(fx[0].text_len <= 512);
+        CHECK(has(replies(c), k ? " 303 " : " 302 "));
+    }
     chat_destroy(c);
 }
 
