@@ -1004,6 +1004,7 @@ void chat_session_open(chat *c, uint32_t slot, uint32_t conn_id, chat_dialect di
         return;
     }
     s->password_misses = 0;
+    s->locked_lines = 0;
     if (chat_password_required(c)) {
         s->state = SESSION_UNREGISTERED;   /* no nick, no room, no history until /pass */
         line_open_locked(c, slot);
@@ -1067,6 +1068,8 @@ void chat_session_tick(chat *c, uint32_t slot, int64_t idle_ms)
     session *s = &c->sessions[slot];
     if ((s->state == SESSION_LIVE || s->state == SESSION_UNREGISTERED) && s->dialect == CHAT_DIALECT_IRC)
         irc_tick(c, slot, idle_ms);
+    else if (s->state == SESSION_UNREGISTERED && s->dialect == CHAT_DIALECT_LINE)
+        line_tick_locked(c, slot, idle_ms);
 }
 
 void chat_session_close(chat *c, uint32_t slot, const char *reason)

@@ -25,6 +25,8 @@
 #define CHAT_SERVER_NAME_MAX 64u
 #define CHAT_PASSWORD_MAX 255u
 #define CHAT_PASSWORD_TRIES 3u   /* wrong passwords before a line client is disconnected */
+#define CHAT_LOCKED_LINES 10u    /* lines of any kind a line client may send before it gives the password */
+#define CHAT_LOCKED_MS 60000     /* silence before the password that disconnects (as an IRC registration) */
 #define CHAT_LOBBY_NAME "lobby"
 #define CHAT_LOBBY 0u                   /* rooms[0] is the lobby, which never goes away */
 #define NONE UINT32_MAX
@@ -47,6 +49,7 @@ typedef struct session {
     uint32_t nick_next;              /* nick hash chain */
     uint32_t flood_refused;          /* lines refused since the last accepted one */
     uint8_t password_misses;         /* wrong /pass attempts of a line client not yet admitted */
+    uint8_t locked_lines;            /* lines it sent before the password */
     int64_t flood_tokens;            /* in 1/TOKEN lines */
     int64_t flood_last_ms;
     char *quit_reason;               /* "quit: <message>", from /quit until chat_session_close */
@@ -215,6 +218,7 @@ void chat_line_admit(chat *c, uint32_t slot);
 /* ---- the dialects ---- */
 void line_open(chat *c, uint32_t slot);
 void line_open_locked(chat *c, uint32_t slot);   /* the greeting that asks for the password */
+void line_tick_locked(chat *c, uint32_t slot, int64_t idle_ms);   /* its timeout */
 void line_input(chat *c, uint32_t slot, const char *line, size_t len, int truncated, int64_t now_ms);
 void line_flood_refused(chat *c, uint32_t slot, int kicked);
 size_t line_render_event(const chat_event *ev, uint32_t room_index, int echo, sbuf *b);

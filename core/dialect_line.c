@@ -208,6 +208,12 @@ static void locked_input(chat *c, uint32_t slot, const char *line, size_t len, i
     }
     if (!chat_flood_take(c, slot, now_ms))
         return;
+    /* bounded, so that a stranger cannot keep a slot by talking */
+    if (++s->locked_lines > CHAT_LOCKED_LINES) {
+        static const char bye[] = "*** No password given; disconnecting.";
+        chat_close(c, slot, bye, sizeof bye - 1, "no password");
+        return;
+    }
     if (!chat_word_is(word.p, word.n, "pass")) {
         chat_reply(c, slot, "*** Type /pass PASSWORD first (or /quit).");
         return;
@@ -224,6 +230,13 @@ static void locked_input(chat *c, uint32_t slot, const char *line, size_t len, i
         return;
     }
     chat_reply(c, slot, "*** Wrong password.");
+}
+
+void line_tick_locked(chat *c, uint32_t slot, int64_t idle_ms)
+{
+    static const char bye[] = "*** No password given; disconnecting.";
+    if (idle_ms >= CHAT_LOCKED_MS)
+        chat_close(c, slot, bye, sizeof bye - 1, "no password");
 }
 
 void line_open(chat *c, uint32_t slot)

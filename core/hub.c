@@ -104,6 +104,9 @@ struct hub {
     int64_t next_slow_check;
     int slow_watch;                     /* some queue may be over max_queue_bytes */
     int later_budget_spent;             /* this turn's queries ran out with more waiting */
+    int later_movable;                  /* a send (one done at once in the flush) made room for a
+                                         * later list: the next turn must come at once */
+    int password_set;                   /* --password-file: locked line sessions are ticked */
     uint32_t answering;                 /* the slot whose query is being answered, or UINT32_MAX:
                                          * its answer goes straight to the send queue, ahead of
                                          * what waits behind the query in its later list */
@@ -218,6 +221,8 @@ hub *hub_create(const hub_config *cfg)
     if (cfg->cluster && h->cfg.chat.remote_slots == 0)
         h->cfg.chat.remote_slots = cfg->max_sessions * 4 < 1024 ? 1024 : cfg->max_sessions * 4;
     h->chat = chat_create(&h->cfg.chat, cfg->max_sessions);
+    h->password_set = cfg->chat.password && cfg->chat.password[0];
+    h->cfg.chat.password = NULL;   /* the caller's buffer is wiped after this; chat has its copy */
     if (!h->slots || !h->flush_list || !h->close_list || !h->later_list || !h->chat) {
         hub_destroy(h);
         return NULL;
@@ -2186,6 +2191,17 @@ void hub_session_sent(hub *h, uint32_t slot, size_t transferred)
     sendq_complete(&s->q, transferred);
     if (sendq_has_unsent(&s->q))
         mark_flush(h, slot);
+    /* drain_later stopped at the bound and waits for this: a send completed
+     * at once in the flush wakes nothing, so say the next turn is due now */
+    if (transferred > 0 && s->in_later_list && (!h->cfg.max_queue_bytes || s->q.pinned <= h->cfg.max_queue_bytes))
+        h->later_movable = 1;
+}
+
+int hub_turn_due(hub *h)
+{
+    int due = h->later_movable;
+    h->later_movable = 0;
+    return due;
 }
 
 void hub_session_closed(hub *h, uint32_t slot, const char *reason)
@@ -2215,7 +2231,7 @@ void hub_session_closed(hub *h, uint32_t slot, const char *reason)
  * pings of silent clients. */
 static int idle_check(hub *h, int64_t now)
 {
-    if (!h->cfg.idle_timeout_ms && h->irc_sessions == 0)
+    if (!h->cfg.idle_timeout_ms && h->irc_sessions == 0 && !h->password_set)
         return -1;
     if (now >= h->next_idle_check) {
         /* the clocks of what a tick may make, read once for the whole pass */
@@ -2231,7 +2247,7 @@ static int idle_check(hub *h, int64_t now)
                                  h->cfg.idle_timeout_ms / 1000);
                 notice_text(h, i, text, (size_t)n);
                 request_close(h, i, "timeout");
-            } else if (s->irc) {
+            } else if (s->irc || h->password_set) {   /* pings; registration and password timeouts */
                 chat_session_tick(h->chat, i, now - s->last_input_ms);
                 run_effects(h);
             }

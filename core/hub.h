@@ -98,6 +98,10 @@ void hub_session_input(hub *h, uint32_t slot, const unsigned char *data, size_t 
 size_t hub_session_read_size(const hub *h, uint32_t slot);
 /* The send in flight on slot completed with `transferred` bytes. */
 void hub_session_sent(hub *h, uint32_t slot, size_t transferred);
+/* After the flush: 1 when a send that completed during it made room for
+ * output held behind a query (the shell's next turn must not wait).  Reading
+ * it clears it. */
+int hub_turn_due(hub *h);
 /* The session is gone or being torn down: announce the leave, drop its queue
  * (only once no send is in flight).  Idempotent. */
 void hub_session_closed(hub *h, uint32_t slot, const char *reason);

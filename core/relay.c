@@ -51,6 +51,12 @@
  * queue at once (Linux takes up to 1024 iovecs per sendmsg). */
 #define MAX_SEND_SPANS 1024
 #define MAX_SEND_BYTES (1024 * 1024)
+/* The most a send without an OVERLAPPED offers at once.  Windows's AFD may
+ * take a whole non-blocking send into kernel memory, past the socket buffer
+ * and out of --max-queue-bytes' sight; an overlapped send instead keeps its
+ * bytes in our queue, counted, until they are taken.  A saturated turn's
+ * send is ~30 KiB (BENCHMARKS.md), well under it. */
+#define SEND_NOW_MAX_BYTES (64 * 1024)
 #define LINGER_MS 1000            /* how long a closing session may flush its last notices */
 #define STOP_DRAIN_MS 500         /* on stop: time given to queued sends */
 #define STOP_REAP_MS 3000         /* on stop: bound on waiting for cancelled routines */
@@ -197,10 +203,10 @@ static void session_post_recv(relay *r, session *s)
 
 /* Describes the unsent part of slot's queue in bufs (marking it in flight);
  * returns the number of spans, 0 when nothing is queued. */
-static size_t gather_unsent(relay *r, session *s, WSABUF *bufs)
+static size_t gather_unsent(relay *r, session *s, WSABUF *bufs, size_t max_bytes)
 {
     sendq_span spans[MAX_SEND_SPANS];
-    size_t n = sendq_gather(hub_sendq(r->hub, s->slot), spans, MAX_SEND_SPANS, MAX_SEND_BYTES);
+    size_t n = sendq_gather(hub_sendq(r->hub, s->slot), spans, MAX_SEND_SPANS, max_bytes);
     for (size_t i = 0; i < n; i++) {
         bufs[i].buf = (char *)spans[i].ptr;
         bufs[i].len = spans[i].len;
@@ -231,7 +237,7 @@ static void session_flush(relay *r, session *s)
     if (s->send_pending || (s->state != S_OPEN && s->state != S_CLOSING))
         return;
     WSABUF bufs[MAX_SEND_SPANS];   /* WSASend captures the array; only the bytes must live on */
-    size_t n = gather_unsent(r, s, bufs);
+    size_t n = gather_unsent(r, s, bufs, SEND_NOW_MAX_BYTES);
     if (n == 0)
         return;
     DWORD sent = 0;
@@ -239,7 +245,7 @@ static void session_flush(relay *r, session *s)
     if (WSASend(s->sock, bufs, (DWORD)n, &sent, 0, NULL, NULL) == 0) {
         r->bytes_sent += sent;
         hub_session_sent(r->hub, s->slot, sent);
-        n = gather_unsent(r, s, bufs);   /* a partial send leaves the rest */
+        n = gather_unsent(r, s, bufs, MAX_SEND_BYTES);   /* what it did not take, and what the cap left */
         if (n == 0)
             return;
     } else {
@@ -1025,11 +1031,14 @@ static int run_turn(relay *r)
         if (bus_wait >= 0 && (wait < 0 || bus_wait < wait))
             wait = bus_wait;
     }
-    /* Lingering sessions need a timer; cancelled ones are woken by their routines,
-     * but the stuck-routine watchdog wants an occasional look. */
+    /* Lingering sessions need a timer (none when their last bytes already went
+     * out: reap closes them, and no routine would wake the loop for it);
+     * cancelled ones are woken by their routines, but the stuck-routine
+     * watchdog wants an occasional look. */
     for (uint32_t i = 0; i < r->closing_count; i++) {
         const session *s = &r->sessions[r->closing[i]];
-        int64_t due = s->state == S_CLOSING ? s->linger_until : s->cancelled_at + STUCK_WARN_MS + 1;
+        int drained = s->state == S_CLOSING && !s->send_pending && !sendq_has_unsent(hub_sendq(r->hub, s->slot));
+        int64_t due = drained ? now : s->state == S_CLOSING ? s->linger_until : s->cancelled_at + STUCK_WARN_MS + 1;
         int until = due <= now ? 0 : (int)(due - now);
         if (wait < 0 || until < wait)
             wait = until;
@@ -1284,11 +1293,18 @@ static int read_secrets(const char *option, const char *path, const char *const 
         log_error("%s: cannot open %s (errno %d)", option, path, errno);
         return -1;
     }
+    /* unbuffered: no copy of the secret is left in the C library's buffer */
+    if (setvbuf(f, NULL, _IONBF, 0) != 0)
+        log_warn("%s: setvbuf failed (errno %d)", option, errno);
     char line[512];
     int lineno = 0, ok = 1;
     while (ok && fgets(line, sizeof line, f)) {
         lineno++;
         size_t n = strlen(line);
+        if (lineno == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
+            memmove(line, line + 3, n - 2);   /* Notepad's UTF-8 byte order mark */
+            n -= 3;
+        }
         if (n == sizeof line - 1 && line[n - 1] != '\n') {
             log_error("%s: %s line %d: longer than %d bytes", option, path, lineno, (int)sizeof line - 2);
             ok = 0;
@@ -1320,7 +1336,10 @@ static int read_secrets(const char *option, const char *path, const char *const 
     }
     if (fclose(f) != 0)
         log_warn("%s: closing %s failed (errno %d)", option, path, errno);
-    memset(line, 0, sizeof line);   /* it held a secret */
+    SecureZeroMemory(line, sizeof line);   /* it held a secret (a plain memset may be dropped) */
+    if (!ok)
+        for (int k = 0; k < nkeys; k++)
+            SecureZeroMemory(dests[k], cap);
     return ok ? 0 : -1;
 }
 
@@ -1443,9 +1462,9 @@ static int open_cluster(relay *r)
     cc.bind = bind_history;
     cc.ctx = r->db;
     r->cluster = cluster_create(&cc);
-    memset(user, 0, sizeof user);
-    memset(pass, 0, sizeof pass);
-    memset(token, 0, sizeof token);
+    SecureZeroMemory(user, sizeof user);   /* the session keeps its own copy; a plain memset may be dropped */
+    SecureZeroMemory(pass, sizeof pass);
+    SecureZeroMemory(token, sizeof token);
     r->bus = calloc(1, sizeof *r->bus);
     if (!r->cluster || !r->bus) {
         log_error("cluster: out of memory");
@@ -1510,6 +1529,7 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
 
     char password[256] = "";
     if (r->opt.password_file[0] && read_server_password(r->opt.password_file, password, sizeof password) != 0) {
+        SecureZeroMemory(password, sizeof password);
         relay_free(r);
         return RELAY_ERR_OPTIONS;
     }
@@ -1520,7 +1540,7 @@ int relay_start(const relay_options *opt, relay **out, relay_progress_fn progres
     hc.epoch = r->epoch;
     hc.chat.password = password[0] ? password : NULL;   /* chat keeps its own copy */
     r->hub = hub_create(&hc);
-    memset(password, 0, sizeof password);
+    SecureZeroMemory(password, sizeof password);
     if (!r->hub) {
         log_error("out of memory creating the hub for %u sessions", (unsigned)max);
         relay_free(r);

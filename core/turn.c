@@ -20,6 +20,8 @@ int turn_run(hub *h, const turn_shell *shell, int64_t *now_out)
     begin_closes(h, shell);
     while (hub_next_flush(h, &slot))
         shell->flush(shell->ctx, slot);
+    if (hub_turn_due(h))
+        wait = 0;   /* a send done at once in the flush freed room for held output */
     if (now_out)
         *now_out = now;
     return wait;

@@ -346,6 +346,28 @@ static void test_password(void)
     send_line(c, 3, "/quit");
     e = must(c, 0);
     CHECK_INT(e->kind, CHAT_CLOSE);
+    chat_session_close(c, 3, "quit");
+    /* a stranger cannot keep the slot: 10 lines, or 60 s of silence, before the password */
+    chat_session_open(c, 4, 5, CHAT_DIALECT_LINE, now);
+    for (int k = 0; k < 10; k++) {
+        send_line(c, 4, "hello?");
+        CHECK_ONLY_REPLY(c, 4, "*** Type /pass PASSWORD first (or /quit).");
+    }
+    send_line(c, 4, "/pass s3cret pass");                 /* the 11th line: too late */
+    e = must(c, 0);
+    CHECK_INT(e->kind, CHAT_CLOSE);
+    CHECK_MEM(e->text, e->text_len, "*** No password given; disconnecting.");
+    CHECK_STR(e->reason, "no password");
+    chat_session_close(c, 4, "no password");
+    chat_session_open(c, 5, 6, CHAT_DIALECT_LINE, now);
+    chat_session_tick(c, 5, 59999);
+    CHECK_INT(count(c), 0);
+    chat_session_tick(c, 5, 60000);
+    e = must(c, 0);
+    CHECK_INT(e->kind, CHAT_CLOSE);
+    CHECK_STR(e->reason, "no password");
+    chat_session_tick(c, 1, 600000);                     /* an admitted line client is never ticked out */
+    CHECK_INT(count(c), 0);
     chat_destroy(c);
 }
 

@@ -361,6 +361,52 @@ static void test_reader_survives_server_bursts(void)
     remove_db(path);
 }
 
+/* The answer to /history that waits behind the queue's bound moves on as
+ * the client reads; a send the shell completes at once in its flush wakes
+ * nothing, so hub_turn_due must say the next turn is due (once), and only
+ * when the send made room for held output. */
+static void test_held_output_makes_the_next_turn_due(void)
+{
+    const char *path = "test_hub_due.db";
+    history *db = open_db(path);
+    hub_config cfg = base_config(db);
+    cfg.max_queue_bytes = 16 * 1024;
+    hub *h = two_in_lobby(&cfg);
+    char body[1000];
+    memset(body, 'y', sizeof body);
+    for (int i = 0; i < 100; i++) {
+        int n = snprintf(body, sizeof body, "long %03d ", i);
+        body[n] = 'y';
+        memcpy(body + 900, "\r\n", 2);
+        hub_session_input(h, 0, (const unsigned char *)body, 902, 10 + i);
+        hub_turn(h, 10 + i);
+        drain_all(h);
+    }
+    CHECK(!hub_turn_due(h));
+    say(h, 1, "/history 100\r\n/history 100\r\n", 500);
+    hub_turn(h, 500);
+    sendq *q = hub_sendq(h, 1);
+    CHECK(q->pinned > cfg.max_queue_bytes);     /* the second answer waits behind the bound */
+    CHECK(!hub_turn_due(h));
+    sendq_span spans[1024];
+    hub_session_sent(h, 1, 0);                   /* nothing taken (WSAEWOULDBLOCK): not due */
+    CHECK(!hub_turn_due(h));
+    size_t ns = sendq_gather(q, spans, 1024, 1 << 20), total = 0;
+    for (size_t i = 0; i < ns; i++)
+        total += spans[i].len;
+    hub_session_sent(h, 1, total);               /* all of it taken at once */
+    CHECK(hub_turn_due(h));
+    CHECK(!hub_turn_due(h));                     /* reading it cleared it */
+    hub_session_sent(h, 0, 0);                   /* a session with nothing held */
+    CHECK(!hub_turn_due(h));
+    /* and the next turn does move the answer on */
+    hub_turn(h, 501);
+    CHECK(q->count > 0);
+    hub_destroy(h);
+    history_close(db);
+    remove_db(path);
+}
+
 /* A client that floods telnet negotiation and never reads pins its reply
  * bytes, not a buffer per 3-byte reply, and is cut within the bound. */
 static void test_negotiation_flood_is_bounded(void)
@@ -666,6 +712,7 @@ int main(void)
     test_private_confirmation_waits_for_the_message();
     test_slow_consumer_is_closed();
     test_reader_survives_server_bursts();
+    test_held_output_makes_the_next_turn_due();
     test_negotiation_flood_is_bounded();
     test_admission_limits();
     test_idle_timeout_and_telnet_reply();
