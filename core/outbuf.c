@@ -146,10 +146,32 @@ __attribute__((noinline, cold))
 static int sendq_grow(sendq *q)
 {
     void *ring = q->ring;
-    if (ring_grow(&ring, &q->cap, &q->head, q->count, sizeof(sendq_entry), 8) != 0)
+    if (ring_grow(&ring, &q->cap, &q->head, q->count, sizeof(sendq_entry), q->next_cap ? q->next_cap : 8) != 0)
         return -1;
     q->ring = ring;
     return 0;
+}
+
+/* An empty queue's ring goes back to the heap; the next push allocates one
+ * of next_cap entries (a power of two, or 0 for the smallest).  The caller
+ * knows the queue is empty, so nothing is in flight. */
+static void sendq_free_ring(sendq *q, uint32_t next_cap)
+{
+    free(q->ring);
+    q->ring = NULL;
+    q->cap = 0;
+    q->head = 0;
+    q->next_cap = next_cap;
+}
+
+/* The ring for a burst of n entries: the next power of two, within
+ * [8, SENDQ_NEXT_CAP_MAX]. */
+static uint32_t ring_cap_for(uint32_t n)
+{
+    uint32_t cap = 8;
+    while (cap < n && cap < SENDQ_NEXT_CAP_MAX)
+        cap *= 2;
+    return cap;
 }
 
 int sendq_push_tagged(sendq *q, msgbuf *m, uint32_t tag)
@@ -207,6 +229,8 @@ void sendq_drop_first(sendq *q)
     msgbuf_release(e->buf);
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;
+    if (q->count == 0 && q->cap > SENDQ_KEEP_CAP)
+        sendq_free_ring(q, 0);
 }
 
 size_t sendq_gather(sendq *q, sendq_span *spans, size_t max_spans, size_t max_bytes)
@@ -249,9 +273,15 @@ size_t sendq_complete(sendq *q, size_t transferred)
         q->head = (q->head + 1) & (q->cap - 1);
         q->count--;
         q->inflight_entries--;
+        q->sent_since_empty++;
     }
     q->inflight_entries = 0;
     q->inflight_bytes = 0;
+    if (q->count == 0) {
+        if (q->cap > SENDQ_KEEP_CAP)
+            sendq_free_ring(q, ring_cap_for(q->sent_since_empty));
+        q->sent_since_empty = 0;
+    }
     return unsent;
 }
 

@@ -5,7 +5,12 @@
  * accounting of the one send in flight.  Broadcasting a line costs one
  * msgbuf_new and one sendq_push (a pointer and a refcount increment) per
  * recipient: no copy of the text, and no allocation in the steady state
- * (msgbufs come from size-class free lists, queue rings only ever grow).
+ * (msgbufs come from size-class free lists; a queue of a few entries keeps
+ * its ring).  A queue that empties gives a larger ring back: a join storm
+ * (each of N joins queued to everyone there) grows every session's ring, and
+ * kept, each would pin its peak, 16 bytes an entry, for the session's life.
+ * Its next ring is allocated at once at the size of the burst just sent, so a
+ * saturated session pays one malloc and free per send, not a regrowth.
  * Never: touches sockets.  Portable C11; single-threaded (the I/O thread).
  *
  * Lifetime: a msgbuf is freed (returned to its pool) when its last reference
@@ -60,6 +65,8 @@ typedef struct sendq {
     sendq_entry *ring;          /* capacity cap (a power of two), NULL until first push */
     uint32_t cap, head, count;
     uint32_t inflight_entries;  /* entries [head, head+inflight) are in the send in flight */
+    uint32_t sent_since_empty;  /* entries sendq_complete released since the queue was last empty */
+    uint32_t next_cap;          /* size of the next ring (the last burst's), 0 = the smallest */
     size_t bytes;               /* unsent bytes queued, in flight included */
     size_t inflight_bytes;
     /* What the queue keeps alive: each queued buffer's whole allocation (its
@@ -88,7 +95,10 @@ int sendq_push_tagged(sendq *q, msgbuf *m, uint32_t tag);
 int sendq_append(sendq *q, const void *bytes, size_t len);
 /* The first entry's buffer and tag, or NULL when empty (nothing in flight). */
 msgbuf *sendq_peek(const sendq *q, uint32_t *tag);
-/* Removes the first entry (nothing may be in flight) and releases its buffer. */
+/* Removes the first entry (nothing may be in flight) and releases its buffer.
+ * A queue used as a list, drained this way, gives its ring back whenever it
+ * empties: the hub's later list holds output only while a query waits, so
+ * whatever size it reached was a burst, never a steady state. */
 void sendq_drop_first(sendq *q);
 /* Marks up to max_spans queued entries (and at most max_bytes bytes,
  * whole entries only unless the first alone is larger) as in flight and
@@ -97,11 +107,22 @@ void sendq_drop_first(sendq *q);
 size_t sendq_gather(sendq *q, sendq_span *spans, size_t max_spans, size_t max_bytes);
 /* The send in flight completed with `transferred` bytes.  Fully sent entries
  * are released; a partly sent entry keeps its offset and is resent by the next
- * gather (a short completion).  Returns the bytes that remain unsent from the
- * completed send (0 normally). */
+ * gather (a short completion).  When that empties the queue, a ring larger
+ * than SENDQ_KEEP_CAP entries is freed, and the next push allocates one for
+ * as many entries as were sent since the queue was last empty (at most
+ * SENDQ_NEXT_CAP_MAX).  The ring holds only the entries, never bytes a send
+ * uses, and nothing is in flight once the queue is empty.  Returns the bytes
+ * that remain unsent from the completed send (0 normally). */
 size_t sendq_complete(sendq *q, size_t transferred);
 static inline int sendq_in_flight(const sendq *q) { return q->inflight_entries != 0; }
 static inline int sendq_has_unsent(const sendq *q) { return q->count > q->inflight_entries; }
+/* Rings of at most this many entries (256 bytes) are kept when their queue
+ * empties: an idle session costs little, and a quiet one does not allocate. */
+#define SENDQ_KEEP_CAP 16u
+/* The largest ring a queue starts with after giving one back: one send's
+ * worth of entries (relay.c's MAX_SEND_SPANS).  A larger ring means output
+ * piled up behind a slow send, and it grows again by doubling. */
+#define SENDQ_NEXT_CAP_MAX 1024u
 /* Drops every entry (in flight or not), releasing their buffers, and frees the
  * ring.  Only once no send is in flight (the completion routine ran). */
 void sendq_clear(sendq *q);
