@@ -2034,6 +2034,10 @@ static void run_effects(hub *h)
         case CHAT_CLOSE:
             if (fx[i].text)
                 reply_text(h, fx[i].slot, fx[i].text, fx[i].text_len);
+            /* where password guesses come from, for the operator (the secret is never logged) */
+            if (fx[i].reason && h->password_set &&
+                (strcmp(fx[i].reason, "bad password") == 0 || strcmp(fx[i].reason, "no password") == 0))
+                log_info("session %u: %s, client %s", (unsigned)fx[i].slot, fx[i].reason, h->slots[fx[i].slot].ip);
             close_after_output(h, fx[i].slot, fx[i].reason ? fx[i].reason : "closed");
             break;
         }

@@ -8,6 +8,7 @@ import time
 import types
 
 import os
+import re
 import subprocess
 
 from harness import EXE, WINE, WORK, Client, Relay, check, expect_line, free_port, read_through, run_cases, winpath
@@ -433,6 +434,8 @@ def case_password():
         check("a password is required" in log, "the log does not say a password is required")
         check(secret not in log and "not-it" not in log, "a password is in the log")
         check("closed (bad password)" in log, "the log does not say why the sessions were closed")
+        check(len(re.findall(r"session \d+: bad password, client 127\.0\.0\.1", log)) == 2,
+              "the log does not name the address of each refused client: %s" % log[-800:])
     rows = relay.query("SELECT nick, kind, body FROM messages WHERE kind IN ('say', 'join') ORDER BY id")
     check(rows == [(gl, "join", ""), ("iiuser", "join", ""), ("iiuser", "say", "with the password"),
                    (gl, "say", "welcome, ii")], "the file holds %r" % rows)
