@@ -258,6 +258,12 @@ static void lusers_reply(chat *c, uint32_t slot)
     chat_reply_built(c, slot, &b);
 }
 
+/* 422 (there is no MOTD file), after the welcome and in answer to MOTD */
+static void motd_reply(chat *c, uint32_t slot)
+{
+    num(c, slot, "422", ":MOTD File is missing");
+}
+
 static void welcome(chat *c, uint32_t slot)
 {
     const session *s = &c->sessions[slot];
@@ -280,7 +286,7 @@ static void welcome(chat *c, uint32_t slot)
     chat_reply_built(c, slot, &b);
     isupport_reply(c, slot);
     lusers_reply(c, slot);
-    num(c, slot, "422", ":MOTD File is missing");
+    motd_reply(c, slot);
     sb_open(c, &b);
     sb_puts(&b, ":");
     sb_puts(&b, c->irc_name);
@@ -1229,7 +1235,7 @@ void irc_input(chat *c, uint32_t slot, const char *line, size_t len, int truncat
     } else if (IS("userhost")) {
         cmd_userhost(c, slot, &m);
     } else if (IS("motd")) {
-        num(c, slot, "422", ":MOTD File is missing");
+        motd_reply(c, slot);
     } else if (IS("lusers")) {
         lusers_reply(c, slot);
     } else if (IS("version")) {

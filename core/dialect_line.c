@@ -191,6 +191,13 @@ void line_open_locked(chat *c, uint32_t slot)
     chat_reply(c, slot, "*** This server needs a password: type /pass PASSWORD.");
 }
 
+/* A line client not admitted yet that used up its lines or its time. */
+static void close_unadmitted(chat *c, uint32_t slot)
+{
+    static const char bye[] = "*** No password given; disconnecting.";
+    chat_close(c, slot, bye, sizeof bye - 1, "no password");
+}
+
 /* A line client not admitted yet (a password is configured): /pass and
  * /quit, nothing else; its lines go nowhere and are not stored. */
 static void locked_input(chat *c, uint32_t slot, const char *line, size_t len, int64_t now_ms)
@@ -210,8 +217,7 @@ static void locked_input(chat *c, uint32_t slot, const char *line, size_t len, i
         return;
     /* bounded, so that a stranger cannot keep a slot by talking */
     if (++s->locked_lines > CHAT_LOCKED_LINES) {
-        static const char bye[] = "*** No password given; disconnecting.";
-        chat_close(c, slot, bye, sizeof bye - 1, "no password");
+        close_unadmitted(c, slot);
         return;
     }
     if (!chat_word_is(word.p, word.n, "pass")) {
@@ -234,9 +240,8 @@ static void locked_input(chat *c, uint32_t slot, const char *line, size_t len, i
 
 void line_tick_locked(chat *c, uint32_t slot, int64_t idle_ms)
 {
-    static const char bye[] = "*** No password given; disconnecting.";
     if (idle_ms >= CHAT_LOCKED_MS)
-        chat_close(c, slot, bye, sizeof bye - 1, "no password");
+        close_unadmitted(c, slot);
 }
 
 void line_open(chat *c, uint32_t slot)
