@@ -1279,9 +1279,10 @@ static int bind_history(void *ctx, const char *stream, const char *created, char
  * --cluster-credentials (user=, password= or token=) and --password-file
  * (password=).  A file, so that no secret is on a command line (which any
  * local user can read) or in the log: values are never logged.  Each key's
- * value goes to the dest of the same index (cap bytes each). */
-static int read_secrets(const char *option, const char *path, const char *const *keys, char *const *dests,
-                        int nkeys, size_t cap)
+ * value goes to the dest of the same index (cap bytes each); `form` says
+ * what a line should look like, for the error about one that does not. */
+static int read_secrets(const char *option, const char *form, const char *path, const char *const *keys,
+                        char *const *dests, int nkeys, size_t cap)
 {
     wchar_t wpath[OPTIONS_PATH_MAX];
     if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, wpath, OPTIONS_PATH_MAX) == 0) {
@@ -1323,8 +1324,7 @@ static int read_secrets(const char *option, const char *path, const char *const 
                     dest = dests[k];
         }
         if (!dest || strlen(eq + 1) == 0 || strlen(eq + 1) >= cap) {
-            log_error("%s: %s line %d: expected %s%s", option, path, lineno,
-                      nkeys == 1 ? keys[0] : "user=NAME, password=SECRET or token", "=SECRET");
+            log_error("%s: %s line %d: expected %s", option, path, lineno, form);
             ok = 0;
             break;
         }
@@ -1349,7 +1349,8 @@ static int read_credentials(const char *path, char *user, char *pass, char *toke
 {
     static const char *const keys[] = { "user", "password", "token" };
     char *const dests[] = { user, pass, token };
-    if (read_secrets("cluster: --cluster-credentials", path, keys, dests, 3, cap) != 0)
+    if (read_secrets("cluster: --cluster-credentials", "user=NAME, password=SECRET or token=SECRET", path, keys,
+                     dests, 3, cap) != 0)
         return -1;
     if ((user[0] != 0) != (pass[0] != 0) || (token[0] && user[0])) {
         log_error("cluster: %s: give user= and password= together, or token= alone", path);
@@ -1364,7 +1365,7 @@ static int read_server_password(const char *path, char *pass, size_t cap)
 {
     static const char *const keys[] = { "password" };
     char *const dests[] = { pass };
-    if (read_secrets("--password-file", path, keys, dests, 1, cap) != 0)
+    if (read_secrets("--password-file", "password=SECRET", path, keys, dests, 1, cap) != 0)
         return -1;
     if (pass[0] == 0) {
         log_error("--password-file: %s has no password= line", path);
