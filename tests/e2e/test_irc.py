@@ -13,7 +13,7 @@ import subprocess
 
 from harness import EXE, WINE, WORK, Client, Relay, check, expect_line, free_port, read_through, run_cases, winpath
 from irc_clients import IrcClient, Irssi, Ii
-from test_protocol import connect
+from test_protocol import connect, greeted_nick
 
 PLAIN = ["--flood-burst", "0", "--max-per-ip", "0"]
 
@@ -405,9 +405,7 @@ def case_password():
         nc.say("/pass wrong")
         expect_line(nc, "*** Wrong password.")
         nc.say("/pass " + secret)
-        got = read_through(nc, lambda l: l.startswith("*** Type /help"), what="the greeting after /pass")
-        gl = next((l.split()[4].rstrip(";") for l in got if l.startswith("*** Your nick is ")), None)
-        check(gl and gl.startswith("guest"), "no nick after the password: %r" % got)
+        gl = greeted_nick(nc, "the greeting after /pass")
         with Ii() as ii:
             ii.start("127.0.0.1", relay.port, "iiuser", password=secret)
             ii.join("#lobby")

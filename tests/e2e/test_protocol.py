@@ -59,14 +59,19 @@ class RawClient(Client):
 
 
 
-def connect(relay, cls=Client):
-    """A greeted client and its guest nick."""
-    c = cls(relay.port)
-    lines = read_through(c, lambda l: l.startswith("*** Type /help"), what="the greeting")
+def greeted_nick(c, what="the greeting"):
+    """Reads client c through the greeting (to "*** Type /help") and returns its guest nick."""
+    lines = read_through(c, lambda l: l.startswith("*** Type /help"), what=what)
     m = [re.match(r"\*\*\* Your nick is (guest\d+(?:-\d+)?); change it with /nick NAME\.$", l) for l in lines]
     m = [x for x in m if x]
     check(m, "no nick in the greeting %r" % lines)
-    return c, m[0].group(1)
+    return m[0].group(1)
+
+
+def connect(relay, cls=Client):
+    """A greeted client and its guest nick."""
+    c = cls(relay.port)
+    return c, greeted_nick(c)
 
 
 def named(relay, nick, others=()):

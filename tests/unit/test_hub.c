@@ -32,6 +32,17 @@ static void say(hub *h, uint32_t slot, const char *text, int64_t now)
     hub_session_input(h, slot, (const unsigned char *)text, strlen(text), now);
 }
 
+/* Line i of a run of ~900-byte lines from slot: "<prefix> NNN " and padding. */
+static void say_padded(hub *h, uint32_t slot, const char *prefix, int i, char pad, int64_t now)
+{
+    char body[902];
+    memset(body, pad, sizeof body);
+    int n = snprintf(body, sizeof body, "%s %03d ", prefix, i);
+    body[n] = pad;
+    memcpy(body + 900, "\r\n", 2);
+    hub_session_input(h, slot, (const unsigned char *)body, sizeof body, now);
+}
+
 static hub_config base_config(history *db)
 {
     hub_config c;
@@ -294,13 +305,8 @@ static void test_reader_survives_server_bursts(void)
 
     /* An outage: 400 lines of ~900 bytes held, then stored at once. */
     sqlite3 *locker = cli_lock(path);
-    char body[1000];
-    memset(body, 'x', sizeof body);
     for (int i = 0; i < 400; i++) {
-        int n = snprintf(body, sizeof body, "held %03d ", i);
-        body[n] = 'x';
-        memcpy(body + 900, "\r\n", 2);
-        hub_session_input(h, 0, (const unsigned char *)body, 902, 10 + i);
+        say_padded(h, 0, "held", i, 'x', 10 + i);
         hub_turn(h, 10 + i);
     }
     CHECK_STR(take_output(h, 1), "");
@@ -372,13 +378,8 @@ static void test_held_output_makes_the_next_turn_due(void)
     hub_config cfg = base_config(db);
     cfg.max_queue_bytes = 16 * 1024;
     hub *h = two_in_lobby(&cfg);
-    char body[1000];
-    memset(body, 'y', sizeof body);
     for (int i = 0; i < 100; i++) {
-        int n = snprintf(body, sizeof body, "long %03d ", i);
-        body[n] = 'y';
-        memcpy(body + 900, "\r\n", 2);
-        hub_session_input(h, 0, (const unsigned char *)body, 902, 10 + i);
+        say_padded(h, 0, "long", i, 'y', 10 + i);
         hub_turn(h, 10 + i);
         drain_all(h);
     }

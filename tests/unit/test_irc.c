@@ -73,6 +73,19 @@ static void registered(chat *c, uint32_t slot, uint32_t conn, const char *nick, 
     CHECK(has(replies(c), ":irc.test 001 "));
 }
 
+/* A new IRC session in slot sends pass_line (unless NULL), NICK nick and
+ * USER, without CAP; replies(c) is then the answer to USER. */
+static void register_lines(chat *c, uint32_t slot, uint32_t conn, const char *pass_line, const char *nick)
+{
+    char line[128];
+    chat_session_open(c, slot, conn, CHAT_DIALECT_IRC, now);
+    if (pass_line)
+        send_line(c, slot, pass_line);
+    snprintf(line, sizeof line, "NICK %s", nick);
+    send_line(c, slot, line);
+    send_line(c, slot, "USER u 0 * :R");
+}
+
 static void test_registration(void)
 {
     chat *c = make(0);
@@ -122,16 +135,10 @@ static void test_password(void)
     cfg.server_name = "irc.test";
     cfg.password = "hunter2";
     chat *c = chat_create(&cfg, 8);
-    chat_session_open(c, 0, 1, CHAT_DIALECT_IRC, now);
-    send_line(c, 0, "PASS hunter2");
-    send_line(c, 0, "NICK alice");
-    send_line(c, 0, "USER a 0 * :A");
+    register_lines(c, 0, 1, "PASS hunter2", "alice");
     CHECK(has(replies(c), ":irc.test 001 alice "));
     /* a wrong one, then registration: 464 and the close */
-    chat_session_open(c, 1, 2, CHAT_DIALECT_IRC, now);
-    send_line(c, 1, "PASS hunter3");
-    send_line(c, 1, "NICK mallory");
-    send_line(c, 1, "USER m 0 * :M");
+    register_lines(c, 1, 2, "PASS hunter3", "mallory");
     CHECK_STR(replies(c), ":irc.test 464 * :Password incorrect\nERROR :Closing link (bad password)\n");
     const chat_effect *e;
     CHECK_INT(chat_effects(c, &e), 2);
@@ -161,15 +168,9 @@ static void test_password(void)
     /* a password of several words, as ii sends it (no ':') and as others do */
     cfg.password = "two words";
     c = chat_create(&cfg, 8);
-    chat_session_open(c, 0, 1, CHAT_DIALECT_IRC, now);
-    send_line(c, 0, "PASS two words");
-    send_line(c, 0, "NICK ii");
-    send_line(c, 0, "USER i 0 * :I");
+    register_lines(c, 0, 1, "PASS two words", "ii");
     CHECK(has(replies(c), ":irc.test 001 ii "));
-    chat_session_open(c, 1, 2, CHAT_DIALECT_IRC, now);
-    send_line(c, 1, "PASS :two words");
-    send_line(c, 1, "NICK hexchat");
-    send_line(c, 1, "USER h 0 * :H");
+    register_lines(c, 1, 2, "PASS :two words", "hexchat");
     CHECK(has(replies(c), ":irc.test 001 hexchat "));
     chat_destroy(c);
 }
@@ -392,11 +393,7 @@ static void test_queries_and_lists(void)
     char ison[600] = "ISON";
     for (uint32_t k = 0; k < 6; k++) {
         snprintf(nick, sizeof nick, "n%031u", (unsigned)k);   /* 32 characters */
-        char reg[64];
-        chat_session_open(c, k, k + 1, CHAT_DIALECT_IRC, now);
-        snprintf(reg, sizeof reg, "NICK %s", nick);
-        send_line(c, k, reg);
-        send_line(c, k, "USER u 0 * :R");
+        register_lines(c, k, k + 1, NULL, nick);
         CHECK(has(replies(c), " 001 "));
         strcat(line, " ");
         strcat(line, nick);
