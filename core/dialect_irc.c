@@ -1134,10 +1134,26 @@ void irc_input(chat *c, uint32_t slot, const char *line, size_t len, int truncat
     irc_state *st = s->irc;
     irc_msg m;
     sbuf b;
+    char plain[TEXT_MAX_LINE];
     CR_ASSERT(st != NULL);
     st->ping_sent = 0;   /* any line shows the client is alive */
     if (irc_parse(line, len, &m) != 0)
         return;
+    /* The hub's cleaning leaves the CTCP delimiter in an IRC client's line for
+     * PRIVMSG and NOTICE, whose text take_ctcp reads.  In any other command it
+     * would reach others as a control character (a TOPIC, a PART or QUIT
+     * reason): it goes, before the line is read. */
+    if (!chat_word_is(m.command.p, m.command.n, "privmsg") && !chat_word_is(m.command.p, m.command.n, "notice") &&
+        memchr(line, '\1', len)) {
+        size_t n = 0;
+        for (size_t i = 0; i < len && n < sizeof plain; i++)
+            if (line[i] != '\1')
+                plain[n++] = line[i];
+        line = plain;
+        len = n;
+        if (irc_parse(line, len, &m) != 0)
+            return;
+    }
     if (truncated || len > IRC_LINE_MAX + 4096) {
         num(c, slot, "417", ":Input line was too long");
         return;

@@ -410,6 +410,32 @@ static void test_queries_and_lists(void)
     chat_destroy(c);
 }
 
+/* The CTCP delimiter the hub's cleaning leaves in an IRC client's line is
+ * read by PRIVMSG and NOTICE only; in any other text it is dropped, so it
+ * never reaches a line client (the fuzzer found it in a TOPIC). */
+static void test_ctcp_delimiter_only_in_messages(void)
+{
+    chat *c = make(0);
+    registered(c, 0, 1, "ircer", NULL);
+    chat_session_open(c, 1, 2, CHAT_DIALECT_LINE, now);   /* a line client in the lobby */
+    send_line(c, 0, "JOIN #lobby");
+    send_line(c, 0, "TOPIC #lobby :\1before\1 and after\1");
+    const chat_effect *e;
+    CHECK_INT(chat_effects(c, &e), 1);
+    CHECK(e[0].kind == CHAT_EVENT && e[0].event.kind == HISTORY_TOPIC);
+    CHECK_MEM(e[0].event.body, e[0].event.body_len, "before and after");
+    send_line(c, 0, "PART #lobby :\1bye\1");
+    CHECK_INT(chat_effects(c, &e), 1);
+    CHECK(e[0].kind == CHAT_EVENT && e[0].event.kind == HISTORY_LEAVE);
+    CHECK(memchr(e[0].event.body, '\1', e[0].event.body_len) == NULL);
+    send_line(c, 0, "JOIN #lobby");
+    send_line(c, 0, "PRIVMSG #lobby :\1ACTION waves\1");   /* still a CTCP ACTION */
+    CHECK_INT(chat_effects(c, &e), 1);
+    CHECK(e[0].kind == CHAT_EVENT && e[0].event.kind == HISTORY_ME);
+    CHECK_MEM(e[0].event.body, e[0].event.body_len, "waves");
+    chat_destroy(c);
+}
+
 static void test_renderings(void)
 {
     chat *c = make(0);
@@ -569,6 +595,7 @@ int main(void)
     test_parser();
     test_error_numerics();
     test_queries_and_lists();
+    test_ctcp_delimiter_only_in_messages();
     test_renderings();
     test_split();
     return check_done();
